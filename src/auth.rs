@@ -1,0 +1,232 @@
+//! Step 2 of the request path: the `Authorization: Bearer <JWT>` front door.
+//!
+//! The accepted algorithm is pinned by configuration; `alg: none` does not parse and any
+//! other algorithm is refused, so algorithm confusion (an HS256 token signed with an RSA
+//! public key) cannot pass. `exp`, `sub`, `tenant_id` and `role` are required.
+
+use crate::config::{AuthConfig, JwtAlgorithm};
+use crate::tenants::is_valid_tenant_id;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest token accepted; anything longer is refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub tenant_id: String,
+    pub role: Role,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed Authorization header")]
+    Malformed,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("key error: {0}")]
+    Key(String),
+}
+
+/// Verifies tokens with the configured key; built once, shared by every worker.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(config: &AuthConfig) -> Result<Verifier, AuthError> {
+        let key = match config.algorithm {
+            JwtAlgorithm::HS256 => DecodingKey::from_secret(config.secret.as_bytes()),
+            JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&read_key(&config.public_key_file)?),
+            JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&read_key(&config.public_key_file)?),
+        }
+        .map_err(|e| AuthError::Key(e.to_string()))?;
+        let mut validation = Validation::new(algorithm(config.algorithm));
+        validation.leeway = config.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Verifier { key, validation })
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub fn verify_header(&self, header: Option<&[u8]>) -> Result<Claims, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix(b"Bearer ")
+            .ok_or(AuthError::Malformed)?;
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        let token = std::str::from_utf8(token).map_err(|_| AuthError::Malformed)?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        if !is_valid_tenant_id(&claims.tenant_id) {
+            return Err(AuthError::Invalid("malformed tenant_id".into()));
+        }
+        if claims.sub.is_empty() || claims.sub.len() > 256 {
+            return Err(AuthError::Invalid("malformed sub".into()));
+        }
+        Ok(claims)
+    }
+}
+
+/// Signs a token for `tenant_id`/`sub` (the `tollgate token` command, later the admin API).
+pub fn mint(
+    config: &AuthConfig,
+    tenant_id: &str,
+    sub: &str,
+    role: Role,
+    ttl_secs: u64,
+) -> Result<String, AuthError> {
+    let key = match config.algorithm {
+        JwtAlgorithm::HS256 => EncodingKey::from_secret(config.secret.as_bytes()),
+        JwtAlgorithm::RS256 => EncodingKey::from_rsa_pem(&read_key(&config.private_key_file)?),
+        JwtAlgorithm::ES256 => EncodingKey::from_ec_pem(&read_key(&config.private_key_file)?),
+    }
+    .map_err(|e| AuthError::Key(e.to_string()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: sub.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        role,
+        exp: now + ttl_secs,
+        iat: Some(now),
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+    };
+    jsonwebtoken::encode(&Header::new(algorithm(config.algorithm)), &claims, &key)
+        .map_err(|e| AuthError::Key(e.to_string()))
+}
+
+fn algorithm(alg: JwtAlgorithm) -> Algorithm {
+    match alg {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+fn read_key(path: &Option<std::path::PathBuf>) -> Result<Vec<u8>, AuthError> {
+    let path = path
+        .as_ref()
+        .ok_or_else(|| AuthError::Key("no key file configured for this algorithm".into()))?;
+    std::fs::read(path).map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            secret: "a-test-secret-that-is-long-enough-000".into(),
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn round_trips_a_minted_token() {
+        let c = config();
+        let token = mint(&c, "acme", "u1", Role::Admin, 60).unwrap();
+        let claims = Verifier::new(&c).unwrap().verify(&token).unwrap();
+        assert_eq!(
+            (claims.tenant_id.as_str(), claims.sub.as_str(), claims.role),
+            ("acme", "u1", Role::Admin)
+        );
+    }
+
+    #[test]
+    fn refuses_headers_and_tokens_it_should() {
+        let c = config();
+        let v = Verifier::new(&c).unwrap();
+        assert!(matches!(v.verify_header(None), Err(AuthError::Missing)));
+        assert!(matches!(
+            v.verify_header(Some(b"Basic abc")),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            v.verify_header(Some(b"Bearer ")),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            v.verify_header(Some(b"Bearer \xff\xfe")),
+            Err(AuthError::Malformed)
+        ));
+        let long = [b"Bearer ".as_slice(), &[b'a'; MAX_TOKEN_BYTES + 1]].concat();
+        assert!(matches!(
+            v.verify_header(Some(&long)),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+        // alg: none, with a payload that would otherwise be valid.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwidGVuYW50X2lkIjoiYSIsInJvbGUiOiJ1c2VyIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(matches!(v.verify(none), Err(AuthError::Invalid(_))));
+        let other = AuthConfig {
+            secret: "another-secret-entirely-0000000000000".into(),
+            ..c.clone()
+        };
+        let forged = mint(&other, "acme", "u1", Role::User, 60).unwrap();
+        assert!(matches!(v.verify(&forged), Err(AuthError::Invalid(_))));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let key = EncodingKey::from_secret(c.secret.as_bytes()).unwrap();
+        let sign = |claims: &serde_json::Value| {
+            jsonwebtoken::encode(&Header::default(), claims, &key).unwrap()
+        };
+        let expired = sign(
+            &serde_json::json!({"sub": "u", "tenant_id": "a", "role": "user", "exp": now - 100}),
+        );
+        assert!(matches!(v.verify(&expired), Err(AuthError::Invalid(_))));
+        let early = sign(
+            &serde_json::json!({"sub": "u", "tenant_id": "a", "role": "user", "exp": now + 600, "nbf": now + 300}),
+        );
+        assert!(matches!(v.verify(&early), Err(AuthError::Invalid(_))));
+        let no_tenant = sign(&serde_json::json!({"sub": "u", "role": "user", "exp": now + 600}));
+        assert!(matches!(v.verify(&no_tenant), Err(AuthError::Invalid(_))));
+        let no_exp = sign(&serde_json::json!({"sub": "u", "tenant_id": "a", "role": "user"}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Invalid(_))));
+        let bad_role = sign(
+            &serde_json::json!({"sub": "u", "tenant_id": "a", "role": "root", "exp": now + 600}),
+        );
+        assert!(matches!(v.verify(&bad_role), Err(AuthError::Invalid(_))));
+        let hash_tag = sign(
+            &serde_json::json!({"sub": "u", "tenant_id": "a}{b", "role": "user", "exp": now + 600}),
+        );
+        assert!(matches!(v.verify(&hash_tag), Err(AuthError::Invalid(_))));
+    }
+}

@@ -1,0 +1,354 @@
+//! Tollgate's configuration: one YAML file plus `TOLLGATE_*` environment overrides, parsed
+//! once at start into [`Config`] and checked by [`Config::validate`].
+//!
+//! Every key has a default, so a file holding only `services:` and `tenants:` is a whole
+//! config. Unknown keys are refused (`deny_unknown_fields`) and every validation error names
+//! the key at fault, so a typo fails loudly at start instead of silently at 3 a.m.
+
+mod env;
+mod service;
+
+pub use service::{EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The demo secret shipped in `conf/tollgate.yaml`. Accepted in embedded mode with a warning;
+/// refused in distributed mode, where tokens cross machines.
+pub const DEMO_JWT_SECRET: &str = "tollgate-demo-secret-do-not-use-in-production";
+
+/// HMAC secrets shorter than this are refused in distributed mode (RFC 7518 §3.2 asks for a
+/// key at least as long as the hash output, 256 bits for HS256).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway accepts API traffic (`TOLLGATE_LISTEN`).
+    pub listen: String,
+    /// Where the admin API listens (`TOLLGATE_ADMIN_LISTEN`); used once the admin API lands.
+    pub admin_listen: String,
+    /// Where Prometheus metrics are served (`TOLLGATE_METRICS_LISTEN`).
+    pub metrics_listen: String,
+    /// Embedded ledger and store files live here (`TOLLGATE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Gateway worker threads; 0 means one per CPU core.
+    pub threads: usize,
+    /// Seconds SIGTERM waits for in-flight requests before the process exits.
+    pub grace_period_secs: u64,
+    pub auth: AuthConfig,
+    pub ledger: LedgerConfig,
+    pub store: StoreConfig,
+    pub alerts: AlertsConfig,
+    /// An in-process echo upstream for the quickstart; off unless configured.
+    pub demo_upstream: Option<DemoUpstreamConfig>,
+    pub services: Vec<ServiceConfig>,
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            metrics_listen: "127.0.0.1:9091".into(),
+            data_dir: PathBuf::from("./data"),
+            threads: 0,
+            grace_period_secs: 10,
+            auth: AuthConfig::default(),
+            ledger: LedgerConfig::default(),
+            store: StoreConfig::default(),
+            alerts: AlertsConfig::default(),
+            demo_upstream: None,
+            services: Vec::new(),
+            tenants: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The one accepted algorithm: tokens signed with any other are refused.
+    pub algorithm: JwtAlgorithm,
+    /// Shared secret for HS256 (`TOLLGATE_JWT_SECRET`).
+    pub secret: String,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: Option<PathBuf>,
+    /// PEM private key, only for `tollgate token` with RS256/ES256.
+    pub private_key_file: Option<PathBuf>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: DEMO_JWT_SECRET.into(),
+            public_key_file: None,
+            private_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `redis://host:port/db`; unset means the embedded ledger (`TOLLGATE_REDIS_URL`).
+    pub redis_url: Option<String>,
+    /// A charge that takes longer than this fails closed (503): the proxy must never hang
+    /// on its ledger.
+    pub timeout_ms: u64,
+    /// How long an `Idempotency-Key` protects against a second charge (SPEC §2: 24 h).
+    pub idempotency_ttl_secs: u64,
+    /// How long a charge stays refundable by id. Must outlive the slowest upstream call
+    /// (refund on timeout) and a ledger stall (void after a timed-out charge).
+    pub charge_ttl_secs: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            redis_url: None,
+            timeout_ms: 250,
+            idempotency_ttl_secs: 24 * 3600,
+            charge_ttl_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// MongoDB URI (`TOLLGATE_MONGODB_URI`); the durable store is not in this build yet.
+    pub mongodb_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// MQTT broker URL (`TOLLGATE_MQTT_URL`); alerts are not in this build yet.
+    pub mqtt_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUpstreamConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// Starting balance, applied only when the ledger has none for this tenant.
+    #[serde(default)]
+    pub credits: i64,
+    #[serde(default = "active")]
+    pub status: TenantStatus,
+}
+
+fn active() -> TenantStatus {
+    TenantStatus::Active
+}
+
+impl Config {
+    /// Reads `path`, applies the `TOLLGATE_*` environment and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses YAML without environment overrides or validation. An empty document is the
+    /// default config.
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// True when any part runs against an external server: tokens then cross machines and
+    /// the demo secret is refused.
+    pub fn is_distributed(&self) -> bool {
+        self.ledger.redis_url.is_some()
+            || self.store.mongodb_uri.is_some()
+            || self.alerts.mqtt_url.is_some()
+    }
+
+    /// Worker threads after resolving `0` to the number of cores.
+    pub fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// Checks every value once, so the request path can trust the config.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("listen", &self.listen)?;
+        parse_addr("admin_listen", &self.admin_listen)?;
+        parse_addr("metrics_listen", &self.metrics_listen)?;
+        if let Some(demo) = &self.demo_upstream {
+            parse_addr("demo_upstream.listen", &demo.listen)?;
+        }
+        self.validate_auth()?;
+        if self.ledger.timeout_ms == 0 {
+            return Err(ConfigError::invalid("ledger.timeout_ms", "must be above 0"));
+        }
+        if self.ledger.idempotency_ttl_secs == 0 {
+            return Err(ConfigError::invalid(
+                "ledger.idempotency_ttl_secs",
+                "must be above 0",
+            ));
+        }
+        if let Some(url) = &self.ledger.redis_url {
+            redis::Client::open(url.as_str()).map_err(|e| {
+                ConfigError::invalid("ledger.redis_url", format!("not a Redis URL: {e}"))
+            })?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            service.validate(&format!("services[{i}]"))?;
+            if !names.insert(service.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("services[{i}].name"),
+                    format!("duplicate service name `{}`", service.name),
+                ));
+            }
+            let slowest = service.timeouts.read_ms.max(service.timeouts.connect_ms) / 1000;
+            if self.ledger.charge_ttl_secs <= slowest {
+                return Err(ConfigError::invalid(
+                    "ledger.charge_ttl_secs",
+                    format!(
+                        "must exceed the slowest upstream timeout ({slowest} s, service `{}`) \
+                         so a timed-out call can still be refunded",
+                        service.name
+                    ),
+                ));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            if !crate::tenants::is_valid_tenant_id(&tenant.id) {
+                return Err(ConfigError::invalid(
+                    format!("tenants[{i}].id"),
+                    "1 to 64 characters of A-Z a-z 0-9 _ . -",
+                ));
+            }
+            if tenant.credits < 0 {
+                return Err(ConfigError::invalid(
+                    format!("tenants[{i}].credits"),
+                    "must not be negative",
+                ));
+            }
+            if !ids.insert(tenant.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("tenants[{i}].id"),
+                    format!("duplicate tenant id `{}`", tenant.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        match self.auth.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.is_distributed() && self.auth.secret == DEMO_JWT_SECRET {
+                    return Err(ConfigError::invalid(
+                        "auth.secret",
+                        "the shipped demo secret is refused in distributed mode; \
+                         set TOLLGATE_JWT_SECRET to a random string of 32+ bytes",
+                    ));
+                }
+                if self.is_distributed() && self.auth.secret.len() < MIN_JWT_SECRET_BYTES {
+                    return Err(ConfigError::invalid(
+                        "auth.secret",
+                        format!(
+                            "must be at least {MIN_JWT_SECRET_BYTES} bytes in distributed mode"
+                        ),
+                    ));
+                }
+                if self.auth.secret.is_empty() {
+                    return Err(ConfigError::invalid("auth.secret", "must not be empty"));
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.auth.public_key_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        "auth.public_key_file",
+                        "required for RS256 and ES256",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! The declarative shape of a metered service: its upstream, timeouts, options and the
+//! priced endpoints that make up its routing table.
+
+use super::ConfigError;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The `{service}` segment of `/api/proxy/{service}/...`.
+    pub name: String,
+    /// Base URL (`http://` or `https://`); its path prefixes every forwarded path.
+    pub upstream: String,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Give the credits back when the upstream answers 5xx.
+    #[serde(default)]
+    pub refund_on_5xx: bool,
+    /// What to do when the ledger cannot answer (SPEC §2).
+    #[serde(default)]
+    pub on_ledger_error: OnLedgerError,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLedgerError {
+    /// Fail closed: 503 with `Retry-After`.
+    #[default]
+    Deny,
+    /// Forward and apply the charge later (deferred charges); not in this build yet.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    pub connect_ms: u64,
+    /// Longest wait for the upstream between reads (including the response header).
+    pub read_ms: u64,
+    pub write_ms: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect_ms: 2_000,
+            read_ms: 30_000,
+            write_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// An HTTP method, or `ANY`.
+    pub method: String,
+    /// `/exact/path`, `/notes/{id}` segments, or a trailing `/*` prefix.
+    pub path: String,
+    pub credits: u32,
+}
+
+impl ServiceConfig {
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !is_valid_service_name(&self.name) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                "1 to 64 characters of a-z A-Z 0-9 _ . -",
+            ));
+        }
+        crate::routing::Upstream::parse(&self.upstream)
+            .map_err(|msg| ConfigError::invalid(format!("{key}.upstream"), msg))?;
+        if self.on_ledger_error == OnLedgerError::Allow {
+            return Err(ConfigError::invalid(
+                format!("{key}.on_ledger_error"),
+                "`allow` (deferred charges) is not supported by this build yet; use `deny`",
+            ));
+        }
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("connect_ms", t.connect_ms),
+            ("read_ms", t.read_ms),
+            ("write_ms", t.write_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.timeouts.{name}"),
+                    "must be above 0",
+                ));
+            }
+        }
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.endpoints"),
+                "a service needs at least one endpoint",
+            ));
+        }
+        let mut table = crate::routing::EndpointTable::default();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            table
+                .insert(&endpoint.method, &endpoint.path, i)
+                .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
+        }
+        Ok(())
+    }
+}
+
+/// Service names appear in URLs and metric labels: keep them to a safe alphabet.
+pub fn is_valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != ".."
+}

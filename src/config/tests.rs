@@ -1,0 +1,126 @@
+use super::*;
+use std::collections::HashMap;
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("conf")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_shipped_quickstart_config_is_valid() {
+    let config = Config::from_yaml(&shipped("tollgate.yaml")).unwrap();
+    config.validate().unwrap();
+    assert!(!config.is_distributed());
+    assert_eq!(config.services[0].endpoints.len(), 3);
+    crate::routing::Router::new(&config.services).unwrap();
+}
+
+#[test]
+fn the_shipped_distributed_example_needs_a_real_secret() {
+    let mut config = Config::from_yaml(&shipped("distributed.example.yaml")).unwrap();
+    config.apply_env(env(&[])).unwrap();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("auth.secret"), "{err}");
+    config
+        .apply_env(env(&[(
+            "TOLLGATE_JWT_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )]))
+        .unwrap();
+    config.validate().unwrap();
+}
+
+#[test]
+fn services_and_tenants_alone_are_a_whole_config() {
+    let config = Config::from_yaml(
+        "services:\n  - { name: s, upstream: 'http://127.0.0.1:1', endpoints: [{ method: GET, path: /, credits: 1 }] }\ntenants:\n  - { id: t }\n",
+    )
+    .unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.listen, "0.0.0.0:8080");
+    assert_eq!(config.ledger.timeout_ms, 250);
+    assert_eq!(config.tenants[0].credits, 0);
+    assert_eq!(
+        Config::from_yaml("").unwrap().metrics_listen,
+        "127.0.0.1:9091"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    let err = Config::from_yaml("listn: 0.0.0.0:1\n").unwrap_err();
+    assert!(err.contains("listn"), "{err}");
+    let err = Config::from_yaml("ledger:\n  timeout: 5\n").unwrap_err();
+    assert!(err.contains("timeout"), "{err}");
+}
+
+#[test]
+fn bad_values_are_refused_by_key() {
+    let cases = [
+        ("listen: nowhere\n", "listen"),
+        ("ledger:\n  timeout_ms: 0\n", "ledger.timeout_ms"),
+        ("tenants:\n  - { id: 'a{b}' }\n", "tenants[0].id"),
+        ("tenants:\n  - { id: a, credits: -1 }\n", "tenants[0].credits"),
+        ("services:\n  - { name: s, upstream: 'ftp://x', endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].upstream"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: get, path: /, credits: 1 }] }\n", "services[0].endpoints[0]"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [] }\n", "services[0].endpoints"),
+        ("services:\n  - { name: 'a/b', upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].name"),
+        ("services:\n  - { name: s, upstream: 'http://x', on_ledger_error: allow, endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].on_ledger_error"),
+        ("auth:\n  algorithm: RS256\n", "auth.public_key_file"),
+    ];
+    for (yaml, key) in cases {
+        let err = Config::from_yaml(yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}`")), "{yaml:?} gave {err}");
+    }
+    let err = Config::from_yaml("ledger:\n  timeout_ms: soon\n").unwrap_err();
+    assert!(err.contains("timeout_ms"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let mut config = Config::default();
+    config
+        .apply_env(env(&[
+            ("TOLLGATE_LISTEN", "127.0.0.1:1234"),
+            ("TOLLGATE_REDIS_URL", "redis://127.0.0.1:1/"),
+            ("TOLLGATE_DATA_DIR", "/tmp/x"),
+            ("TOLLGATE_JWT_SECRET", "s"),
+        ]))
+        .unwrap();
+    assert_eq!(config.listen, "127.0.0.1:1234");
+    assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    assert!(config.is_distributed());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("at least 32 bytes"), "{err}");
+    config
+        .apply_env(env(&[("TOLLGATE_REDIS_URL", "")]))
+        .unwrap();
+    assert!(!config.is_distributed());
+    assert!(config
+        .apply_env(env(&[("TOLLGATE_THREADS", "many")]))
+        .is_err());
+}
+
+#[test]
+fn the_demo_secret_is_refused_with_redis() {
+    let mut config = Config::default();
+    config.ledger.redis_url = Some("redis://127.0.0.1/".into());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("demo secret"), "{err}");
+}

@@ -1,0 +1,296 @@
+//! The embedded ledger's journal: an append-only file of balance and idempotency-key
+//! changes, written by one background thread so the request path only pushes onto a
+//! channel. Each record holds the absolute balance, so replay is "last line wins" and a
+//! torn last line (crash mid-write) loses one update at most.
+//!
+//! The writer keeps a mirror of the state it has written and rewrites the file from it
+//! (write temp, fsync, rename) at start and whenever the file has grown by
+//! [`COMPACT_AFTER_BYTES`], so the journal stays about the size of the state.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Rewrite the journal after this many appended bytes (~1.5 M charges): small enough to
+/// replay in well under a second, large enough that compaction is rare.
+pub const COMPACT_AFTER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long shutdown waits for the writer to drain.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum Record {
+    Balance {
+        tenant: String,
+        balance: i64,
+    },
+    Idempotency {
+        tenant: String,
+        key: String,
+        charge_id: String,
+        expires: u64,
+    },
+    Forget {
+        tenant: String,
+        key: String,
+    },
+}
+
+enum Message {
+    Write(Record),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// What a journal holds: the state to restore.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub balances: HashMap<String, i64>,
+    /// (tenant, key) → (charge id, expiry in unix ms)
+    pub idempotency: HashMap<(String, String), (String, u64)>,
+}
+
+impl Restored {
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Balance { tenant, balance } => {
+                self.balances.insert(tenant, balance);
+            }
+            Record::Idempotency {
+                tenant,
+                key,
+                charge_id,
+                expires,
+            } => {
+                self.idempotency.insert((tenant, key), (charge_id, expires));
+            }
+            Record::Forget { tenant, key } => {
+                self.idempotency.remove(&(tenant, key));
+            }
+        }
+    }
+}
+
+pub struct Journal {
+    tx: mpsc::Sender<Message>,
+}
+
+impl Journal {
+    /// Replays `path`, compacts it, and starts the writer thread.
+    pub fn open(path: &Path, now_ms: u64) -> std::io::Result<(Journal, Restored)> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut state = Restored::default();
+        if path.exists() {
+            let mut skipped = 0usize;
+            for line in BufReader::new(File::open(path)?).lines() {
+                match parse(&line?) {
+                    Some(record) => state.apply(record),
+                    None => skipped += 1,
+                }
+            }
+            if skipped > 0 {
+                tracing::warn!(path = %path.display(), skipped, "skipped unreadable ledger journal lines (a torn write at crash?)");
+            }
+        }
+        state
+            .idempotency
+            .retain(|_, (_, expires)| *expires > now_ms);
+        let file = compact(path, &state)?;
+        let mirror = Restored {
+            balances: state.balances.clone(),
+            idempotency: state.idempotency.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("tollgate-ledger-journal".into())
+            .spawn(move || write_loop(&path, file, mirror, rx))?;
+        Ok((Journal { tx }, state))
+    }
+
+    /// Queues a record; never blocks.
+    pub fn append(&self, record: Record) {
+        if self.tx.send(Message::Write(record)).is_err() {
+            tracing::error!("ledger journal writer is gone: a balance change is not persisted");
+        }
+    }
+
+    /// Waits until everything appended so far is written to the file.
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if self.tx.send(Message::Flush(done_tx)).is_ok()
+            && done_rx.recv_timeout(FLUSH_WAIT).is_err()
+        {
+            tracing::error!("ledger journal did not flush in time");
+        }
+    }
+}
+
+fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<Message>) {
+    let mut out = BufWriter::new(file);
+    let mut written = 0u64;
+    while let Ok(first) = rx.recv() {
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Write(record) => {
+                    let line = format_record(&record);
+                    written += line.len() as u64;
+                    if let Err(e) = out.write_all(line.as_bytes()) {
+                        tracing::error!(error = %e, "ledger journal write failed");
+                    }
+                    mirror.apply(record);
+                }
+                Message::Flush(done) => waiting.push(done),
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "ledger journal flush failed");
+        }
+        if written >= COMPACT_AFTER_BYTES {
+            match compact(path, &mirror) {
+                Ok(file) => {
+                    out = BufWriter::new(file);
+                    written = 0;
+                }
+                Err(e) => tracing::error!(error = %e, "ledger journal compaction failed"),
+            }
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Rewrites the journal as the state alone and returns it opened for appending.
+fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    {
+        let mut out = BufWriter::new(File::create(&tmp)?);
+        for (tenant, balance) in &state.balances {
+            let tenant = tenant.clone();
+            out.write_all(
+                format_record(&Record::Balance {
+                    tenant,
+                    balance: *balance,
+                })
+                .as_bytes(),
+            )?;
+        }
+        for ((tenant, key), (charge_id, expires)) in &state.idempotency {
+            let record = Record::Idempotency {
+                tenant: tenant.clone(),
+                key: key.clone(),
+                charge_id: charge_id.clone(),
+                expires: *expires,
+            };
+            out.write_all(format_record(&record).as_bytes())?;
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    OpenOptions::new().append(true).open(path)
+}
+
+/// Fields are tab-separated; tenant ids, idempotency keys and charge ids never hold tabs
+/// (they are validated at the gateway).
+fn format_record(record: &Record) -> String {
+    match record {
+        Record::Balance { tenant, balance } => format!("B\t{tenant}\t{balance}\n"),
+        Record::Idempotency {
+            tenant,
+            key,
+            charge_id,
+            expires,
+        } => {
+            format!("I\t{tenant}\t{key}\t{charge_id}\t{expires}\n")
+        }
+        Record::Forget { tenant, key } => format!("F\t{tenant}\t{key}\n"),
+    }
+}
+
+fn parse(line: &str) -> Option<Record> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    Some(match fields[..] {
+        ["B", tenant, balance] => Record::Balance {
+            tenant: tenant.to_owned(),
+            balance: balance.parse().ok()?,
+        },
+        ["I", tenant, key, charge_id, expires] => Record::Idempotency {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+            charge_id: charge_id.to_owned(),
+            expires: expires.parse().ok()?,
+        },
+        ["F", tenant, key] => Record::Forget {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_last_values_and_survives_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("tg-journal-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("ledger.journal");
+        {
+            let (journal, _) = Journal::open(&path, 0).unwrap();
+            journal.append(Record::Balance {
+                tenant: "a".into(),
+                balance: 10,
+            });
+            journal.append(Record::Balance {
+                tenant: "a".into(),
+                balance: 7,
+            });
+            journal.append(Record::Idempotency {
+                tenant: "a".into(),
+                key: "k1".into(),
+                charge_id: "c1".into(),
+                expires: 500,
+            });
+            journal.append(Record::Idempotency {
+                tenant: "a".into(),
+                key: "k2".into(),
+                charge_id: "c2".into(),
+                expires: 50,
+            });
+            journal.append(Record::Idempotency {
+                tenant: "a".into(),
+                key: "k3".into(),
+                charge_id: "c3".into(),
+                expires: 500,
+            });
+            journal.append(Record::Forget {
+                tenant: "a".into(),
+                key: "k3".into(),
+            });
+            journal.flush();
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"B\ta\t9").unwrap(); // torn: no newline is fine, bad number is not
+        f.write_all(b"x\n").unwrap();
+        let (_, state) = Journal::open(&path, 100).unwrap();
+        assert_eq!(state.balances.get("a"), Some(&7));
+        assert_eq!(
+            state.idempotency.len(),
+            1,
+            "expired and forgotten keys are gone"
+        );
+        assert!(state
+            .idempotency
+            .contains_key(&("a".to_owned(), "k1".to_owned())));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,154 @@
+//! The Redis ledger: every operation is one Lua script (EVALSHA, loading the script on
+//! NOSCRIPT) over one multiplexed, self-reconnecting connection. Every key of a tenant
+//! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
+
+use super::{Charge, ChargeOutcome, Ledger, LedgerError, VoidOutcome};
+use crate::config::LedgerConfig;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+pub struct RedisLedger {
+    client: redis::Client,
+    /// Created on first use, inside the runtime that will drive it (Pingora starts its
+    /// runtimes after `main` has built the services).
+    conn: OnceCell<ConnectionManager>,
+    charge: Script,
+    void: Script,
+    timeout: Duration,
+    charge_ttl_ms: u64,
+    idempotency_ttl_ms: u64,
+}
+
+impl RedisLedger {
+    pub fn new(url: &str, config: &LedgerConfig) -> Result<RedisLedger, LedgerError> {
+        Ok(RedisLedger {
+            client: redis::Client::open(url)?,
+            conn: OnceCell::new(),
+            charge: Script::new(include_str!("charge.lua")),
+            void: Script::new(include_str!("void.lua")),
+            timeout: Duration::from_millis(config.timeout_ms),
+            charge_ttl_ms: config.charge_ttl_secs * 1000,
+            idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, LedgerError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Bounds every ledger call, whatever the connection is doing.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| LedgerError::Timeout)?
+    }
+}
+
+fn keys(tenant_id: &str, charge_id: &str, idempotency_key: Option<&str>) -> [Option<String>; 3] {
+    [
+        Some(format!("tg:{{{tenant_id}}}:bal")),
+        Some(format!("tg:{{{tenant_id}}}:ch:{charge_id}")),
+        idempotency_key.map(|k| format!("tg:{{{tenant_id}}}:idem:{k}")),
+    ]
+}
+
+fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
+    match values[..] {
+        [code, balance] => Ok((code, balance)),
+        _ => Err(LedgerError::Reply(format!("{values:?}"))),
+    }
+}
+
+#[async_trait]
+impl Ledger for RedisLedger {
+    async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let mut invocation = self.charge.prepare_invoke();
+            for key in keys(charge.tenant_id, charge.charge_id, charge.idempotency_key)
+                .into_iter()
+                .flatten()
+            {
+                invocation.key(key);
+            }
+            invocation
+                .arg(charge.cost)
+                .arg(charge.charge_id)
+                .arg(self.charge_ttl_ms)
+                .arg(self.idempotency_ttl_ms);
+            let (code, balance) = reply(invocation.invoke_async(&mut conn).await?)?;
+            Ok(match code {
+                0 => ChargeOutcome::Charged { balance },
+                1 => ChargeOutcome::Replayed { balance },
+                2 => ChargeOutcome::Insufficient { balance },
+                3 => ChargeOutcome::NoBalance,
+                4 => ChargeOutcome::Void,
+                _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
+            })
+        })
+        .await
+    }
+
+    async fn void(
+        &self,
+        tenant_id: &str,
+        charge_id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<VoidOutcome, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let mut invocation = self.void.prepare_invoke();
+            for key in keys(tenant_id, charge_id, idempotency_key)
+                .into_iter()
+                .flatten()
+            {
+                invocation.key(key);
+            }
+            invocation.arg(charge_id).arg(self.charge_ttl_ms);
+            let (code, balance) = reply(invocation.invoke_async(&mut conn).await?)?;
+            Ok(match code {
+                0 => VoidOutcome::Refunded { balance },
+                1 => VoidOutcome::NotApplied,
+                2 => VoidOutcome::AlreadyVoided,
+                _ => return Err(LedgerError::Reply(format!("void code {code}"))),
+            })
+        })
+        .await
+    }
+
+    async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let key = format!("tg:{{{tenant_id}}}:bal");
+            let _: bool = conn.set_nx(key, balance).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            Ok(conn.get(format!("tg:{{{tenant_id}}}:bal")).await?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,15 @@
+//! Tollgate: a credit-metered API gateway on Pingora.
+//!
+//! Each module is one stage of the request path of SPEC §2 (`routing`, `auth`, `ledger`,
+//! `usage`), tied together by the one `ProxyHttp` implementation in [`proxy`] and wired into
+//! a server by [`server`]. The binary (`src/main.rs`) only parses the command line.
+
+pub mod auth;
+pub mod config;
+pub mod demo_upstream;
+pub mod ledger;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod tenants;
+pub mod usage;

@@ -1,0 +1,115 @@
+//! The `tollgate` binary: parses the command line, sets up logging, loads the config and
+//! hands over to the library. `tollgate` alone runs the gateway with `conf/tollgate.yaml`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tollgate::auth::{self, Role};
+use tollgate::config::Config;
+use tollgate::server::{self, RunOptions};
+
+const DEFAULT_CONFIG: &str = "conf/tollgate.yaml";
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A credit-metered API gateway on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default command).
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Take over the sockets of a running instance (graceful upgrade; then SIGQUIT the old one).
+        #[arg(long, short)]
+        upgrade: bool,
+    },
+    /// Print a signed JWT for the configured key.
+    Token {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Load and validate a config file, then exit.
+    CheckConfig {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    User,
+    Admin,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        upgrade: false,
+    });
+    match execute(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run { config, upgrade } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            server::run(config, RunOptions { upgrade }).map_err(|e| e.to_string())
+        }
+        Command::Token {
+            config,
+            tenant,
+            user,
+            role,
+            ttl,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let role = match role {
+                RoleArg::User => Role::User,
+                RoleArg::Admin => Role::Admin,
+            };
+            if !tollgate::tenants::is_valid_tenant_id(&tenant) {
+                return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());
+            }
+            let token =
+                auth::mint(&config.auth, &tenant, &user, role, ttl).map_err(|e| e.to_string())?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            Config::load(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The gateway: the one [`ProxyHttp`] implementation, reading top to bottom like the
+//! request path of SPEC §2.
+//!
+//! ```text
+//!  client ──► request_filter ─────────────────────────────────────────► upstream_peer
+//!             1 route    (routing)  400 bad path · 404 unknown           │ service's base URL only
+//!             2 auth     (auth)     401 bad token · 403 suspended        ▼
+//!             3 charge   (ledger)   402 no credits · 503 ledger down   upstream_request_filter
+//!                                                                       4 rewrite path + headers
+//!  client ◄── response_filter ◄──────────────────────────────────────── upstream
+//!             5 X-Credits-* (refund on 5xx if configured)
+//!             fail_to_proxy: 502/504 + refund when the upstream was not reached
+//!             logging: 6 usage event (usage) · 7 alerts (later)
+//! ```
+
+mod headers;
+mod respond;
+
+pub use respond::Problem;
+
+use crate::auth::{AuthError, Claims, Verifier};
+use crate::config::TenantStatus;
+use crate::ledger::{
+    Charge, ChargeOutcome, Ledger, LedgerError, PendingVoid, VoidOutcome, VoidQueue,
+};
+use crate::routing::{RouteError, RouteMatch, Router};
+use crate::tenants::{Tenant, TenantDirectory};
+use crate::usage::{UsageEvent, UsageSink};
+use async_trait::async_trait;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// `Retry-After` on a 503 from an unavailable ledger: a retry a second later usually
+/// finds Redis failed over or reconnected.
+const LEDGER_RETRY_AFTER_SECS: u32 = 1;
+
+pub struct Gateway {
+    router: Arc<Router>,
+    verifier: Verifier,
+    tenants: TenantDirectory,
+    ledger: Arc<dyn Ledger>,
+    voids: VoidQueue,
+    usage: Arc<dyn UsageSink>,
+}
+
+/// Per-request state, filled in phase by phase.
+pub struct RequestCtx {
+    request_id: String,
+    started: Instant,
+    route: Option<RouteMatch>,
+    claims: Option<Claims>,
+    idempotency_key: Option<String>,
+    charge: Option<Charged>,
+    /// The upstream's status, once its response header arrived.
+    upstream_status: Option<u16>,
+}
+
+/// What the ledger did for this request.
+#[derive(Debug, Clone, Copy)]
+struct Charged {
+    /// Credits taken by this request (0 on an idempotent replay).
+    cost: i64,
+    balance: i64,
+    refunded: bool,
+}
+
+impl Gateway {
+    pub fn new(
+        router: Arc<Router>,
+        verifier: Verifier,
+        tenants: TenantDirectory,
+        ledger: Arc<dyn Ledger>,
+        voids: VoidQueue,
+        usage: Arc<dyn UsageSink>,
+    ) -> Gateway {
+        Gateway {
+            router,
+            verifier,
+            tenants,
+            ledger,
+            voids,
+            usage,
+        }
+    }
+
+    /// Step 1: resolve the route or explain why not.
+    fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Problem> {
+        let req = session.req_header();
+        self.router
+            .route(req.method.as_str(), req.uri.path(), req.uri.query())
+            .map_err(|e| match e {
+                RouteError::BadPath(why) => Problem::new(400, "bad-path", "Bad request path", why),
+                RouteError::NotFound(why) => Problem::new(404, "not-found", "Not found", why),
+            })
+    }
+
+    /// Step 2: verify the token and the tenant it names.
+    fn authenticate(&self, session: &Session) -> std::result::Result<(Claims, &Tenant), Problem> {
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION);
+        let claims = self
+            .verifier
+            .verify_header(header.map(|v| v.as_bytes()))
+            .map_err(|e| {
+                let detail = match &e {
+                    AuthError::Missing => "missing bearer token".to_owned(),
+                    AuthError::Malformed => "expected `Authorization: Bearer <JWT>`".to_owned(),
+                    AuthError::Invalid(why) => format!("invalid token: {why}"),
+                    AuthError::Key(_) => "invalid token".to_owned(),
+                };
+                Problem::new(401, "unauthorized", "Unauthorized", detail)
+                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
+            })?;
+        let tenant = match self.tenants.get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => t,
+            Some(_) => {
+                return Err(Problem::new(
+                    403,
+                    "tenant-suspended",
+                    "Forbidden",
+                    "this tenant is suspended",
+                )
+                .with("tenant_id", claims.tenant_id.clone()))
+            }
+            None => {
+                return Err(Problem::new(
+                    403,
+                    "unknown-tenant",
+                    "Forbidden",
+                    "this tenant is not registered",
+                )
+                .with("tenant_id", claims.tenant_id.clone()))
+            }
+        };
+        Ok((claims, tenant))
+    }
+
+    /// Step 3: charge once, hydrating a missing balance from the tenant directory.
+    async fn charge(
+        &self,
+        charge: &Charge<'_>,
+        tenant: &Tenant,
+    ) -> std::result::Result<ChargeOutcome, LedgerError> {
+        match self.ledger.charge(charge).await? {
+            ChargeOutcome::NoBalance => {
+                self.ledger.seed(&tenant.id, tenant.initial_credits).await?;
+                self.ledger.charge(charge).await
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Gives this request's credits back (upstream unreachable, or 5xx when configured).
+    async fn refund(&self, ctx: &mut RequestCtx) {
+        let (Some(claims), Some(charged)) = (&ctx.claims, &mut ctx.charge) else {
+            return;
+        };
+        if charged.cost == 0 || charged.refunded {
+            return;
+        }
+        charged.refunded = true;
+        let key = ctx.idempotency_key.as_deref();
+        match self
+            .ledger
+            .void(&claims.tenant_id, &ctx.request_id, key)
+            .await
+        {
+            Ok(VoidOutcome::Refunded { balance }) => charged.balance = balance,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "refund deferred: ledger unavailable");
+                charged.balance += charged.cost;
+                self.voids.push(PendingVoid {
+                    tenant_id: claims.tenant_id.clone(),
+                    charge_id: ctx.request_id.clone(),
+                    idempotency_key: ctx.idempotency_key.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn idempotency_key(session: &Session) -> std::result::Result<Option<String>, Problem> {
+    let Some(value) = session.req_header().headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return Err(Problem::new(
+            400,
+            "bad-idempotency-key",
+            "Bad Idempotency-Key header",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ),
+        )
+        .with("header", "Idempotency-Key"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            route: None,
+            claims: None,
+            idempotency_key: None,
+            charge: None,
+            upstream_status: None,
+        }
+    }
+
+    /// Steps 1–3. Returns `Ok(true)` when the response (an error) is already written.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let checked = self.route(session).and_then(|route| {
+            let (claims, tenant) = self.authenticate(session)?;
+            Ok((route, claims, tenant, idempotency_key(session)?))
+        });
+        let (route, claims, tenant, key) = match checked {
+            Ok(checked) => checked,
+            Err(problem) => {
+                problem.send(session, &ctx.request_id).await?;
+                return Ok(true);
+            }
+        };
+        let cost = i64::from(route.endpoint().credits);
+        let charge = Charge {
+            tenant_id: &tenant.id,
+            cost,
+            charge_id: &ctx.request_id,
+            idempotency_key: key.as_deref(),
+        };
+        let charged = match self.charge(&charge, tenant).await {
+            Ok(ChargeOutcome::Charged { balance }) => Charged {
+                cost,
+                balance,
+                refunded: false,
+            },
+            Ok(ChargeOutcome::Replayed { balance }) => Charged {
+                cost: 0,
+                balance,
+                refunded: false,
+            },
+            Ok(ChargeOutcome::Insufficient { balance }) => {
+                let detail = format!("this call costs {cost} credits and the balance is {balance}");
+                Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
+                    .with("tenant_id", tenant.id.clone())
+                    .with("balance", balance)
+                    .with("cost", cost)
+                    .header("x-credits-cost", cost)
+                    .header("x-credits-remaining", balance)
+                    .send(session, &ctx.request_id)
+                    .await?;
+                return Ok(true);
+            }
+            outcome => {
+                // The charge may still land (a stalled Redis resuming): void it by id.
+                if let Err(e) = &outcome {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
+                }
+                self.voids.push(PendingVoid {
+                    tenant_id: tenant.id.clone(),
+                    charge_id: ctx.request_id.clone(),
+                    idempotency_key: key.clone(),
+                });
+                Problem::new(
+                    503,
+                    "ledger-unavailable",
+                    "Service unavailable",
+                    "the credit ledger is unavailable; retry shortly",
+                )
+                .header("retry-after", LEDGER_RETRY_AFTER_SECS)
+                .send(session, &ctx.request_id)
+                .await?;
+                return Ok(true);
+            }
+        };
+        ctx.route = Some(route);
+        ctx.claims = Some(claims);
+        ctx.idempotency_key = key;
+        ctx.charge = Some(charged);
+        Ok(false)
+    }
+
+    /// Step 4: the service's registered upstream, with its own timeouts.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
+        let upstream = &route.service.upstream;
+        let addr = upstream
+            .addr
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream not resolved"))?;
+        let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
+        let timeouts = &route.service.timeouts;
+        peer.options.connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
+        peer.options.total_connection_timeout = Some(Duration::from_millis(timeouts.connect_ms));
+        peer.options.read_timeout = Some(Duration::from_millis(timeouts.read_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(timeouts.write_ms));
+        Ok(Box::new(peer))
+    }
+
+    /// Step 4: rewrite the path and the headers for the upstream.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(claims)) = (&ctx.route, &ctx.claims) else {
+            return Error::e_explain(ErrorType::InternalError, "request not routed");
+        };
+        let uri = route
+            .upstream_path
+            .parse()
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream path", e))?;
+        upstream_request.set_uri(uri);
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let identity = headers::Identity {
+            tenant_id: &claims.tenant_id,
+            user_id: &claims.sub,
+            request_id: &ctx.request_id,
+            client_ip,
+            authority: &route.service.upstream.authority,
+        };
+        headers::rewrite(upstream_request, &identity)
+    }
+
+    /// Step 5: the credits headers on the upstream's response.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if response.status.is_informational() {
+            return Ok(());
+        }
+        let status = response.status.as_u16();
+        ctx.upstream_status = Some(status);
+        if status >= 500 && ctx.route.as_ref().is_some_and(|r| r.service.refund_on_5xx) {
+            self.refund(ctx).await;
+        }
+        if let Some(charged) = &ctx.charge {
+            let cost = if charged.refunded { 0 } else { charged.cost };
+            response.insert_header("x-credits-cost", cost)?;
+            response.insert_header("x-credits-remaining", charged.balance)?;
+        }
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// An error ended the request. Upstream not reached (no response header yet): refund
+    /// and answer 502, or 504 on a timeout. Client-side errors keep Pingora's mapping
+    /// (0 = the client is gone, nothing to write).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let timed_out = matches!(e.etype(), ConnectTimedout | ReadTimedout | WriteTimedout);
+        let code = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => *code,
+            (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => 0,
+            (ErrorSource::Downstream, _) => 400,
+            (ErrorSource::Upstream, _) if timed_out => 504,
+            (ErrorSource::Upstream, _) => 502,
+            _ if timed_out => 504,
+            _ => 500,
+        };
+        if (code == 502 || code == 504) && ctx.upstream_status.is_none() {
+            self.refund(ctx).await;
+        }
+        if code > 0 && session.response_written().is_none() {
+            let problem = match code {
+                502 => Problem::new(
+                    502,
+                    "upstream-unreachable",
+                    "Bad gateway",
+                    "the upstream could not be reached",
+                ),
+                504 => Problem::new(
+                    504,
+                    "upstream-timeout",
+                    "Gateway timeout",
+                    "the upstream did not answer in time",
+                ),
+                400 => Problem::new(
+                    400,
+                    "bad-request",
+                    "Bad request",
+                    "the request could not be read",
+                ),
+                _ => Problem::new(
+                    code,
+                    "internal",
+                    "Gateway error",
+                    "the gateway could not complete the request",
+                ),
+            };
+            let problem = match &ctx.charge {
+                Some(c) => problem
+                    .header("x-credits-cost", if c.refunded { 0 } else { c.cost })
+                    .header("x-credits-remaining", c.balance),
+                None => problem,
+            };
+            if let Err(write_error) = problem.send(session, &ctx.request_id).await {
+                tracing::debug!(error = %write_error, "could not write the error response");
+            }
+        }
+        if code >= 500 {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "proxy error");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Step 6: one usage event per charged call, handed off without waiting.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(request_id = %ctx.request_id, status, latency_ms, path = %session.req_header().uri.path(), "request");
+        let (Some(route), Some(claims), Some(charged)) = (&ctx.route, &ctx.claims, &ctx.charge)
+        else {
+            return;
+        };
+        let endpoint = route.endpoint();
+        self.usage.record(UsageEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: claims.tenant_id.clone(),
+            user_id: claims.sub.clone(),
+            service: route.service.name.clone(),
+            endpoint: endpoint.path.clone(),
+            method: session.req_header().method.to_string(),
+            credits_used: charged.cost,
+            balance_after: charged.balance,
+            status,
+            latency_ms,
+            request_id: ctx.request_id.clone(),
+            idempotency_key: ctx.idempotency_key.clone(),
+            refunded: charged.refunded,
+            timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        });
+    }
+}

@@ -1,0 +1,187 @@
+//! Step 1 of the request path: from `/api/proxy/{service}/{path...}` to a registered
+//! service, its priced endpoint and the upstream path to forward to.
+//!
+//! Hostile paths (`..`, encoded dots and slashes, backslashes, NULs, empty segments) are
+//! refused before any lookup, and the upstream is always the service's registered base
+//! URL: nothing in the request can choose a host.
+
+mod table;
+mod upstream;
+
+pub use table::{EndpointTable, ANY_METHOD};
+pub use upstream::Upstream;
+
+use crate::config::{OnLedgerError, ServiceConfig, TimeoutsConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every metered call lives under this prefix.
+pub const PROXY_PREFIX: &str = "/api/proxy/";
+
+/// A registered service, ready for the request path.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub upstream: Upstream,
+    pub timeouts: TimeoutsConfig,
+    pub refund_on_5xx: bool,
+    pub on_ledger_error: OnLedgerError,
+    pub endpoints: Vec<Endpoint>,
+    table: EndpointTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub method: String,
+    /// The declared pattern, e.g. `/notes/{id}`: what usage logs and bills group by.
+    pub path: String,
+    pub credits: u32,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub service: Arc<Service>,
+    pub endpoint: usize,
+    /// Base path of the upstream + the request's path after `{service}` + the query.
+    pub upstream_path: String,
+}
+
+impl RouteMatch {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.service.endpoints[self.endpoint]
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// 400: the path is malformed or tries to escape its prefix.
+    BadPath(&'static str),
+    /// 404: no such service or endpoint.
+    NotFound(&'static str),
+}
+
+/// All services, by name.
+#[derive(Debug, Default)]
+pub struct Router {
+    services: HashMap<String, Arc<Service>>,
+}
+
+impl Router {
+    /// Builds the router, resolving each upstream's host once (config was validated).
+    pub fn new(services: &[ServiceConfig]) -> Result<Router, String> {
+        let mut map = HashMap::new();
+        for config in services {
+            let upstream = Upstream::parse(&config.upstream)
+                .and_then(Upstream::resolve)
+                .map_err(|e| format!("service `{}`: {e}", config.name))?;
+            let mut table = EndpointTable::default();
+            let mut endpoints = Vec::with_capacity(config.endpoints.len());
+            for (i, e) in config.endpoints.iter().enumerate() {
+                table.insert(&e.method, &e.path, i)?;
+                endpoints.push(Endpoint {
+                    method: e.method.clone(),
+                    path: e.path.clone(),
+                    credits: e.credits,
+                });
+            }
+            let service = Service {
+                name: config.name.clone(),
+                upstream,
+                timeouts: config.timeouts,
+                refund_on_5xx: config.refund_on_5xx,
+                on_ledger_error: config.on_ledger_error,
+                endpoints,
+                table,
+            };
+            map.insert(config.name.clone(), Arc::new(service));
+        }
+        Ok(Router { services: map })
+    }
+
+    /// Routes `method` + `path` (the request target's path) + `query`.
+    pub fn route(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<RouteMatch, RouteError> {
+        check_path(path)?;
+        let Some(after) = path.strip_prefix(PROXY_PREFIX) else {
+            return Err(RouteError::NotFound(
+                "no route; metered calls go to /api/proxy/{service}/...",
+            ));
+        };
+        let (name, rest) = match after.find('/') {
+            Some(i) => after.split_at(i),
+            None => (after, "/"),
+        };
+        let service = self
+            .services
+            .get(name)
+            .ok_or(RouteError::NotFound("unknown service"))?;
+        let endpoint = service
+            .table
+            .find(method, rest)
+            .ok_or(RouteError::NotFound(
+                "unknown endpoint for this service and method",
+            ))?;
+        let base = service.upstream.base_path.as_str();
+        let mut upstream_path =
+            String::with_capacity(base.len() + rest.len() + 1 + query.map_or(0, str::len));
+        upstream_path.push_str(base);
+        upstream_path.push_str(rest);
+        if let Some(q) = query {
+            upstream_path.push('?');
+            upstream_path.push_str(q);
+        }
+        Ok(RouteMatch {
+            service: Arc::clone(service),
+            endpoint,
+            upstream_path,
+        })
+    }
+}
+
+/// Refuses paths that could mean something else after decoding or normalisation upstream.
+fn check_path(path: &str) -> Result<(), RouteError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(RouteError::BadPath("the path must start with /"));
+    }
+    if bytes.iter().any(|&b| b == b'\\' || b < 0x20 || b == 0x7f) {
+        return Err(RouteError::BadPath(
+            "backslashes and control characters are not allowed in the path",
+        ));
+    }
+    for window in bytes.windows(3) {
+        if window[0] == b'%' {
+            let code = [
+                window[1].to_ascii_lowercase(),
+                window[2].to_ascii_lowercase(),
+            ];
+            if matches!(&code, b"2e" | b"2f" | b"5c" | b"00") {
+                return Err(RouteError::BadPath(
+                    "encoded dots, slashes, backslashes and NULs are not allowed in the path",
+                ));
+            }
+        }
+    }
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment == "." || segment == ".." {
+            return Err(RouteError::BadPath(
+                "`.` and `..` segments are not allowed in the path",
+            ));
+        }
+        if segment.is_empty() && segments.peek().is_some() {
+            return Err(RouteError::BadPath(
+                "empty path segments (//) are not allowed",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

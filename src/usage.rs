@@ -1,0 +1,54 @@
+//! Step 6 of the request path: one usage event per charged call, handed to a
+//! [`UsageSink`] from Pingora's logging phase. The sink must never block the request:
+//! the durable pipeline (bounded queue, batched `insert_many`, disk journal — SPEC §4)
+//! plugs in here. Until it does, [`TracingSink`] writes each event as a debug log line.
+
+use serde::Serialize;
+
+/// The usage log document of SPEC §3.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageEvent {
+    /// A UUIDv7 made at the gateway, so a retried batch cannot duplicate a log.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub service: String,
+    /// The endpoint's declared pattern (`/notes/{id}`), what bills group by.
+    pub endpoint: String,
+    pub method: String,
+    pub credits_used: i64,
+    pub balance_after: i64,
+    /// Status sent to the client (0 if the client went away first).
+    pub status: u16,
+    pub latency_ms: f64,
+    pub request_id: String,
+    pub idempotency_key: Option<String>,
+    pub refunded: bool,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+pub trait UsageSink: Send + Sync + 'static {
+    /// Takes the event; must return at once (SPEC §4: never awaited on the request path).
+    fn record(&self, event: UsageEvent);
+}
+
+/// Logs each event at debug level; the seam the store issue replaces.
+pub struct TracingSink;
+
+impl UsageSink for TracingSink {
+    fn record(&self, event: UsageEvent) {
+        tracing::debug!(
+            tenant_id = %event.tenant_id,
+            service = %event.service,
+            endpoint = %event.endpoint,
+            credits_used = event.credits_used,
+            balance_after = event.balance_after,
+            status = event.status,
+            refunded = event.refunded,
+            request_id = %event.request_id,
+            "usage"
+        );
+    }
+}
