@@ -1,0 +1,309 @@
+//! The integration harness: real servers on free loopback ports, one set per test, so
+//! tests stay hermetic and parallel-safe.
+//!
+//! - [`RedisServer`]: a `redis-server` child process (pause, resume, kill, restart).
+//! - [`Upstream`]: the echo upstream (`tollgate::demo_upstream`) in this test process,
+//!   counting what reaches it.
+//! - [`Gateway`]: the `tollgate` binary itself, started with a generated config.
+//!
+//! Readiness is polled with a deadline, never slept for.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate::auth::{self, Role};
+use tollgate::config::AuthConfig;
+use tollgate::demo_upstream::Counters;
+
+/// The HS256 secret of every test gateway (32+ bytes, so distributed mode accepts it).
+pub const SECRET: &str = "tollgate-integration-tests-secret-0123456789";
+
+/// How long any server gets to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `ready` every 20 ms until it holds or `deadline` passes.
+pub async fn wait_until(what: &str, deadline: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !ready().await {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn wait_for_port(what: &str, port: u16, child: &mut Child) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(
+            start.elapsed() < READY_DEADLINE,
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+}
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut redis = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        wait_for_port("redis-server", self.port, &mut child);
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn balance(&self, tenant: &str) -> Option<i64> {
+        let mut conn = self.connection().await;
+        redis::cmd("GET")
+            .arg(format!("tg:{{{tenant}}}:bal"))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().unwrap(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.as_ref().unwrap(), libc::SIGCONT);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh (empty) server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server ignores SIGKILL until continued on some kernels' views; be sure.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}
+
+/// The echo upstream, served from this test process.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let serving = Arc::clone(&counters);
+        let task = tokio::spawn(async move {
+            let _ = tollgate::demo_upstream::serve(listener, serving).await;
+        });
+        Upstream {
+            addr,
+            counters,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.counters.requests()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `tollgate run` child process with its own config and data dir.
+pub struct Gateway {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    redis_url: Option<String>,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml` (services, tenants, ...) on a fresh data dir.
+    pub fn start(yaml: &str, redis_url: Option<String>) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("tollgate-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!("grace_period_secs: 0\nthreads: 2\nauth:\n  secret: {SECRET}\n{yaml}");
+        std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
+        Gateway::start_in(dir, redis_url)
+    }
+
+    /// Starts another gateway on the same config and data dir (a restart), or sharing the
+    /// config only (a second replica) when the caller copies the dir.
+    pub fn start_in(dir: PathBuf, redis_url: Option<String>) -> Gateway {
+        let mut gateway = Gateway {
+            port: free_port(),
+            dir,
+            child: None,
+            redis_url,
+        };
+        gateway.spawn();
+        gateway
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.port))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.join("tollgate.yaml"))
+            .env("TOLLGATE_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
+            .env(
+                "TOLLGATE_REDIS_URL",
+                self.redis_url.clone().unwrap_or_default(),
+            )
+            .env("RUST_LOG", "info,tollgate=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the tollgate binary");
+        wait_for_port("tollgate", self.port, &mut child);
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "gateway exited with {status}; log in {}",
+                self.dir.display()
+            );
+        }
+    }
+
+    /// Stops and starts again on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("gateway-{}.log", self.port)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn token(tenant: &str, user: &str) -> String {
+    let config = AuthConfig {
+        secret: SECRET.into(),
+        ..AuthConfig::default()
+    };
+    auth::mint(&config, tenant, user, Role::User, 3600).unwrap()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Reads a response header as an integer.
+pub fn header_i64(response: &reqwest::Response, name: &str) -> Option<i64> {
+    response.headers().get(name)?.to_str().ok()?.parse().ok()
+}

@@ -1,0 +1,418 @@
+//! The behavioural suite of SPEC §2, run against both ledgers: the embedded one (one
+//! process, journal under the data dir) and Redis (a private `redis-server`).
+
+mod common;
+
+use common::{client, header_i64, raw, token, Gateway, RedisServer, Upstream};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// One gateway on one backend, with its upstream.
+struct Setup {
+    gateway: Gateway,
+    upstream: Upstream,
+    redis: Option<RedisServer>,
+}
+
+/// Services: `notes` (the echo upstream), `down` (a closed port), `slow` (read timeout
+/// 300 ms), `flaky` (refund on 5xx). Tenants: `rich`, `poor` (3 credits), `frozen`.
+fn services_yaml(upstream: &str, closed_port: u16) -> String {
+    format!(
+        r#"
+services:
+  - name: notes
+    upstream: {upstream}/v1
+    endpoints:
+      - {{ method: POST, path: /notes/create, credits: 5 }}
+      - {{ method: GET,  path: "/notes/{{id}}", credits: 1 }}
+      - {{ method: ANY,  path: "/search/*",   credits: 2 }}
+      - {{ method: GET,  path: /balance,      credits: 0 }}
+      - {{ method: POST, path: /expensive,    credits: 7 }}
+  - name: down
+    upstream: http://127.0.0.1:{closed_port}
+    timeouts: {{ connect_ms: 500 }}
+    endpoints:
+      - {{ method: ANY, path: "/*", credits: 4 }}
+  - name: slow
+    upstream: {upstream}
+    timeouts: {{ read_ms: 300 }}
+    endpoints:
+      - {{ method: ANY, path: "/*", credits: 3 }}
+  - name: flaky
+    upstream: {upstream}
+    refund_on_5xx: true
+    endpoints:
+      - {{ method: ANY, path: "/*", credits: 6 }}
+tenants:
+  - {{ id: rich, name: Rich, credits: 1000 }}
+  - {{ id: poor, name: Poor, credits: 3 }}
+  - {{ id: frozen, name: Frozen, credits: 1000, status: suspended }}
+"#
+    )
+}
+
+impl Setup {
+    async fn new(backend: Backend) -> Setup {
+        let upstream = Upstream::start().await;
+        let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
+        let yaml = services_yaml(&upstream.url(), common::free_port());
+        let gateway = Gateway::start(&yaml, redis.as_ref().map(RedisServer::url));
+        Setup {
+            gateway,
+            upstream,
+            redis,
+        }
+    }
+
+    /// The live balance, read through the gateway's free endpoint.
+    async fn balance(&self, tenant: &str) -> i64 {
+        let response = client()
+            .get(self.gateway.url("/api/proxy/notes/balance"))
+            .bearer_auth(token(tenant, "balance-reader"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "balance read");
+        header_i64(&response, "x-credits-remaining").unwrap()
+    }
+}
+
+fn assert_problem(body: &Value, status: u16) {
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:tollgate:problem:")),
+        "{body}"
+    );
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+}
+
+async fn forwards_and_charges(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let response = client()
+        .post(s.gateway.url("/api/proxy/notes/notes/create?draft=1"))
+        .bearer_auth(token("rich", "alice"))
+        .header("x-tenant-id", "victim")
+        .header("x-user-id", "root")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_i64(&response, "x-credits-cost"), Some(5));
+    assert_eq!(header_i64(&response, "x-credits-remaining"), Some(995));
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["path"], "/v1/notes/create");
+    assert_eq!(echo["query"], "draft=1");
+    assert_eq!(echo["body_bytes"], 5);
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-tenant-id"], "rich");
+    assert_eq!(headers["x-user-id"], "alice");
+    assert_eq!(headers["x-request-id"], request_id.as_str());
+    assert!(
+        headers.get("authorization").is_none(),
+        "the client's token must not reach the upstream"
+    );
+    assert_eq!(headers["host"], s.upstream.addr.to_string());
+    // Param and wildcard endpoints, and a method that only ANY accepts.
+    let get = client()
+        .get(s.gateway.url("/api/proxy/notes/notes/42"))
+        .bearer_auth(token("rich", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            get.status().as_u16(),
+            header_i64(&get, "x-credits-remaining")
+        ),
+        (200, Some(994))
+    );
+    let search = client()
+        .delete(s.gateway.url("/api/proxy/notes/search/a/b"))
+        .bearer_auth(token("rich", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            search.status().as_u16(),
+            header_i64(&search, "x-credits-cost")
+        ),
+        (200, Some(2))
+    );
+    assert_eq!(s.balance("rich").await, 992);
+    assert_eq!(s.upstream.requests(), 4);
+}
+
+async fn refuses_with_problem_bodies(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let rich = token("rich", "alice");
+    let addr = s.gateway.addr();
+    let auth = format!("Authorization: Bearer {rich}");
+    // 400: hostile paths, sent raw so no client normalises them first.
+    for path in [
+        "/api/proxy/notes/search/%2e%2e/x",
+        "/api/proxy/notes/search/a%2Fb",
+        "/api/proxy/notes/../notes/notes/1",
+        "/api/proxy/notes/search/a\\b",
+        "/api/proxy/notes//search/x",
+    ] {
+        let r = raw::send(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n{auth}")).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+        assert_problem(&r.json(), 400);
+    }
+    // 404: unknown service, unknown endpoint, a method the endpoint does not take.
+    for (method, path) in [
+        ("GET", "/api/proxy/nope/x"),
+        ("GET", "/api/proxy/notes/unknown"),
+        ("DELETE", "/api/proxy/notes/notes/create"),
+        ("GET", "/elsewhere"),
+    ] {
+        let r = raw::send(
+            addr,
+            &format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}"),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert_problem(&r.json(), 404);
+    }
+    // 401: missing, not Bearer, garbage, signed with another key.
+    let foreign = {
+        let config = tollgate::config::AuthConfig {
+            secret: "another-secret-of-at-least-32-bytes!!".into(),
+            ..Default::default()
+        };
+        tollgate::auth::mint(&config, "rich", "mallory", tollgate::auth::Role::Admin, 60).unwrap()
+    };
+    for header in [
+        "",
+        "Authorization: Basic YTpi\r\n",
+        "Authorization: Bearer not.a.jwt\r\n",
+        &format!("Authorization: Bearer {foreign}\r\n"),
+    ] {
+        let r = raw::send(
+            addr,
+            &format!("GET /api/proxy/notes/notes/1 HTTP/1.1\r\nHost: t\r\n{header}").trim_end(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{header}");
+        assert_eq!(
+            r.headers["www-authenticate"],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_problem(&r.json(), 401);
+    }
+    // 403: suspended and unknown tenants.
+    for tenant in ["frozen", "stranger"] {
+        let r = client()
+            .get(s.gateway.url("/api/proxy/notes/notes/1"))
+            .bearer_auth(token(tenant, "u"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{tenant}");
+        assert_problem(&r.json().await.unwrap(), 403);
+    }
+    // 400: a malformed Idempotency-Key, naming the header.
+    let r = client()
+        .get(s.gateway.url("/api/proxy/notes/notes/1"))
+        .bearer_auth(&rich)
+        .header("idempotency-key", "has space")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["header"], "Idempotency-Key");
+    // 402 with the whole body; nothing charged, nothing forwarded.
+    let r = client()
+        .post(s.gateway.url("/api/proxy/notes/notes/create"))
+        .bearer_auth(token("poor", "bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        (
+            header_i64(&r, "x-credits-cost"),
+            header_i64(&r, "x-credits-remaining")
+        ),
+        (Some(5), Some(3))
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_problem(&body, 402);
+    assert_eq!(
+        (
+            body["tenant_id"].as_str(),
+            body["balance"].as_i64(),
+            body["cost"].as_i64()
+        ),
+        (Some("poor"), Some(3), Some(5))
+    );
+    assert_eq!(
+        s.upstream.requests(),
+        0,
+        "no refused request reaches the upstream"
+    );
+    assert_eq!(s.balance("rich").await, 1000);
+    assert_eq!(s.balance("poor").await, 3);
+}
+
+async fn refunds_when_the_upstream_fails(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let rich = token("rich", "alice");
+    let r = client()
+        .post(s.gateway.url("/api/proxy/down/anything"))
+        .bearer_auth(&rich)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        (
+            header_i64(&r, "x-credits-cost"),
+            header_i64(&r, "x-credits-remaining")
+        ),
+        (Some(0), Some(1000))
+    );
+    assert_problem(&r.json().await.unwrap(), 502);
+    let r = client()
+        .get(s.gateway.url("/api/proxy/slow/x?delay_ms=2000"))
+        .bearer_auth(&rich)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(header_i64(&r, "x-credits-remaining"), Some(1000));
+    assert_eq!(s.balance("rich").await, 1000);
+    // 5xx: refunded only where the service asks for it.
+    let r = client()
+        .get(s.gateway.url("/api/proxy/flaky/x?status=503"))
+        .bearer_auth(&rich)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            header_i64(&r, "x-credits-cost"),
+            header_i64(&r, "x-credits-remaining")
+        ),
+        (503, Some(0), Some(1000))
+    );
+    let r = client()
+        .get(s.gateway.url("/api/proxy/notes/notes/1?status=500"))
+        .bearer_auth(&rich)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header_i64(&r, "x-credits-remaining")),
+        (500, Some(999))
+    );
+    assert_eq!(s.balance("rich").await, 999);
+}
+
+async fn idempotency_key_charges_once(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let mut costs = Vec::new();
+    for _ in 0..3 {
+        let r = client()
+            .post(s.gateway.url("/api/proxy/notes/expensive"))
+            .bearer_auth(token("rich", "alice"))
+            .header("idempotency-key", "order-42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        costs.push(header_i64(&r, "x-credits-cost").unwrap());
+    }
+    assert_eq!(costs, [7, 0, 0]);
+    assert_eq!(s.upstream.requests(), 3, "every retry is forwarded");
+    assert_eq!(s.balance("rich").await, 993);
+    // Keys are per tenant: another tenant's identical key is its own charge.
+    let r = client()
+        .post(s.gateway.url("/api/proxy/notes/notes/create"))
+        .bearer_auth(token("poor", "bob"))
+        .header("idempotency-key", "order-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+}
+
+/// Balance 1000, cost 7, 300 concurrent callers: exactly ⌊1000/7⌋ = 142 get through.
+async fn exact_under_concurrency(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let http = client();
+    let calls = (0..300).map(|_| {
+        let request = http
+            .post(s.gateway.url("/api/proxy/notes/expensive"))
+            .bearer_auth(token("rich", "alice"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    assert_eq!((ok, refused), (142, 158), "{statuses:?}");
+    assert_eq!(s.upstream.requests(), 142);
+    assert_eq!(s.balance("rich").await, 6);
+}
+
+async fn restarts_keep_balances(backend: Backend) {
+    let mut s = Setup::new(backend).await;
+    let r = client()
+        .post(s.gateway.url("/api/proxy/notes/expensive"))
+        .bearer_auth(token("rich", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_i64(&r, "x-credits-remaining"), Some(993));
+    s.gateway.restart();
+    assert_eq!(
+        s.balance("rich").await,
+        993,
+        "a restart must not re-seed the configured balance"
+    );
+    if let Some(redis) = &s.redis {
+        assert_eq!(redis.balance("rich").await, Some(993));
+    }
+}
+
+macro_rules! on_both_ledgers {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Embedded).await })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Redis).await })*
+        }
+    };
+}
+
+on_both_ledgers!(
+    forwards_and_charges,
+    refuses_with_problem_bodies,
+    refunds_when_the_upstream_fails,
+    idempotency_key_charges_once,
+    exact_under_concurrency,
+    restarts_keep_balances,
+);
