@@ -207,7 +207,7 @@ async fn refuses_with_problem_bodies(backend: Backend) {
     ] {
         let r = raw::send(
             addr,
-            &format!("GET /api/proxy/notes/notes/1 HTTP/1.1\r\nHost: t\r\n{header}").trim_end(),
+            format!("GET /api/proxy/notes/notes/1 HTTP/1.1\r\nHost: t\r\n{header}").trim_end(),
         )
         .await;
         assert_eq!(r.status, 401, "{header}");

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tollgate needs on a fresh Debian/Ubuntu machine, and
+# nothing that is already there:
+#   cmake         pingora-core's zlib-ng (libz-ng-sys) builds with it
+#   redis-server  the integration tests start private instances (--tests only)
+# Usage: scripts/ensure-deps.sh [--tests]
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(build-essential)
+if [[ ${1:-} == --tests ]]; then
+  command -v redis-server >/dev/null || need+=(redis-server)
+fi
+((${#need[@]} == 0)) && exit 0
+
+echo "ensure-deps: installing ${need[*]}" >&2
+if [[ $(id -u) == 0 ]]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
+  echo "ensure-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) and rerun" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
