@@ -230,3 +230,122 @@ mod tests {
         assert!(matches!(v.verify(&hash_tag), Err(AuthError::Invalid(_))));
     }
 }
+
+#[cfg(test)]
+mod pem_tests {
+    //! RS256/ES256 with PEM keys made by the `openssl` command line tool.
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("openssl on PATH");
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    fn keys(kind: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tg-keys-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        match kind {
+            "rsa" => openssl(
+                &dir,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    "private.pem",
+                ],
+            ),
+            _ => openssl(
+                &dir,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                    "private.pem",
+                ],
+            ),
+        }
+        openssl(
+            &dir,
+            &[
+                "pkey",
+                "-in",
+                "private.pem",
+                "-pubout",
+                "-out",
+                "public.pem",
+            ],
+        );
+        (dir.join("private.pem"), dir.join("public.pem"))
+    }
+
+    fn config(algorithm: JwtAlgorithm, (private, public): &(PathBuf, PathBuf)) -> AuthConfig {
+        AuthConfig {
+            algorithm,
+            public_key_file: Some(public.clone()),
+            private_key_file: Some(private.clone()),
+            ..AuthConfig::default()
+        }
+    }
+
+    #[test]
+    fn rs256_and_es256_verify_with_public_keys() {
+        for (algorithm, kind) in [(JwtAlgorithm::RS256, "rsa"), (JwtAlgorithm::ES256, "ec")] {
+            let c = config(algorithm, &keys(kind));
+            let token = mint(&c, "acme", "u1", Role::User, 60).unwrap();
+            let claims = Verifier::new(&c).unwrap().verify(&token).unwrap();
+            assert_eq!(claims.tenant_id, "acme");
+        }
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        let pair = keys("rsa");
+        let rs256 = Verifier::new(&config(JwtAlgorithm::RS256, &pair)).unwrap();
+        // The classic attack: an HS256 token whose HMAC key is the RSA public key's PEM.
+        let public_pem = std::fs::read_to_string(&pair.1).unwrap();
+        let forged = mint(
+            &AuthConfig {
+                secret: public_pem,
+                ..AuthConfig::default()
+            },
+            "acme",
+            "u1",
+            Role::Admin,
+            60,
+        )
+        .unwrap();
+        assert!(matches!(rs256.verify(&forged), Err(AuthError::Invalid(_))));
+        // And the reverse: an HS256 gateway never accepts an RS256 token.
+        let rs_token = mint(
+            &config(JwtAlgorithm::RS256, &pair),
+            "acme",
+            "u1",
+            Role::User,
+            60,
+        )
+        .unwrap();
+        let hs256 = Verifier::new(&AuthConfig::default()).unwrap();
+        assert!(matches!(
+            hs256.verify(&rs_token),
+            Err(AuthError::Invalid(_))
+        ));
+        // An ES256 gateway refuses an RS256 token even though both are public-key algorithms.
+        let es = config(JwtAlgorithm::ES256, &keys("ec"));
+        assert!(matches!(
+            Verifier::new(&es).unwrap().verify(&rs_token),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+}

@@ -45,6 +45,11 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Serve the demo echo upstream alone (quickstart, load tests).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
     /// Load and validate a config file, then exit.
     CheckConfig {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -105,6 +110,16 @@ fn execute(command: Command) -> Result<(), String> {
                 auth::mint(&config.auth, &tenant, &user, role, ttl).map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
+        }
+        Command::Echo { listen } => {
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime
+                .block_on(async {
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
+                    tracing::info!(%listen, "echo upstream listening");
+                    tollgate::demo_upstream::serve(listener, Default::default()).await
+                })
+                .map_err(|e| format!("echo upstream on {listen}: {e}"))
         }
         Command::CheckConfig { config } => {
             Config::load(&config).map_err(|e| e.to_string())?;

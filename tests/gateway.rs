@@ -395,6 +395,23 @@ async fn restarts_keep_balances(backend: Backend) {
     }
 }
 
+/// A 32 MB upload passes through to the upstream whole (Pingora streams it; nothing in the
+/// request path reads the body).
+async fn streams_large_bodies(backend: Backend) {
+    let s = Setup::new(backend).await;
+    let body = vec![b'x'; 32 * 1024 * 1024];
+    let r = client()
+        .post(s.gateway.url("/api/proxy/notes/search/upload"))
+        .bearer_auth(token("rich", "alice"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["body_bytes"], 32 * 1024 * 1024);
+}
+
 macro_rules! on_both_ledgers {
     ($($test:ident),* $(,)?) => {
         mod embedded {
@@ -415,4 +432,5 @@ on_both_ledgers!(
     idempotency_key_charges_once,
     exact_under_concurrency,
     restarts_keep_balances,
+    streams_large_bodies,
 );
