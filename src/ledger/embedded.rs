@@ -1,19 +1,21 @@
 //! The embedded ledger: the Redis scripts' semantics in-process, for the single-process
 //! default. Balances and idempotency keys are journaled under the data dir (see
-//! [`super::journal`]) so a restart keeps them; charge records only matter to in-flight
-//! requests and are kept in memory.
+//! [`super::journal`]) so a restart keeps them.
+//!
+//! An in-process ledger never times out, so every void it receives either names a charge
+//! the caller saw applied (a refund, with its cost) or a charge it never saw. It therefore
+//! keeps no record per charge, only the ids it has voided (tombstones), which makes voids
+//! idempotent and refuses a charge whose id is spent.
 
+use super::expiring::ExpiringMap;
 use super::journal::{Journal, Record};
-use super::{Charge, ChargeOutcome, Ledger, LedgerError, VoidOutcome};
+use super::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Expired charge records and idempotency keys of a tenant are swept at most this often.
-const SWEEP_EVERY_MS: u64 = 10_000;
 
 pub struct EmbeddedLedger {
     books: Mutex<HashMap<String, Book>>,
@@ -25,21 +27,10 @@ pub struct EmbeddedLedger {
 #[derive(Default)]
 struct Book {
     balance: Option<i64>,
-    /// charge id → (cost, or `None` once voided; expiry in unix ms)
-    charges: HashMap<String, (Option<i64>, u64)>,
-    /// idempotency key → (charge id, expiry in unix ms)
-    idempotency: HashMap<String, (String, u64)>,
-    next_sweep: u64,
-}
-
-impl Book {
-    fn sweep(&mut self, now: u64) {
-        if now >= self.next_sweep {
-            self.charges.retain(|_, (_, expires)| *expires > now);
-            self.idempotency.retain(|_, (_, expires)| *expires > now);
-            self.next_sweep = now + SWEEP_EVERY_MS;
-        }
-    }
+    /// Voided charge ids.
+    voided: ExpiringMap<()>,
+    /// Idempotency key → the charge id that paid for it.
+    idempotency: ExpiringMap<String>,
 }
 
 fn now_ms() -> u64 {
@@ -67,15 +58,16 @@ impl EmbeddedLedger {
         for (tenant, balance) in restored.balances {
             books.entry(tenant).or_default().balance = Some(balance);
         }
-        for ((tenant, key), (charge_id, expires)) in restored.idempotency {
+        let mut keys: Vec<_> = restored.idempotency.into_iter().collect();
+        keys.sort_by_key(|(_, (_, expires))| *expires);
+        for ((tenant, key), (charge_id, expires)) in keys {
             let book = books.entry(tenant).or_default();
-            book.idempotency.insert(key, (charge_id, expires));
+            book.idempotency.insert(key, charge_id, expires);
         }
         Ok(EmbeddedLedger {
             books: Mutex::new(books),
             journal: Some(journal),
-            charge_ttl_ms: config.charge_ttl_secs * 1000,
-            idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
+            ..EmbeddedLedger::in_memory(config)
         })
     }
 
@@ -85,48 +77,45 @@ impl EmbeddedLedger {
         }
     }
 
-    fn with_books<T>(&self, f: impl FnOnce(&mut HashMap<String, Book>) -> T) -> T {
-        // A poisoned lock means a panic mid-update elsewhere; the maps hold no invariant
-        // that a half-done update could break worse than refusing all traffic would.
+    fn with_book<T>(&self, tenant_id: &str, f: impl FnOnce(&mut Book, u64) -> T) -> T {
+        let now = now_ms();
+        // A poisoned lock means a panic mid-update elsewhere; each update below is a few
+        // plain assignments, so the maps are still consistent: keep serving.
         let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut books)
+        let book = match books.get_mut(tenant_id) {
+            Some(book) => book,
+            None => books.entry(tenant_id.to_owned()).or_default(),
+        };
+        book.voided.expire(now);
+        book.idempotency.expire(now);
+        f(book, now)
     }
 }
 
 #[async_trait]
 impl Ledger for EmbeddedLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        let now = now_ms();
-        Ok(self.with_books(|books| {
-            let Some(book) = books.get_mut(charge.tenant_id) else {
-                return ChargeOutcome::NoBalance;
-            };
+        Ok(self.with_book(charge.tenant_id, |book, now| {
             let Some(balance) = book.balance else {
                 return ChargeOutcome::NoBalance;
             };
-            book.sweep(now);
-            if book.charges.contains_key(charge.charge_id) {
+            if book.voided.get(charge.charge_id, now).is_some() {
                 return ChargeOutcome::Void;
             }
-            if let Some(key) = charge.idempotency_key {
-                if book.idempotency.get(key).is_some_and(|(_, exp)| *exp > now) {
-                    return ChargeOutcome::Replayed { balance };
-                }
+            let key = charge.idempotency_key;
+            if key.is_some_and(|k| book.idempotency.get(k, now).is_some()) {
+                return ChargeOutcome::Replayed { balance };
             }
             if balance < charge.cost {
                 return ChargeOutcome::Insufficient { balance };
             }
             let balance = balance - charge.cost;
             book.balance = Some(balance);
-            let expires = now + self.charge_ttl_ms;
-            book.charges
-                .insert(charge.charge_id.to_owned(), (Some(charge.cost), expires));
             let tenant = charge.tenant_id.to_owned();
-            if let Some(key) = charge.idempotency_key {
+            if let Some(key) = key {
                 let expires = now + self.idempotency_ttl_ms;
                 let id = charge.charge_id.to_owned();
-                book.idempotency
-                    .insert(key.to_owned(), (id.clone(), expires));
+                book.idempotency.insert(key.to_owned(), id.clone(), expires);
                 self.log(Record::Idempotency {
                     tenant: tenant.clone(),
                     key: key.to_owned(),
@@ -139,45 +128,33 @@ impl Ledger for EmbeddedLedger {
         }))
     }
 
-    async fn void(
-        &self,
-        tenant_id: &str,
-        charge_id: &str,
-        idempotency_key: Option<&str>,
-    ) -> Result<VoidOutcome, LedgerError> {
-        let now = now_ms();
-        Ok(self.with_books(|books| {
-            let book = books.entry(tenant_id.to_owned()).or_default();
+    async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
+        Ok(self.with_book(void.tenant_id, |book, now| {
+            if book.voided.get(void.charge_id, now).is_some() {
+                return VoidOutcome::AlreadyVoided;
+            }
             let expires = now + self.charge_ttl_ms;
-            let (cost, balance) = match (book.charges.get_mut(charge_id), book.balance) {
-                (Some((Some(cost), _)), Some(balance)) => {
-                    let cost = *cost;
-                    book.charges.insert(charge_id.to_owned(), (None, expires));
-                    (cost, balance)
-                }
-                (Some((None, _)), _) => return VoidOutcome::AlreadyVoided,
-                _ => {
-                    book.charges.insert(charge_id.to_owned(), (None, expires));
-                    return VoidOutcome::NotApplied;
-                }
+            book.voided.insert(void.charge_id.to_owned(), (), expires);
+            let (Some(cost), Some(balance)) = (void.applied_cost, book.balance) else {
+                return VoidOutcome::NotApplied;
             };
             let balance = balance + cost;
             book.balance = Some(balance);
-            if let Some(key) = idempotency_key {
+            if let Some(key) = void.idempotency_key {
                 if book
                     .idempotency
-                    .get(key)
-                    .is_some_and(|(id, _)| id == charge_id)
+                    .get(key, now)
+                    .is_some_and(|id| id == void.charge_id)
                 {
                     book.idempotency.remove(key);
                     self.log(Record::Forget {
-                        tenant: tenant_id.to_owned(),
+                        tenant: void.tenant_id.to_owned(),
                         key: key.to_owned(),
                     });
                 }
             }
             self.log(Record::Balance {
-                tenant: tenant_id.to_owned(),
+                tenant: void.tenant_id.to_owned(),
                 balance,
             });
             VoidOutcome::Refunded { balance }
@@ -185,8 +162,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
-        self.with_books(|books| {
-            let book = books.entry(tenant_id.to_owned()).or_default();
+        self.with_book(tenant_id, |book, _| {
             if book.balance.is_none() {
                 book.balance = Some(balance);
                 self.log(Record::Balance {
@@ -199,7 +175,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError> {
-        Ok(self.with_books(|books| books.get(tenant_id).and_then(|b| b.balance)))
+        Ok(self.with_book(tenant_id, |book, _| book.balance))
     }
 
     async fn close(&self) {

@@ -21,6 +21,11 @@ pub const COMPACT_AFTER_BYTES: u64 = 64 * 1024 * 1024;
 /// How long shutdown waits for the writer to drain.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
+/// The writer drains the channel on this tick instead of being woken per record: a wake-up
+/// per charge cost ~15% of the gateway's CPU under load. A crash (SIGKILL, power) can lose
+/// the last tick's balance changes; a clean shutdown loses nothing (it flushes).
+const WRITE_TICK: Duration = Duration::from_millis(5);
+
 #[derive(Debug)]
 pub enum Record {
     Balance {
@@ -133,9 +138,16 @@ impl Journal {
 fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<Message>) {
     let mut out = BufWriter::new(file);
     let mut written = 0u64;
-    while let Ok(first) = rx.recv() {
+    let mut open = true;
+    while open {
+        std::thread::sleep(WRITE_TICK);
         let mut waiting = Vec::new();
-        let mut next = Some(first);
+        let mut next = match rx.try_recv() {
+            Ok(message) => Some(message),
+            Err(mpsc::TryRecvError::Empty) => continue,
+            Err(mpsc::TryRecvError::Disconnected) => None,
+        };
+        open = next.is_some();
         while let Some(message) = next {
             match message {
                 Message::Write(record) => {

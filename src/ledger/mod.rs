@@ -7,6 +7,7 @@
 //! journaled under the data dir). The behavioural test suite runs against both.
 
 mod embedded;
+mod expiring;
 mod journal;
 mod redis;
 mod voids;
@@ -41,6 +42,17 @@ pub enum ChargeOutcome {
     Void,
 }
 
+/// Gives a charge back by id.
+#[derive(Debug, Clone, Copy)]
+pub struct Void<'a> {
+    pub tenant_id: &'a str,
+    pub charge_id: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    /// The cost, when the caller saw the charge applied (a refund). `None` after a ledger
+    /// timeout, when only the ledger knows whether the charge landed.
+    pub applied_cost: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VoidOutcome {
     /// The charge had been applied and is now given back.
@@ -69,12 +81,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// Gives back charge `charge_id` if it was applied, once; if it was not applied yet,
     /// spends the id so a late arrival cannot apply it. Also forgets the idempotency key
     /// the charge paid for, so a retry is charged afresh.
-    async fn void(
-        &self,
-        tenant_id: &str,
-        charge_id: &str,
-        idempotency_key: Option<&str>,
-    ) -> Result<VoidOutcome, LedgerError>;
+    async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError>;
 
     /// Sets the tenant's balance only if the ledger has none (racing replicas agree).
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError>;

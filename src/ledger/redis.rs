@@ -2,7 +2,7 @@
 //! NOSCRIPT) over one multiplexed, self-reconnecting connection. Every key of a tenant
 //! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
 
-use super::{Charge, ChargeOutcome, Ledger, LedgerError, VoidOutcome};
+use super::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -107,22 +107,21 @@ impl Ledger for RedisLedger {
         .await
     }
 
-    async fn void(
-        &self,
-        tenant_id: &str,
-        charge_id: &str,
-        idempotency_key: Option<&str>,
-    ) -> Result<VoidOutcome, LedgerError> {
+    async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
             let mut invocation = self.void.prepare_invoke();
-            for key in keys(tenant_id, charge_id, idempotency_key)
+            for key in keys(void.tenant_id, void.charge_id, void.idempotency_key)
                 .into_iter()
                 .flatten()
             {
                 invocation.key(key);
             }
-            invocation.arg(charge_id).arg(self.charge_ttl_ms);
+            let applied_cost = void.applied_cost.map(|c| c.to_string()).unwrap_or_default();
+            invocation
+                .arg(void.charge_id)
+                .arg(self.charge_ttl_ms)
+                .arg(applied_cost);
             let (code, balance) = reply(invocation.invoke_async(&mut conn).await?)?;
             Ok(match code {
                 0 => VoidOutcome::Refunded { balance },

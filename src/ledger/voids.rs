@@ -3,7 +3,7 @@
 //! A background worker retries each until the ledger answers, so a 503 or a failed upstream
 //! never costs the tenant credits.
 
-use super::{Ledger, VoidOutcome};
+use super::{Ledger, Void, VoidOutcome};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
@@ -24,6 +24,19 @@ pub struct PendingVoid {
     pub tenant_id: String,
     pub charge_id: String,
     pub idempotency_key: Option<String>,
+    /// Known when the charge was seen applied (a deferred refund); `None` after a timeout.
+    pub applied_cost: Option<i64>,
+}
+
+impl PendingVoid {
+    fn as_void(&self) -> Void<'_> {
+        Void {
+            tenant_id: &self.tenant_id,
+            charge_id: &self.charge_id,
+            idempotency_key: self.idempotency_key.as_deref(),
+            applied_cost: self.applied_cost,
+        }
+    }
 }
 
 /// The request path's handle: never blocks.
@@ -66,12 +79,7 @@ impl VoidWorker {
     async fn apply(&self, void: &PendingVoid) {
         let mut delay = RETRY_MIN;
         loop {
-            let key = void.idempotency_key.as_deref();
-            match self
-                .ledger
-                .void(&void.tenant_id, &void.charge_id, key)
-                .await
-            {
+            match self.ledger.void(&void.as_void()).await {
                 Ok(outcome) => {
                     if let VoidOutcome::Refunded { balance } = outcome {
                         tracing::info!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, balance, "voided a charge the client was not served for");
@@ -103,8 +111,8 @@ impl BackgroundService for VoidWorker {
         }
         // Flush what the ledger can still take; never hold shutdown for a dead ledger.
         while let Ok(void) = rx.try_recv() {
-            let key = void.idempotency_key.as_deref();
-            let attempt = self.ledger.void(&void.tenant_id, &void.charge_id, key);
+            let void_ref = void.as_void();
+            let attempt = self.ledger.void(&void_ref);
             if !matches!(tokio::time::timeout(RETRY_MAX, attempt).await, Ok(Ok(_))) {
                 tracing::error!(charge_id = %void.charge_id, "shutting down with a charge not voided");
             }

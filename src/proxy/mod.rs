@@ -21,7 +21,7 @@ pub use respond::Problem;
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::config::TenantStatus;
 use crate::ledger::{
-    Charge, ChargeOutcome, Ledger, LedgerError, PendingVoid, VoidOutcome, VoidQueue,
+    Charge, ChargeOutcome, Ledger, LedgerError, PendingVoid, Void, VoidOutcome, VoidQueue,
 };
 use crate::routing::{RouteError, RouteMatch, Router};
 use crate::tenants::{Tenant, TenantDirectory};
@@ -168,12 +168,13 @@ impl Gateway {
             return;
         }
         charged.refunded = true;
-        let key = ctx.idempotency_key.as_deref();
-        match self
-            .ledger
-            .void(&claims.tenant_id, &ctx.request_id, key)
-            .await
-        {
+        let void = Void {
+            tenant_id: &claims.tenant_id,
+            charge_id: &ctx.request_id,
+            idempotency_key: ctx.idempotency_key.as_deref(),
+            applied_cost: Some(charged.cost),
+        };
+        match self.ledger.void(&void).await {
             Ok(VoidOutcome::Refunded { balance }) => charged.balance = balance,
             Ok(_) => {}
             Err(e) => {
@@ -183,6 +184,7 @@ impl Gateway {
                     tenant_id: claims.tenant_id.clone(),
                     charge_id: ctx.request_id.clone(),
                     idempotency_key: ctx.idempotency_key.clone(),
+                    applied_cost: Some(charged.cost),
                 });
             }
         }
@@ -279,6 +281,7 @@ impl ProxyHttp for Gateway {
                     tenant_id: tenant.id.clone(),
                     charge_id: ctx.request_id.clone(),
                     idempotency_key: key.clone(),
+                    applied_cost: None,
                 });
                 Problem::new(
                     503,
