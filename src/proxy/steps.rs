@@ -1,0 +1,137 @@
+//! Steps 1–3 of the request path as the gateway's helpers, each turning its stage's
+//! outcome into either what the next step needs or the [`Problem`] to answer with.
+
+use super::{Gateway, Problem, RequestCtx, MAX_IDEMPOTENCY_KEY_BYTES};
+use crate::auth::{AuthError, Claims};
+use crate::config::TenantStatus;
+use crate::ledger::{Charge, ChargeOutcome, LedgerError, PendingVoid, Void, VoidOutcome};
+use crate::routing::{RouteError, RouteMatch};
+use crate::tenants::Tenant;
+use pingora::proxy::Session;
+
+impl Gateway {
+    /// Step 1: resolve the route or explain why not.
+    pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Problem> {
+        let req = session.req_header();
+        self.router
+            .route(req.method.as_str(), req.uri.path(), req.uri.query())
+            .map_err(|e| match e {
+                RouteError::BadPath(why) => Problem::new(400, "bad-path", "Bad request path", why),
+                RouteError::NotFound(why) => Problem::new(404, "not-found", "Not found", why),
+            })
+    }
+
+    /// Step 2: verify the token and the tenant it names.
+    pub(super) fn authenticate(
+        &self,
+        session: &Session,
+    ) -> std::result::Result<(Claims, &Tenant), Problem> {
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION);
+        let claims = self
+            .verifier
+            .verify_header(header.map(|v| v.as_bytes()))
+            .map_err(|e| {
+                let detail = match &e {
+                    AuthError::Missing => "missing bearer token".to_owned(),
+                    AuthError::Malformed => "expected `Authorization: Bearer <JWT>`".to_owned(),
+                    AuthError::Invalid(why) => format!("invalid token: {why}"),
+                    AuthError::Key(_) => "invalid token".to_owned(),
+                };
+                Problem::new(401, "unauthorized", "Unauthorized", detail)
+                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
+            })?;
+        let tenant = match self.tenants.get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => t,
+            Some(_) => {
+                return Err(Problem::new(
+                    403,
+                    "tenant-suspended",
+                    "Forbidden",
+                    "this tenant is suspended",
+                )
+                .with("tenant_id", claims.tenant_id.clone()))
+            }
+            None => {
+                return Err(Problem::new(
+                    403,
+                    "unknown-tenant",
+                    "Forbidden",
+                    "this tenant is not registered",
+                )
+                .with("tenant_id", claims.tenant_id.clone()))
+            }
+        };
+        Ok((claims, tenant))
+    }
+
+    /// Step 3: charge once, hydrating a missing balance from the tenant directory.
+    pub(super) async fn charge(
+        &self,
+        charge: &Charge<'_>,
+        tenant: &Tenant,
+    ) -> std::result::Result<ChargeOutcome, LedgerError> {
+        match self.ledger.charge(charge).await? {
+            ChargeOutcome::NoBalance => {
+                self.ledger.seed(&tenant.id, tenant.initial_credits).await?;
+                self.ledger.charge(charge).await
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Gives this request's credits back (upstream unreachable, or 5xx when configured).
+    pub(super) async fn refund(&self, ctx: &mut RequestCtx) {
+        let (Some(claims), Some(charged)) = (&ctx.claims, &mut ctx.charge) else {
+            return;
+        };
+        if charged.cost == 0 || charged.refunded {
+            return;
+        }
+        charged.refunded = true;
+        let void = Void {
+            tenant_id: &claims.tenant_id,
+            charge_id: &ctx.request_id,
+            idempotency_key: ctx.idempotency_key.as_deref(),
+            applied_cost: Some(charged.cost),
+        };
+        match self.ledger.void(&void).await {
+            Ok(VoidOutcome::Refunded { balance }) => charged.balance = balance,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "refund deferred: ledger unavailable");
+                charged.balance += charged.cost;
+                self.voids.push(PendingVoid {
+                    tenant_id: claims.tenant_id.clone(),
+                    charge_id: ctx.request_id.clone(),
+                    idempotency_key: ctx.idempotency_key.clone(),
+                    applied_cost: Some(charged.cost),
+                });
+            }
+        }
+    }
+}
+
+pub(super) fn idempotency_key(session: &Session) -> std::result::Result<Option<String>, Problem> {
+    let Some(value) = session.req_header().headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return Err(Problem::new(
+            400,
+            "bad-idempotency-key",
+            "Bad Idempotency-Key header",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ),
+        )
+        .with("header", "Idempotency-Key"));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
