@@ -11,5 +11,6 @@ pub mod ledger;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod tenants;
 pub mod usage;

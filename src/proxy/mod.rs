@@ -30,7 +30,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -347,7 +347,7 @@ impl ProxyHttp for Gateway {
             request_id: ctx.request_id.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
             refunded: charged.refunded,
-            timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            timestamp_ms: crate::store::now_ms(),
         });
     }
 }

@@ -307,3 +307,26 @@ pub fn client() -> reqwest::Client {
 pub fn header_i64(response: &reqwest::Response, name: &str) -> Option<i64> {
     response.headers().get(name)?.to_str().ok()?.parse().ok()
 }
+
+/// The MongoDB (or stand-in) the Mongo tests use, from `TOLLGATE_TEST_MONGODB_URI`. Unset:
+/// the caller skips, saying so (`.ci/run` always sets it).
+pub fn mongo_uri() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            eprintln!("SKIPPED: TOLLGATE_TEST_MONGODB_URI is unset, so the MongoDB half of this test did not run");
+            None
+        }
+    }
+}
+
+/// A database name no other test uses.
+pub fn unique_db() -> String {
+    format!("tollgate_test_{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -3,10 +3,10 @@
 //! the durable pipeline (bounded queue, batched `insert_many`, disk journal — SPEC §4)
 //! plugs in here. Until it does, [`TracingSink`] writes each event as a debug log line.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The usage log document of SPEC §3.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// A UUIDv7 made at the gateway, so a retried batch cannot duplicate a log.
     #[serde(rename = "_id")]
@@ -25,8 +25,8 @@ pub struct UsageEvent {
     pub request_id: String,
     pub idempotency_key: Option<String>,
     pub refunded: bool,
-    /// RFC 3339, UTC.
-    pub timestamp: String,
+    /// When the call ended, unix ms (a BSON date in MongoDB).
+    pub timestamp_ms: i64,
 }
 
 pub trait UsageSink: Send + Sync + 'static {

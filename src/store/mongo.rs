@@ -1,0 +1,370 @@
+//! The MongoDB store (official `mongodb` driver, 3.x) for distributed mode. Collections and
+//! indexes follow SPEC §3; indexes are created at every start (idempotent).
+//!
+//! Without multi-document transactions (they need a replica set), each write is made
+//! retry-safe on its own: usage logs carry their `_id` from the gateway (a duplicate on retry
+//! is success), a batch moves a tenant's balance under a per-pipeline sequence guard in the
+//! same single-document update, and the initial-credits transaction has a fixed id. A crash
+//! between a balance change and its audit row is what reconciliation reports.
+
+use super::{
+    credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
+    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
+    DEFAULT_LOW_CREDIT_THRESHOLD,
+};
+use crate::config::TenantStatus;
+use crate::usage::UsageEvent;
+use async_trait::async_trait;
+use bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use std::time::Duration;
+
+/// How long an operation waits for a reachable server before failing: short, so a store
+/// outage sends usage batches to the journal quickly instead of stalling the pipeline.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+pub struct MongoStore {
+    db: Database,
+}
+
+impl MongoStore {
+    /// Connects lazily (the driver connects on first use) to `uri`, database `db_name`.
+    pub async fn connect(uri: &str, db_name: &str) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(uri).await?;
+        options.app_name.get_or_insert_with(|| "tollgate".into());
+        options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+        let client = Client::with_options(options)?;
+        Ok(MongoStore { db: client.database(db_name) })
+    }
+
+    fn coll(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_none()
+                && m.write_errors.as_ref().is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY))
+        }
+        _ => false,
+    }
+}
+
+/// Reads an integer field whatever numeric type the server stored it as.
+fn int(doc: &Document, key: &str) -> Result<i64, StoreError> {
+    match doc.get(key) {
+        Some(Bson::Int64(v)) => Ok(*v),
+        Some(Bson::Int32(v)) => Ok(i64::from(*v)),
+        Some(Bson::Double(v)) => Ok(*v as i64),
+        other => Err(StoreError::Data(format!("`{key}` is {other:?}, not an integer"))),
+    }
+}
+
+fn string(doc: &Document, key: &str) -> Result<String, StoreError> {
+    doc.get_str(key)
+        .map(str::to_owned)
+        .map_err(|e| StoreError::Data(format!("`{key}`: {e}")))
+}
+
+fn millis(doc: &Document, key: &str) -> Result<i64, StoreError> {
+    match doc.get(key) {
+        Some(Bson::DateTime(t)) => Ok(t.timestamp_millis()),
+        other => int(doc, key).map_err(|_| StoreError::Data(format!("`{key}` is {other:?}, not a date"))),
+    }
+}
+
+fn tenant_from(doc: &Document) -> Result<TenantRecord, StoreError> {
+    Ok(TenantRecord {
+        id: string(doc, "_id")?,
+        name: string(doc, "name")?,
+        status: if doc.get_str("status") == Ok("suspended") { TenantStatus::Suspended } else { TenantStatus::Active },
+        balance: int(doc, "balance")?,
+        low_credit_threshold: int(doc, "low_credit_threshold").unwrap_or(DEFAULT_LOW_CREDIT_THRESHOLD),
+        plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
+    })
+}
+
+fn event_doc(e: &UsageEvent) -> Document {
+    doc! {
+        "_id": &e.id, "tenant_id": &e.tenant_id, "user_id": &e.user_id,
+        "service": &e.service, "endpoint": &e.endpoint, "method": &e.method,
+        "credits_used": e.credits_used, "balance_after": e.balance_after,
+        "status": i32::from(e.status), "latency_ms": e.latency_ms,
+        "request_id": &e.request_id,
+        "idempotency_key": e.idempotency_key.as_deref().map_or(Bson::Null, |k| Bson::String(k.to_owned())),
+        "refunded": e.refunded,
+        "timestamp": bson::DateTime::from_millis(e.timestamp_ms),
+    }
+}
+
+fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
+    Ok(UsageEvent {
+        id: string(doc, "_id")?,
+        tenant_id: string(doc, "tenant_id")?,
+        user_id: string(doc, "user_id")?,
+        service: string(doc, "service")?,
+        endpoint: string(doc, "endpoint")?,
+        method: string(doc, "method")?,
+        credits_used: int(doc, "credits_used")?,
+        balance_after: int(doc, "balance_after")?,
+        status: u16::try_from(int(doc, "status")?).unwrap_or(0),
+        latency_ms: doc.get_f64("latency_ms").unwrap_or_default(),
+        request_id: string(doc, "request_id")?,
+        idempotency_key: doc.get_str("idempotency_key").ok().map(str::to_owned),
+        refunded: doc.get_bool("refunded").unwrap_or(false),
+        timestamp_ms: millis(doc, "timestamp")?,
+    })
+}
+
+fn transaction_from(doc: &Document) -> Result<CreditTransaction, StoreError> {
+    Ok(CreditTransaction {
+        id: string(doc, "_id")?,
+        tenant_id: string(doc, "tenant_id")?,
+        amount: int(doc, "amount")?,
+        reason: string(doc, "reason")?,
+        actor: string(doc, "actor")?,
+        balance_after: int(doc, "balance_after")?,
+        at_ms: millis(doc, "at")?,
+    })
+}
+
+fn index(keys: Document, unique: bool) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().unique(unique).build())
+        .build()
+}
+
+impl MongoStore {
+    async fn collect(&self, mut cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
+        let mut docs = Vec::new();
+        while cursor.advance().await? {
+            docs.push(cursor.deserialize_current()?);
+        }
+        Ok(docs)
+    }
+
+    async fn sum(&self, collection: &str, filter: Document, field: &str) -> Result<i64, StoreError> {
+        let pipeline = vec![
+            doc! { "$match": filter },
+            doc! { "$group": { "_id": Bson::Null, "total": { "$sum": format!("${field}") } } },
+        ];
+        let docs = self.collect(self.coll(collection).aggregate(pipeline).await?).await?;
+        docs.first().map_or(Ok(0), |d| int(d, "total"))
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let usage = self.coll("usage_logs");
+        usage.create_index(index(doc! { "tenant_id": 1, "timestamp": 1 }, false)).await?;
+        usage.create_index(index(doc! { "timestamp": 1 }, false)).await?;
+        let transactions = self.coll("credit_transactions");
+        transactions.create_index(index(doc! { "tenant_id": 1, "at": 1 }, false)).await?;
+        self.coll("invoices").create_index(index(doc! { "tenant_id": 1, "period": 1 }, true)).await?;
+        self.coll("users").create_index(index(doc! { "email": 1 }, true)).await?;
+        self.coll("services").create_index(index(doc! { "name": 1 }, true)).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    async fn ensure_tenant(&self, tenant: &NewTenant<'_>) -> Result<bool, StoreError> {
+        let tenants = self.coll("tenants");
+        if tenants.find_one(doc! { "_id": tenant.id }).await?.is_some() {
+            return Ok(false);
+        }
+        // The initial credits' audit row first, under a fixed id, so racing replicas and a
+        // retry after a crash write it once.
+        let initial = doc! {
+            "_id": format!("initial:{}", tenant.id), "tenant_id": tenant.id,
+            "amount": tenant.initial_credits, "reason": "initial", "actor": "config",
+            "balance_after": tenant.initial_credits, "at": bson::DateTime::from_millis(now_ms()),
+        };
+        if let Err(e) = self.coll("credit_transactions").insert_one(initial).await {
+            if !is_duplicate(&e) {
+                return Err(e.into());
+            }
+        }
+        let status = match tenant.status {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        };
+        let record = doc! {
+            "_id": tenant.id, "name": tenant.name, "status": status,
+            "balance": tenant.initial_credits,
+            "low_credit_threshold": DEFAULT_LOW_CREDIT_THRESHOLD,
+            "plan_id": Bson::Null,
+            "created_at": bson::DateTime::from_millis(now_ms()),
+            "usage_applied": {},
+        };
+        match tenants.insert_one(record).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.coll("tenants").find_one(doc! { "_id": id }).await?.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let cursor = self.coll("tenants").find(doc! {}).sort(doc! { "_id": 1 }).await?;
+        self.collect(cursor).await?.iter().map(tenant_from).collect()
+    }
+
+    async fn insert_usage(&self, batch: &UsageBatch<'_>) -> Result<(), StoreError> {
+        let docs: Vec<Document> = batch.events.iter().map(event_doc).collect();
+        if !docs.is_empty() {
+            if let Err(e) = self.coll("usage_logs").insert_many(docs).ordered(false).await {
+                if !is_duplicate(&e) {
+                    return Err(e.into());
+                }
+            }
+        }
+        let applied = format!("usage_applied.{}", batch.pipeline_id);
+        let seq = batch.seq as i64;
+        for (tenant, credits) in credits_by_tenant(batch.events) {
+            // Matches only while this pipeline's last applied seq is below this batch's.
+            let filter = doc! {
+                "_id": tenant,
+                "$or": [ { &applied: { "$exists": false } }, { &applied: { "$lt": seq } } ],
+            };
+            let update = doc! { "$inc": { "balance": -credits }, "$set": { &applied: seq } };
+            self.coll("tenants").update_one(filter, update).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_transaction(
+        &self,
+        tenant_id: &str,
+        amount: i64,
+        reason: &str,
+        actor: &str,
+    ) -> Result<CreditTransaction, StoreError> {
+        let updated = self
+            .coll("tenants")
+            .find_one_and_update(doc! { "_id": tenant_id }, doc! { "$inc": { "balance": amount } })
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| StoreError::Data(format!("no tenant `{tenant_id}`")))?;
+        let row = CreditTransaction {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: tenant_id.to_owned(),
+            amount,
+            reason: reason.to_owned(),
+            actor: actor.to_owned(),
+            balance_after: int(&updated, "balance")?,
+            at_ms: now_ms(),
+        };
+        let doc = doc! {
+            "_id": &row.id, "tenant_id": &row.tenant_id, "amount": row.amount,
+            "reason": &row.reason, "actor": &row.actor, "balance_after": row.balance_after,
+            "at": bson::DateTime::from_millis(row.at_ms),
+        };
+        self.coll("credit_transactions").insert_one(doc).await?;
+        Ok(row)
+    }
+
+    async fn transactions(&self, tenant_id: &str) -> Result<Vec<CreditTransaction>, StoreError> {
+        let cursor = self
+            .coll("credit_transactions")
+            .find(doc! { "tenant_id": tenant_id })
+            .sort(doc! { "at": 1, "_id": 1 })
+            .await?;
+        self.collect(cursor).await?.iter().map(transaction_from).collect()
+    }
+
+    async fn usage_logs(&self, query: &UsageQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut filter = Document::new();
+        if let Some(t) = &query.tenant_id {
+            filter.insert("tenant_id", t);
+        }
+        if let Some(s) = &query.service {
+            filter.insert("service", s);
+        }
+        let mut range = Document::new();
+        if let Some(from) = query.from_ms {
+            range.insert("$gte", bson::DateTime::from_millis(from));
+        }
+        if let Some(to) = query.to_ms {
+            range.insert("$lt", bson::DateTime::from_millis(to));
+        }
+        if !range.is_empty() {
+            filter.insert("timestamp", range);
+        }
+        if let Some((ts, id)) = &query.after {
+            let ts = bson::DateTime::from_millis(*ts);
+            filter.insert("$or", vec![
+                Bson::Document(doc! { "timestamp": { "$gt": ts } }),
+                Bson::Document(doc! { "timestamp": ts, "_id": { "$gt": id } }),
+            ]);
+        }
+        let cursor = self
+            .coll("usage_logs")
+            .find(filter)
+            .sort(doc! { "timestamp": 1, "_id": 1 })
+            .limit(query.limit as i64)
+            .await?;
+        self.collect(cursor).await?.iter().map(event_from).collect()
+    }
+
+    async fn usage_totals(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<UsageTotals, StoreError> {
+        let pipeline = vec![
+            doc! { "$match": {
+                "tenant_id": tenant_id, "refunded": false,
+                "timestamp": { "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms) },
+            } },
+            doc! { "$group": {
+                "_id": { "service": "$service", "endpoint": "$endpoint" },
+                "calls": { "$sum": 1 }, "credits": { "$sum": "$credits_used" },
+            } },
+        ];
+        let docs = self.collect(self.coll("usage_logs").aggregate(pipeline).await?).await?;
+        let mut lines = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let key = d.get_document("_id").map_err(|e| StoreError::Data(e.to_string()))?;
+            lines.push(UsageLine {
+                service: string(key, "service")?,
+                endpoint: string(key, "endpoint")?,
+                calls: int(d, "calls")? as u64,
+                credits: int(d, "credits")?,
+            });
+        }
+        lines.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+        Ok(UsageTotals {
+            calls: lines.iter().map(|l| l.calls).sum(),
+            credits: lines.iter().map(|l| l.credits).sum(),
+            lines,
+        })
+    }
+
+    async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError> {
+        Ok(Audit {
+            transactions: self.sum("credit_transactions", doc! { "tenant_id": tenant_id }, "amount").await?,
+            usage: self
+                .sum("usage_logs", doc! { "tenant_id": tenant_id, "refunded": false }, "credits_used")
+                .await?,
+        })
+    }
+}

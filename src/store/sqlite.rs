@@ -1,0 +1,396 @@
+//! The embedded store: one SQLite file (`store.sqlite3` under the data dir), through
+//! `rusqlite` with SQLite bundled, so a fresh machine needs no library or server. SQLite
+//! was chosen over a key-value store (redb, sled) because the store must answer range and
+//! aggregate queries (usage by tenant and time, totals per service and endpoint) from
+//! indexes without loading logs into memory, and because a batch and its balance changes
+//! commit in one real transaction. WAL mode lets readers run beside the single writer.
+
+use super::{
+    credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
+    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
+    DEFAULT_LOW_CREDIT_THRESHOLD,
+};
+use crate::config::TenantStatus;
+use crate::usage::UsageEvent;
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    balance INTEGER NOT NULL,
+    low_credit_threshold INTEGER NOT NULL,
+    plan_id TEXT,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage_applied (
+    tenant_id TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, pipeline_id)
+);
+CREATE TABLE IF NOT EXISTS usage_logs (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    service TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    method TEXT NOT NULL,
+    credits_used INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    idempotency_key TEXT,
+    refunded INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_logs_tenant_time ON usage_logs (tenant_id, timestamp_ms, id);
+CREATE INDEX IF NOT EXISTS usage_logs_time ON usage_logs (timestamp_ms, id);
+CREATE TABLE IF NOT EXISTS credit_transactions (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    balance_after INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credit_transactions_tenant ON credit_transactions (tenant_id, at_ms);
+"#;
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) `store.sqlite3` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Task(format!("{}: {e}", data_dir.display())))?;
+        let conn = Connection::open(data_dir.join("store.sqlite3"))?;
+        // WAL + NORMAL: a commit survives a process crash; a power loss may lose the last
+        // commits, which the usage journal and reconciliation cover.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn status_str(status: &TenantStatus) -> &'static str {
+    match status {
+        TenantStatus::Active => "active",
+        TenantStatus::Suspended => "suspended",
+    }
+}
+
+fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
+    let status: String = row.get(2)?;
+    Ok(TenantRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: if status == "suspended" { TenantStatus::Suspended } else { TenantStatus::Active },
+        balance: row.get(3)?,
+        low_credit_threshold: row.get(4)?,
+        plan_id: row.get(5)?,
+    })
+}
+
+const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
+    Ok(UsageEvent {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        user_id: row.get(2)?,
+        service: row.get(3)?,
+        endpoint: row.get(4)?,
+        method: row.get(5)?,
+        credits_used: row.get(6)?,
+        balance_after: row.get(7)?,
+        status: row.get(8)?,
+        latency_ms: row.get(9)?,
+        request_id: row.get(10)?,
+        idempotency_key: row.get(11)?,
+        refunded: row.get(12)?,
+        timestamp_ms: row.get(13)?,
+    })
+}
+
+fn insert_transaction(
+    tx: &rusqlite::Transaction<'_>,
+    tenant_id: &str,
+    amount: i64,
+    reason: &str,
+    actor: &str,
+) -> Result<CreditTransaction, StoreError> {
+    let balance_after: i64 = tx.query_row(
+        "UPDATE tenants SET balance = balance + ?2 WHERE id = ?1 RETURNING balance",
+        params![tenant_id, amount],
+        |row| row.get(0),
+    )?;
+    let row = CreditTransaction {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: tenant_id.to_owned(),
+        amount,
+        reason: reason.to_owned(),
+        actor: actor.to_owned(),
+        balance_after,
+        at_ms: now_ms(),
+    };
+    tx.execute(
+        "INSERT INTO credit_transactions (id, tenant_id, amount, reason, actor, balance_after, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![row.id, row.tenant_id, row.amount, row.reason, row.actor, row.balance_after, row.at_ms],
+    )?;
+    Ok(row)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.run(|conn| Ok(conn.execute_batch(SCHEMA)?)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    async fn ensure_tenant(&self, tenant: &NewTenant<'_>) -> Result<bool, StoreError> {
+        let (id, name, status, credits) = (
+            tenant.id.to_owned(),
+            tenant.name.to_owned(),
+            status_str(&tenant.status),
+            tenant.initial_credits,
+        );
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let created = tx.execute(
+                "INSERT OR IGNORE INTO tenants (id, name, status, balance, low_credit_threshold, created_at_ms)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                params![id, name, status, DEFAULT_LOW_CREDIT_THRESHOLD, now_ms()],
+            )? == 1;
+            if created {
+                insert_transaction(&tx, &id, credits, "initial", "config")?;
+            }
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1");
+            Ok(conn.query_row(&sql, [id], tenant_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.run(|conn| {
+            let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([], tenant_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn insert_usage(&self, batch: &UsageBatch<'_>) -> Result<(), StoreError> {
+        let events = batch.events.to_vec();
+        let (pipeline, seq) = (batch.pipeline_id.to_owned(), batch.seq as i64);
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO usage_logs (id, tenant_id, user_id, service, endpoint, method,
+                       credits_used, balance_after, status, latency_ms, request_id, idempotency_key,
+                       refunded, timestamp_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?;
+                for e in &events {
+                    insert.execute(params![
+                        e.id, e.tenant_id, e.user_id, e.service, e.endpoint, e.method,
+                        e.credits_used, e.balance_after, e.status, e.latency_ms, e.request_id,
+                        e.idempotency_key, e.refunded, e.timestamp_ms
+                    ])?;
+                }
+                for (tenant, credits) in credits_by_tenant(&events) {
+                    let applied: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM usage_applied WHERE tenant_id = ?1 AND pipeline_id = ?2",
+                            params![tenant, pipeline],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    if applied.is_some_and(|applied| applied >= seq) {
+                        continue;
+                    }
+                    tx.execute(
+                        "UPDATE tenants SET balance = balance - ?2 WHERE id = ?1",
+                        params![tenant, credits],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO usage_applied (tenant_id, pipeline_id, seq) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (tenant_id, pipeline_id) DO UPDATE SET seq = excluded.seq",
+                        params![tenant, pipeline, seq],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn apply_transaction(
+        &self,
+        tenant_id: &str,
+        amount: i64,
+        reason: &str,
+        actor: &str,
+    ) -> Result<CreditTransaction, StoreError> {
+        let (tenant, reason, actor) = (tenant_id.to_owned(), reason.to_owned(), actor.to_owned());
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let row = insert_transaction(&tx, &tenant, amount, &reason, &actor)?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn transactions(&self, tenant_id: &str) -> Result<Vec<CreditTransaction>, StoreError> {
+        let tenant = tenant_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, tenant_id, amount, reason, actor, balance_after, at_ms
+                 FROM credit_transactions WHERE tenant_id = ?1 ORDER BY at_ms, id",
+            )?;
+            let rows = stmt.query_map([tenant], |row| {
+                Ok(CreditTransaction {
+                    id: row.get(0)?,
+                    tenant_id: row.get(1)?,
+                    amount: row.get(2)?,
+                    reason: row.get(3)?,
+                    actor: row.get(4)?,
+                    balance_after: row.get(5)?,
+                    at_ms: row.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn usage_logs(&self, query: &UsageQuery) -> Result<Vec<UsageEvent>, StoreError> {
+        let q = query.clone();
+        self.run(move |conn| {
+            let mut sql = String::from(
+                "SELECT id, tenant_id, user_id, service, endpoint, method, credits_used, balance_after,
+                   status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms
+                 FROM usage_logs WHERE 1 = 1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut bind = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+                args.push(value);
+                sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(t) = &q.tenant_id {
+                bind(&mut sql, " AND tenant_id = ?", t.clone().into());
+            }
+            if let Some(s) = &q.service {
+                bind(&mut sql, " AND service = ?", s.clone().into());
+            }
+            if let Some(from) = q.from_ms {
+                bind(&mut sql, " AND timestamp_ms >= ?", from.into());
+            }
+            if let Some(to) = q.to_ms {
+                bind(&mut sql, " AND timestamp_ms < ?", to.into());
+            }
+            if let Some((ts, id)) = &q.after {
+                bind(&mut sql, " AND (timestamp_ms > ?", (*ts).into());
+                bind(&mut sql, " OR (timestamp_ms = ?", (*ts).into());
+                bind(&mut sql, " AND id > ?))", id.clone().into());
+            }
+            bind(&mut sql, " ORDER BY timestamp_ms, id LIMIT ?", (q.limit as i64).into());
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn usage_totals(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<UsageTotals, StoreError> {
+        let tenant = tenant_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT service, endpoint, COUNT(*), SUM(credits_used) FROM usage_logs
+                 WHERE tenant_id = ?1 AND timestamp_ms >= ?2 AND timestamp_ms < ?3 AND refunded = 0
+                 GROUP BY service, endpoint ORDER BY service, endpoint",
+            )?;
+            let lines = stmt
+                .query_map(params![tenant, from_ms, to_ms], |row| {
+                    Ok(UsageLine {
+                        service: row.get(0)?,
+                        endpoint: row.get(1)?,
+                        calls: row.get::<_, i64>(2)? as u64,
+                        credits: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(UsageTotals {
+                calls: lines.iter().map(|l| l.calls).sum(),
+                credits: lines.iter().map(|l| l.credits).sum(),
+                lines,
+            })
+        })
+        .await
+    }
+
+    async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError> {
+        let tenant = tenant_id.to_owned();
+        self.run(move |conn| {
+            let transactions: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(amount), 0) FROM credit_transactions WHERE tenant_id = ?1",
+                [&tenant],
+                |row| row.get(0),
+            )?;
+            let usage: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(credits_used), 0) FROM usage_logs WHERE tenant_id = ?1 AND refunded = 0",
+                [&tenant],
+                |row| row.get(0),
+            )?;
+            Ok(Audit { transactions, usage })
+        })
+        .await
+    }
+}
