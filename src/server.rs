@@ -1,20 +1,23 @@
 //! Wiring: turns a validated [`Config`] into a Pingora server running the gateway, the
-//! ledger's void worker and, when configured, the demo upstream. The admin API and the
-//! scheduler join here as they land.
+//! ledger's void worker, the usage flusher, the reconciliation check and, when configured,
+//! the demo upstream. The admin API and the scheduler join here as they land.
 
 use crate::auth::Verifier;
 use crate::config::{Config, DEMO_JWT_SECRET};
 use crate::demo_upstream::DemoUpstream;
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker};
 use crate::proxy::Gateway;
+use crate::reconcile::Reconciler;
 use crate::routing::Router;
+use crate::store::{MongoStore, NewTenant, SqliteStore, Store};
 use crate::tenants::TenantDirectory;
-use crate::usage::TracingSink;
+use crate::usage::{UsagePipeline, UsageSettings, UsageSink};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Seconds Pingora gives services to stop after the grace period.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
@@ -29,8 +32,11 @@ pub enum StartError {
     Routing(String),
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
-    #[error("embedded ledger in {path}: {source}")]
-    LedgerFile {
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{what} in {path}: {source}")]
+    DataDir {
+        what: &'static str,
         path: String,
         source: std::io::Error,
     },
@@ -43,20 +49,70 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
+fn data_dir_error(
+    config: &Config,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> StartError {
+    let path = config.data_dir.display().to_string();
+    move |source| StartError::DataDir { what, path, source }
+}
+
+/// The runtime the store's client lives on for the whole process: the MongoDB driver keeps
+/// its connection monitors on the runtime that created the client, and Pingora's runtimes
+/// only exist once the server runs.
+pub fn store_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-store")
+        .enable_all()
+        .build()
+}
+
+/// Opens the configured store and prepares it: indexes, and the config's tenants.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let store: Arc<dyn Store> = match &config.store.mongodb_uri {
+        Some(uri) => Arc::new(MongoStore::connect(uri, &config.store.mongodb_db).await?),
+        None => Arc::new(SqliteStore::open(&config.data_dir)?),
+    };
+    store.migrate().await?;
+    for tenant in &config.tenants {
+        let new = NewTenant {
+            id: &tenant.id,
+            name: &tenant.name,
+            status: tenant.status.clone(),
+            initial_credits: tenant.credits,
+        };
+        store.ensure_tenant(&new).await?;
+    }
+    Ok(store)
+}
+
+/// Opens the configured ledger.
+pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
+    Ok(match &config.ledger.redis_url {
+        Some(url) => Arc::new(RedisLedger::new(url, &config.ledger)?),
+        None => Arc::new(
+            EmbeddedLedger::open(&config.data_dir, &config.ledger)
+                .map_err(data_dir_error(config, "embedded ledger"))?,
+        ),
+    })
+}
+
 /// Builds and runs the server until shutdown; returns once everything has stopped.
 pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     warn_about_modes(&config);
-    let ledger: Arc<dyn Ledger> = match &config.ledger.redis_url {
-        Some(url) => Arc::new(RedisLedger::new(url, &config.ledger)?),
-        None => Arc::new(
-            EmbeddedLedger::open(&config.data_dir, &config.ledger).map_err(|source| {
-                StartError::LedgerFile {
-                    path: config.data_dir.display().to_string(),
-                    source,
-                }
-            })?,
-        ),
+    let store_rt = store_runtime().map_err(data_dir_error(&config, "store runtime"))?;
+    let store = store_rt.block_on(open_store(&config))?;
+    let ledger = open_ledger(&config)?;
+    let settings = UsageSettings {
+        batch_size: config.usage.batch_size,
+        flush_interval: Duration::from_millis(config.usage.flush_interval_ms),
+        queue_capacity: config.usage.queue_capacity,
+        journal_max_bytes: config.usage.journal_max_mb * 1024 * 1024,
     };
+    let (pipeline, flusher) = UsagePipeline::open(&config.data_dir, Arc::clone(&store), settings)
+        .map_err(data_dir_error(&config, "usage journal"))?;
+    let usage: Arc<dyn UsageSink> = Arc::new(pipeline);
     let router = Arc::new(Router::new(&config.services).map_err(StartError::Routing)?);
     let verifier = Verifier::new(&config.auth)?;
     let (voids, void_worker) = VoidWorker::new(Arc::clone(&ledger));
@@ -66,7 +122,8 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         TenantDirectory::new(&config.tenants),
         Arc::clone(&ledger),
         voids,
-        Arc::new(TracingSink),
+        Arc::clone(&usage),
+        Arc::clone(&store),
     );
 
     let server_conf = ServerConf {
@@ -87,30 +144,37 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
+    server.add_service(background_service("usage flusher", flusher));
+    if config.reconcile_interval_secs > 0 {
+        let reconciler = Reconciler {
+            store: Arc::clone(&store),
+            ledger: Arc::clone(&ledger),
+            usage,
+            interval: Duration::from_secs(config.reconcile_interval_secs),
+            last: Default::default(),
+        };
+        server.add_service(background_service("reconciliation", reconciler));
+    }
     if let Some(demo) = &config.demo_upstream {
         let listen = crate::config::parse_addr("demo_upstream.listen", &demo.listen)?;
         server.add_service(background_service("demo upstream", DemoUpstream { listen }));
     }
-    tracing::info!(listen = %config.listen, ledger = if config.ledger.redis_url.is_some() { "redis" } else { "embedded" }, "tollgate gateway starting");
+    tracing::info!(
+        listen = %config.listen,
+        ledger = if config.ledger.redis_url.is_some() { "redis" } else { "embedded" },
+        store = if config.store.mongodb_uri.is_some() { "mongodb" } else { "embedded" },
+        "tollgate gateway starting"
+    );
     server.run(RunArgs::default());
 
     // Every service has stopped: make the embedded ledger's last writes durable.
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(ledger.close()),
-        Err(e) => tracing::error!(error = %e, "cannot flush the ledger at exit"),
-    }
+    store_rt.block_on(ledger.close());
     Ok(())
 }
 
 fn warn_about_modes(config: &Config) {
     if config.auth.secret == DEMO_JWT_SECRET {
         tracing::warn!("using the shipped demo JWT secret: fine for the embedded quickstart, never for production (set TOLLGATE_JWT_SECRET)");
-    }
-    if config.store.mongodb_uri.is_some() {
-        tracing::warn!("TOLLGATE_MONGODB_URI is set, but this build has no durable store yet: usage events are logged, not stored");
     }
     if config.alerts.mqtt_url.is_some() {
         tracing::warn!("TOLLGATE_MQTT_URL is set, but this build does not publish alerts yet");

@@ -33,6 +33,9 @@ impl Config {
         if let Some(v) = lookup("TOLLGATE_MONGODB_URI") {
             self.store.mongodb_uri = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = get("TOLLGATE_MONGODB_DB") {
+            self.store.mongodb_db = v;
+        }
         if let Some(v) = lookup("TOLLGATE_MQTT_URL") {
             self.alerts.mqtt_url = Some(v).filter(|v| !v.is_empty());
         }

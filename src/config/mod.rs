@@ -63,6 +63,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ledger: LedgerConfig,
     pub store: StoreConfig,
+    pub usage: UsageConfig,
+    /// How often the gateway compares ledger and store balances (0: never; the
+    /// `tollgate reconcile` command runs the same check on demand).
+    pub reconcile_interval_secs: u64,
     pub alerts: AlertsConfig,
     /// An in-process echo upstream for the quickstart; off unless configured.
     pub demo_upstream: Option<DemoUpstreamConfig>,
@@ -82,6 +86,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
             store: StoreConfig::default(),
+            usage: UsageConfig::default(),
+            reconcile_interval_secs: 300,
             alerts: AlertsConfig::default(),
             demo_upstream: None,
             services: Vec::new(),
@@ -158,11 +164,46 @@ impl Default for LedgerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// MongoDB URI (`TOLLGATE_MONGODB_URI`); the durable store is not in this build yet.
+    /// MongoDB URI (`TOLLGATE_MONGODB_URI`); unset means the embedded SQLite store.
     pub mongodb_uri: Option<String>,
+    /// Database name (`TOLLGATE_MONGODB_DB`).
+    pub mongodb_db: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            mongodb_uri: None,
+            mongodb_db: "tollgate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Events per `insert_many`.
+    pub batch_size: usize,
+    /// Longest an event waits in memory before its batch is written.
+    pub flush_interval_ms: u64,
+    /// Events held in memory; past it, events go straight to the disk journal.
+    pub queue_capacity: usize,
+    /// The disk journal's bound; past it events are dropped, counted and logged.
+    pub journal_max_mb: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            batch_size: 500,
+            flush_interval_ms: 200,
+            queue_capacity: 100_000,
+            journal_max_mb: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -254,6 +295,16 @@ impl Config {
         self.validate_auth()?;
         if self.ledger.timeout_ms == 0 {
             return Err(ConfigError::invalid("ledger.timeout_ms", "must be above 0"));
+        }
+        for (key, value) in [
+            ("usage.batch_size", self.usage.batch_size as u64),
+            ("usage.flush_interval_ms", self.usage.flush_interval_ms),
+            ("usage.queue_capacity", self.usage.queue_capacity as u64),
+            ("usage.journal_max_mb", self.usage.journal_max_mb),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be above 0"));
+            }
         }
         if self.ledger.charge_ttl_secs == 0 {
             return Err(ConfigError::invalid(

@@ -71,6 +71,8 @@ pub enum LedgerError {
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected ledger reply: {0}")]
     Reply(String),
+    #[error("cannot hydrate the balance: {0}")]
+    Hydration(String),
 }
 
 #[async_trait]

@@ -22,6 +22,7 @@ pub use respond::Problem;
 use crate::auth::{Claims, Verifier};
 use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
 use crate::routing::{RouteMatch, Router};
+use crate::store::Store;
 use crate::tenants::TenantDirectory;
 use crate::usage::{UsageEvent, UsageSink};
 use async_trait::async_trait;
@@ -46,6 +47,7 @@ pub struct Gateway {
     ledger: Arc<dyn Ledger>,
     voids: VoidQueue,
     usage: Arc<dyn UsageSink>,
+    store: Arc<dyn Store>,
 }
 
 /// Per-request state, filled in phase by phase.
@@ -77,6 +79,7 @@ impl Gateway {
         ledger: Arc<dyn Ledger>,
         voids: VoidQueue,
         usage: Arc<dyn UsageSink>,
+        store: Arc<dyn Store>,
     ) -> Gateway {
         Gateway {
             router,
@@ -85,6 +88,7 @@ impl Gateway {
             ledger,
             voids,
             usage,
+            store,
         }
     }
 }
@@ -171,6 +175,7 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
+        self.usage.charged(&tenant.id, charged.cost);
         ctx.route = Some(route);
         ctx.claims = Some(claims);
         ctx.idempotency_key = key;

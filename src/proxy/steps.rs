@@ -11,13 +11,17 @@ use pingora::proxy::Session;
 
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
-    pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Problem> {
+    pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Box<Problem>> {
         let req = session.req_header();
         self.router
             .route(req.method.as_str(), req.uri.path(), req.uri.query())
-            .map_err(|e| match e {
-                RouteError::BadPath(why) => Problem::new(400, "bad-path", "Bad request path", why),
-                RouteError::NotFound(why) => Problem::new(404, "not-found", "Not found", why),
+            .map_err(|e| {
+                Box::new(match e {
+                    RouteError::BadPath(why) => {
+                        Problem::new(400, "bad-path", "Bad request path", why)
+                    }
+                    RouteError::NotFound(why) => Problem::new(404, "not-found", "Not found", why),
+                })
             })
     }
 
@@ -25,7 +29,7 @@ impl Gateway {
     pub(super) fn authenticate(
         &self,
         session: &Session,
-    ) -> std::result::Result<(Claims, &Tenant), Problem> {
+    ) -> std::result::Result<(Claims, &Tenant), Box<Problem>> {
         let header = session
             .req_header()
             .headers
@@ -40,34 +44,42 @@ impl Gateway {
                     AuthError::Invalid(why) => format!("invalid token: {why}"),
                     AuthError::Key(_) => "invalid token".to_owned(),
                 };
-                Problem::new(401, "unauthorized", "Unauthorized", detail)
-                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                Box::new(
+                    Problem::new(401, "unauthorized", "Unauthorized", detail)
+                        .header("www-authenticate", "Bearer error=\"invalid_token\""),
+                )
             })?;
         let tenant = match self.tenants.get(&claims.tenant_id) {
             Some(t) if t.status == TenantStatus::Active => t,
             Some(_) => {
-                return Err(Problem::new(
-                    403,
-                    "tenant-suspended",
-                    "Forbidden",
-                    "this tenant is suspended",
-                )
-                .with("tenant_id", claims.tenant_id.clone()))
+                return Err(Box::new(
+                    Problem::new(
+                        403,
+                        "tenant-suspended",
+                        "Forbidden",
+                        "this tenant is suspended",
+                    )
+                    .with("tenant_id", claims.tenant_id.clone()),
+                ))
             }
             None => {
-                return Err(Problem::new(
-                    403,
-                    "unknown-tenant",
-                    "Forbidden",
-                    "this tenant is not registered",
-                )
-                .with("tenant_id", claims.tenant_id.clone()))
+                return Err(Box::new(
+                    Problem::new(
+                        403,
+                        "unknown-tenant",
+                        "Forbidden",
+                        "this tenant is not registered",
+                    )
+                    .with("tenant_id", claims.tenant_id.clone()),
+                ))
             }
         };
         Ok((claims, tenant))
     }
 
-    /// Step 3: charge once, hydrating a missing balance from the tenant directory.
+    /// Step 3: charge once. A ledger without a balance for the tenant (Redis restarted
+    /// empty, a new replica) is hydrated from the durable balance minus what this gateway
+    /// has charged but not yet written to the store; set-if-absent, so racing replicas agree.
     pub(super) async fn charge(
         &self,
         charge: &Charge<'_>,
@@ -75,7 +87,14 @@ impl Gateway {
     ) -> std::result::Result<ChargeOutcome, LedgerError> {
         match self.ledger.charge(charge).await? {
             ChargeOutcome::NoBalance => {
-                self.ledger.seed(&tenant.id, tenant.initial_credits).await?;
+                let durable = match self.store.tenant(&tenant.id).await {
+                    Ok(Some(record)) => record.balance,
+                    Ok(None) => tenant.initial_credits,
+                    Err(e) => return Err(LedgerError::Hydration(e.to_string())),
+                };
+                let balance = durable - self.usage.pending_credits(&tenant.id);
+                tracing::info!(tenant_id = %tenant.id, durable, balance, "hydrating the ledger");
+                self.ledger.seed(&tenant.id, balance.max(0)).await?;
                 self.ledger.charge(charge).await
             }
             outcome => Ok(outcome),
@@ -91,6 +110,7 @@ impl Gateway {
             return;
         }
         charged.refunded = true;
+        self.usage.refunded(&claims.tenant_id, charged.cost);
         let void = Void {
             tenant_id: &claims.tenant_id,
             charge_id: &ctx.request_id,
@@ -114,7 +134,9 @@ impl Gateway {
     }
 }
 
-pub(super) fn idempotency_key(session: &Session) -> std::result::Result<Option<String>, Problem> {
+pub(super) fn idempotency_key(
+    session: &Session,
+) -> std::result::Result<Option<String>, Box<Problem>> {
     let Some(value) = session.req_header().headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -123,15 +145,17 @@ pub(super) fn idempotency_key(session: &Session) -> std::result::Result<Option<S
         || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES
         || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
     {
-        return Err(Problem::new(
-            400,
-            "bad-idempotency-key",
-            "Bad Idempotency-Key header",
-            format!(
+        return Err(Box::new(
+            Problem::new(
+                400,
+                "bad-idempotency-key",
+                "Bad Idempotency-Key header",
+                format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
             ),
-        )
-        .with("header", "Idempotency-Key"));
+            )
+            .with("header", "Idempotency-Key"),
+        ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }

@@ -175,7 +175,11 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) fn credits_by_tenant(events: &[UsageEvent]) -> Vec<(&str, i64)> {
     let mut sums = std::collections::BTreeMap::<&str, i64>::new();
     for event in events {
-        let used = if event.refunded { 0 } else { event.credits_used };
+        let used = if event.refunded {
+            0
+        } else {
+            event.credits_used
+        };
         *sums.entry(event.tenant_id.as_str()).or_default() += used;
     }
     sums.into_iter().collect()

@@ -9,8 +9,7 @@
 
 use super::{
     credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
-    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
-    DEFAULT_LOW_CREDIT_THRESHOLD,
+    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -37,10 +36,16 @@ impl MongoStore {
     pub async fn connect(uri: &str, db_name: &str) -> Result<MongoStore, StoreError> {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "tollgate".into());
-        options.server_selection_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options.connect_timeout.get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
         let client = Client::with_options(options)?;
-        Ok(MongoStore { db: client.database(db_name) })
+        Ok(MongoStore {
+            db: client.database(db_name),
+        })
     }
 
     fn coll(&self, name: &str) -> Collection<Document> {
@@ -53,7 +58,9 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         ErrorKind::InsertMany(m) => {
             m.write_concern_error.is_none()
-                && m.write_errors.as_ref().is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY))
+                && m.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY))
         }
         _ => false,
     }
@@ -65,7 +72,9 @@ fn int(doc: &Document, key: &str) -> Result<i64, StoreError> {
         Some(Bson::Int64(v)) => Ok(*v),
         Some(Bson::Int32(v)) => Ok(i64::from(*v)),
         Some(Bson::Double(v)) => Ok(*v as i64),
-        other => Err(StoreError::Data(format!("`{key}` is {other:?}, not an integer"))),
+        other => Err(StoreError::Data(format!(
+            "`{key}` is {other:?}, not an integer"
+        ))),
     }
 }
 
@@ -78,7 +87,9 @@ fn string(doc: &Document, key: &str) -> Result<String, StoreError> {
 fn millis(doc: &Document, key: &str) -> Result<i64, StoreError> {
     match doc.get(key) {
         Some(Bson::DateTime(t)) => Ok(t.timestamp_millis()),
-        other => int(doc, key).map_err(|_| StoreError::Data(format!("`{key}` is {other:?}, not a date"))),
+        other => {
+            int(doc, key).map_err(|_| StoreError::Data(format!("`{key}` is {other:?}, not a date")))
+        }
     }
 }
 
@@ -86,9 +97,14 @@ fn tenant_from(doc: &Document) -> Result<TenantRecord, StoreError> {
     Ok(TenantRecord {
         id: string(doc, "_id")?,
         name: string(doc, "name")?,
-        status: if doc.get_str("status") == Ok("suspended") { TenantStatus::Suspended } else { TenantStatus::Active },
+        status: if doc.get_str("status") == Ok("suspended") {
+            TenantStatus::Suspended
+        } else {
+            TenantStatus::Active
+        },
         balance: int(doc, "balance")?,
-        low_credit_threshold: int(doc, "low_credit_threshold").unwrap_or(DEFAULT_LOW_CREDIT_THRESHOLD),
+        low_credit_threshold: int(doc, "low_credit_threshold")
+            .unwrap_or(DEFAULT_LOW_CREDIT_THRESHOLD),
         plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
     })
 }
@@ -145,7 +161,10 @@ fn index(keys: Document, unique: bool) -> IndexModel {
 }
 
 impl MongoStore {
-    async fn collect(&self, mut cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
+    async fn collect(
+        &self,
+        mut cursor: mongodb::Cursor<Document>,
+    ) -> Result<Vec<Document>, StoreError> {
         let mut docs = Vec::new();
         while cursor.advance().await? {
             docs.push(cursor.deserialize_current()?);
@@ -153,12 +172,19 @@ impl MongoStore {
         Ok(docs)
     }
 
-    async fn sum(&self, collection: &str, filter: Document, field: &str) -> Result<i64, StoreError> {
+    async fn sum(
+        &self,
+        collection: &str,
+        filter: Document,
+        field: &str,
+    ) -> Result<i64, StoreError> {
         let pipeline = vec![
             doc! { "$match": filter },
             doc! { "$group": { "_id": Bson::Null, "total": { "$sum": format!("${field}") } } },
         ];
-        let docs = self.collect(self.coll(collection).aggregate(pipeline).await?).await?;
+        let docs = self
+            .collect(self.coll(collection).aggregate(pipeline).await?)
+            .await?;
         docs.first().map_or(Ok(0), |d| int(d, "total"))
     }
 }
@@ -167,13 +193,25 @@ impl MongoStore {
 impl Store for MongoStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let usage = self.coll("usage_logs");
-        usage.create_index(index(doc! { "tenant_id": 1, "timestamp": 1 }, false)).await?;
-        usage.create_index(index(doc! { "timestamp": 1 }, false)).await?;
+        usage
+            .create_index(index(doc! { "tenant_id": 1, "timestamp": 1 }, false))
+            .await?;
+        usage
+            .create_index(index(doc! { "timestamp": 1 }, false))
+            .await?;
         let transactions = self.coll("credit_transactions");
-        transactions.create_index(index(doc! { "tenant_id": 1, "at": 1 }, false)).await?;
-        self.coll("invoices").create_index(index(doc! { "tenant_id": 1, "period": 1 }, true)).await?;
-        self.coll("users").create_index(index(doc! { "email": 1 }, true)).await?;
-        self.coll("services").create_index(index(doc! { "name": 1 }, true)).await?;
+        transactions
+            .create_index(index(doc! { "tenant_id": 1, "at": 1 }, false))
+            .await?;
+        self.coll("invoices")
+            .create_index(index(doc! { "tenant_id": 1, "period": 1 }, true))
+            .await?;
+        self.coll("users")
+            .create_index(index(doc! { "email": 1 }, true))
+            .await?;
+        self.coll("services")
+            .create_index(index(doc! { "name": 1 }, true))
+            .await?;
         Ok(())
     }
 
@@ -219,18 +257,36 @@ impl Store for MongoStore {
     }
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
-        self.coll("tenants").find_one(doc! { "_id": id }).await?.as_ref().map(tenant_from).transpose()
+        self.coll("tenants")
+            .find_one(doc! { "_id": id })
+            .await?
+            .as_ref()
+            .map(tenant_from)
+            .transpose()
     }
 
     async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        let cursor = self.coll("tenants").find(doc! {}).sort(doc! { "_id": 1 }).await?;
-        self.collect(cursor).await?.iter().map(tenant_from).collect()
+        let cursor = self
+            .coll("tenants")
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await?;
+        self.collect(cursor)
+            .await?
+            .iter()
+            .map(tenant_from)
+            .collect()
     }
 
     async fn insert_usage(&self, batch: &UsageBatch<'_>) -> Result<(), StoreError> {
         let docs: Vec<Document> = batch.events.iter().map(event_doc).collect();
         if !docs.is_empty() {
-            if let Err(e) = self.coll("usage_logs").insert_many(docs).ordered(false).await {
+            if let Err(e) = self
+                .coll("usage_logs")
+                .insert_many(docs)
+                .ordered(false)
+                .await
+            {
                 if !is_duplicate(&e) {
                     return Err(e.into());
                 }
@@ -259,7 +315,10 @@ impl Store for MongoStore {
     ) -> Result<CreditTransaction, StoreError> {
         let updated = self
             .coll("tenants")
-            .find_one_and_update(doc! { "_id": tenant_id }, doc! { "$inc": { "balance": amount } })
+            .find_one_and_update(
+                doc! { "_id": tenant_id },
+                doc! { "$inc": { "balance": amount } },
+            )
             .return_document(ReturnDocument::After)
             .await?
             .ok_or_else(|| StoreError::Data(format!("no tenant `{tenant_id}`")))?;
@@ -287,7 +346,11 @@ impl Store for MongoStore {
             .find(doc! { "tenant_id": tenant_id })
             .sort(doc! { "at": 1, "_id": 1 })
             .await?;
-        self.collect(cursor).await?.iter().map(transaction_from).collect()
+        self.collect(cursor)
+            .await?
+            .iter()
+            .map(transaction_from)
+            .collect()
     }
 
     async fn usage_logs(&self, query: &UsageQuery) -> Result<Vec<UsageEvent>, StoreError> {
@@ -310,10 +373,13 @@ impl Store for MongoStore {
         }
         if let Some((ts, id)) = &query.after {
             let ts = bson::DateTime::from_millis(*ts);
-            filter.insert("$or", vec![
-                Bson::Document(doc! { "timestamp": { "$gt": ts } }),
-                Bson::Document(doc! { "timestamp": ts, "_id": { "$gt": id } }),
-            ]);
+            filter.insert(
+                "$or",
+                vec![
+                    Bson::Document(doc! { "timestamp": { "$gt": ts } }),
+                    Bson::Document(doc! { "timestamp": ts, "_id": { "$gt": id } }),
+                ],
+            );
         }
         let cursor = self
             .coll("usage_logs")
@@ -340,10 +406,14 @@ impl Store for MongoStore {
                 "calls": { "$sum": 1 }, "credits": { "$sum": "$credits_used" },
             } },
         ];
-        let docs = self.collect(self.coll("usage_logs").aggregate(pipeline).await?).await?;
+        let docs = self
+            .collect(self.coll("usage_logs").aggregate(pipeline).await?)
+            .await?;
         let mut lines = Vec::with_capacity(docs.len());
         for d in &docs {
-            let key = d.get_document("_id").map_err(|e| StoreError::Data(e.to_string()))?;
+            let key = d
+                .get_document("_id")
+                .map_err(|e| StoreError::Data(e.to_string()))?;
             lines.push(UsageLine {
                 service: string(key, "service")?,
                 endpoint: string(key, "endpoint")?,
@@ -361,9 +431,19 @@ impl Store for MongoStore {
 
     async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError> {
         Ok(Audit {
-            transactions: self.sum("credit_transactions", doc! { "tenant_id": tenant_id }, "amount").await?,
+            transactions: self
+                .sum(
+                    "credit_transactions",
+                    doc! { "tenant_id": tenant_id },
+                    "amount",
+                )
+                .await?,
             usage: self
-                .sum("usage_logs", doc! { "tenant_id": tenant_id, "refunded": false }, "credits_used")
+                .sum(
+                    "usage_logs",
+                    doc! { "tenant_id": tenant_id, "refunded": false },
+                    "credits_used",
+                )
                 .await?,
         })
     }

@@ -7,8 +7,7 @@
 
 use super::{
     credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
-    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
-    DEFAULT_LOW_CREDIT_THRESHOLD,
+    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -110,7 +109,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
     Ok(TenantRecord {
         id: row.get(0)?,
         name: row.get(1)?,
-        status: if status == "suspended" { TenantStatus::Suspended } else { TenantStatus::Active },
+        status: if status == "suspended" {
+            TenantStatus::Suspended
+        } else {
+            TenantStatus::Active
+        },
         balance: row.get(3)?,
         low_credit_threshold: row.get(4)?,
         plan_id: row.get(5)?,
@@ -174,7 +177,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.run(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 
     async fn ensure_tenant(&self, tenant: &NewTenant<'_>) -> Result<bool, StoreError> {

@@ -1,7 +1,11 @@
 //! Step 6 of the request path: one usage event per charged call, handed to a
-//! [`UsageSink`] from Pingora's logging phase. The sink must never block the request:
-//! the durable pipeline (bounded queue, batched `insert_many`, disk journal — SPEC §4)
-//! plugs in here. Until it does, [`TracingSink`] writes each event as a debug log line.
+//! [`UsageSink`] from Pingora's logging phase. The sink never blocks the request: the
+//! [`UsagePipeline`] queues the event for batched writes to the store (SPEC §4).
+
+mod journal;
+mod pipeline;
+
+pub use pipeline::{Flusher, UsagePipeline, UsageSettings};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +36,22 @@ pub struct UsageEvent {
 pub trait UsageSink: Send + Sync + 'static {
     /// Takes the event; must return at once (SPEC §4: never awaited on the request path).
     fn record(&self, event: UsageEvent);
+
+    /// The ledger just took `credits` from the tenant: they are pending until the event
+    /// that carries them reaches the store. Counting from the charge (not from the event,
+    /// which comes at the end of the request) lets hydration see requests in flight.
+    fn charged(&self, _tenant_id: &str, _credits: i64) {}
+
+    /// A charge counted by [`UsageSink::charged`] was given back.
+    fn refunded(&self, _tenant_id: &str, _credits: i64) {}
+
+    /// Credits charged for `tenant_id` that the store has not applied yet.
+    fn pending_credits(&self, _tenant_id: &str) -> i64 {
+        0
+    }
 }
 
-/// Logs each event at debug level; the seam the store issue replaces.
+/// Logs each event at debug level and keeps nothing (tests, benches).
 pub struct TracingSink;
 
 impl UsageSink for TracingSink {
