@@ -124,6 +124,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         voids,
         Arc::clone(&usage),
         Arc::clone(&store),
+        Duration::from_millis(config.ledger.timeout_ms),
     );
 
     let server_conf = ServerConf {

@@ -14,6 +14,7 @@
 //! ```
 
 mod headers;
+mod inflight;
 mod respond;
 mod steps;
 
@@ -48,6 +49,9 @@ pub struct Gateway {
     voids: VoidQueue,
     usage: Arc<dyn UsageSink>,
     store: Arc<dyn Store>,
+    inflight: inflight::InFlight,
+    /// Longest a hydration waits for charges in flight (the ledger timeout).
+    ledger_timeout: Duration,
 }
 
 /// Per-request state, filled in phase by phase.
@@ -80,6 +84,7 @@ impl Gateway {
         voids: VoidQueue,
         usage: Arc<dyn UsageSink>,
         store: Arc<dyn Store>,
+        ledger_timeout: Duration,
     ) -> Gateway {
         Gateway {
             router,
@@ -89,6 +94,8 @@ impl Gateway {
             voids,
             usage,
             store,
+            inflight: Default::default(),
+            ledger_timeout,
         }
     }
 }
@@ -175,7 +182,6 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        self.usage.charged(&tenant.id, charged.cost);
         ctx.route = Some(route);
         ctx.claims = Some(claims);
         ctx.idempotency_key = key;
@@ -283,6 +289,9 @@ impl ProxyHttp for Gateway {
             self.refund(ctx).await;
         }
         if code > 0 && session.response_written().is_none() {
+            // Pingora closes the connection after a failed proxy: say so, or a client
+            // would send its next request down a connection about to close.
+            session.set_keepalive(None);
             let problem = match code {
                 502 => Problem::new(
                     502,

@@ -8,6 +8,11 @@ use crate::ledger::{Charge, ChargeOutcome, LedgerError, PendingVoid, Void, VoidO
 use crate::routing::{RouteError, RouteMatch};
 use crate::tenants::Tenant;
 use pingora::proxy::Session;
+use std::time::Duration;
+
+/// Longest hydration waits for the usage flusher to finish the batch it is writing (one
+/// batch write; longer means the store is struggling, and the request gets a 503).
+const HYDRATION_WAIT: Duration = Duration::from_secs(2);
 
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
@@ -85,20 +90,55 @@ impl Gateway {
         charge: &Charge<'_>,
         tenant: &Tenant,
     ) -> std::result::Result<ChargeOutcome, LedgerError> {
-        match self.ledger.charge(charge).await? {
+        // Counted in flight until its credits are counted as pending (see `inflight`).
+        let ticket = self.inflight.enter();
+        let outcome = match self.ledger.charge(charge).await? {
             ChargeOutcome::NoBalance => {
-                let durable = match self.store.tenant(&tenant.id).await {
-                    Ok(Some(record)) => record.balance,
-                    Ok(None) => tenant.initial_credits,
-                    Err(e) => return Err(LedgerError::Hydration(e.to_string())),
-                };
-                let balance = durable - self.usage.pending_credits(&tenant.id);
-                tracing::info!(tenant_id = %tenant.id, durable, balance, "hydrating the ledger");
+                drop(ticket);
+                let balance = self.hydration_balance(tenant).await?;
                 self.ledger.seed(&tenant.id, balance.max(0)).await?;
-                self.ledger.charge(charge).await
+                let _ticket = self.inflight.enter();
+                let outcome = self.ledger.charge(charge).await?;
+                self.count_pending(charge, outcome);
+                return Ok(outcome);
             }
-            outcome => Ok(outcome),
+            outcome => outcome,
+        };
+        self.count_pending(charge, outcome);
+        Ok(outcome)
+    }
+
+    fn count_pending(&self, charge: &Charge<'_>, outcome: ChargeOutcome) {
+        if let ChargeOutcome::Charged { .. } = outcome {
+            self.usage.charged(charge.tenant_id, charge.cost);
         }
+    }
+
+    /// The durable balance minus this gateway's pending credits, read as a consistent pair
+    /// (a batch settling between the two reads would count twice or not at all).
+    async fn hydration_balance(&self, tenant: &Tenant) -> std::result::Result<i64, LedgerError> {
+        if !self.inflight.quiesce(self.ledger_timeout).await {
+            tracing::warn!(tenant_id = %tenant.id, "hydrating while charges are still in flight: reconciliation may report them");
+        }
+        let lock = self.usage.settle_lock();
+        let _settled = match &lock {
+            Some(lock) => Some(
+                tokio::time::timeout(HYDRATION_WAIT, lock.lock())
+                    .await
+                    .map_err(|_| {
+                        LedgerError::Hydration("the usage pipeline is busy writing".into())
+                    })?,
+            ),
+            None => None,
+        };
+        let pending = self.usage.pending_credits(&tenant.id);
+        let durable = match self.store.tenant(&tenant.id).await {
+            Ok(Some(record)) => record.balance,
+            Ok(None) => tenant.initial_credits,
+            Err(e) => return Err(LedgerError::Hydration(e.to_string())),
+        };
+        tracing::info!(tenant_id = %tenant.id, durable, pending, "hydrating the ledger");
+        Ok(durable - pending)
     }
 
     /// Gives this request's credits back (upstream unreachable, or 5xx when configured).

@@ -49,6 +49,13 @@ pub trait UsageSink: Send + Sync + 'static {
     fn pending_credits(&self, _tenant_id: &str) -> i64 {
         0
     }
+
+    /// Held while a batch is written to the store and stops counting as pending. A reader
+    /// of the durable balance and the pending credits holds it across both reads, so no
+    /// batch counts twice or not at all.
+    fn settle_lock(&self) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        None
+    }
 }
 
 /// Logs each event at debug level and keeps nothing (tests, benches).

@@ -52,6 +52,8 @@ struct Shared {
     /// Credits per tenant charged by the ledger but not yet applied to the store: what
     /// hydration subtracts from the durable balance.
     pending: Mutex<HashMap<String, i64>>,
+    /// See [`UsageSink::settle_lock`].
+    settling: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Spool {
@@ -166,6 +168,7 @@ impl UsagePipeline {
                 overflow_seq,
             }),
             pending: Mutex::new(pending),
+            settling: Arc::default(),
         });
         let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let flusher = Flusher {
@@ -249,6 +252,10 @@ impl UsageSink for UsagePipeline {
             .copied()
             .unwrap_or(0)
     }
+
+    fn settle_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        Some(Arc::clone(&self.shared.settling))
+    }
 }
 
 impl Flusher {
@@ -258,7 +265,8 @@ impl Flusher {
             seq,
             events,
         };
-        match self.store.insert_usage(&batch).await {
+        let _settling = self.shared.settling.lock().await;
+        let stored = match self.store.insert_usage(&batch).await {
             Ok(()) => {
                 self.shared.settle(events);
                 USAGE_FLUSHED.inc_by(events.len() as u64);
@@ -268,7 +276,8 @@ impl Flusher {
                 tracing::warn!(error = %e, events = events.len(), "usage batch not stored");
                 false
             }
-        }
+        };
+        stored
     }
 
     /// Writes one main-stream batch: to the store when nothing waits in the journal (with

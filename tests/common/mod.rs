@@ -9,6 +9,7 @@
 //! Readiness is polled with a deadline, never slept for.
 #![allow(dead_code)]
 
+pub mod gate;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -195,27 +196,29 @@ pub struct Gateway {
     pub port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
-    redis_url: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
     /// Starts the gateway with `yaml` (services, tenants, ...) on a fresh data dir.
     pub fn start(yaml: &str, redis_url: Option<String>) -> Gateway {
-        let dir = std::env::temp_dir().join(format!("tollgate-test-{}", uuid::Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = format!("grace_period_secs: 0\nthreads: 2\nauth:\n  secret: {SECRET}\n{yaml}");
-        std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
-        Gateway::start_in(dir, redis_url)
+        let env = redis_url.map(|url| ("TOLLGATE_REDIS_URL".to_owned(), url));
+        Gateway::start_with(yaml, env.into_iter().collect())
     }
 
-    /// Starts another gateway on the same config and data dir (a restart), or sharing the
-    /// config only (a second replica) when the caller copies the dir.
-    pub fn start_in(dir: PathBuf, redis_url: Option<String>) -> Gateway {
+    /// Starts the gateway with extra environment (`TOLLGATE_MONGODB_URI`, ...).
+    pub fn start_with(yaml: &str, env: Vec<(String, String)>) -> Gateway {
+        let dir = std::env::temp_dir().join(format!("tollgate-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "grace_period_secs: 0\nthreads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
+        );
+        std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
             port: free_port(),
             dir,
             child: None,
-            redis_url,
+            env,
         };
         gateway.spawn();
         gateway
@@ -230,10 +233,9 @@ impl Gateway {
             .arg(self.dir.join("tollgate.yaml"))
             .env("TOLLGATE_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
-            .env(
-                "TOLLGATE_REDIS_URL",
-                self.redis_url.clone().unwrap_or_default(),
-            )
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_MONGODB_URI")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,tollgate=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -262,6 +264,23 @@ impl Gateway {
                 self.dir.display()
             );
         }
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again after [`Gateway::kill`] or [`Gateway::stop`], same data dir and port.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Stops and starts again on the same data dir and port.
@@ -318,6 +337,16 @@ pub fn mongo_uri() -> Option<String> {
             None
         }
     }
+}
+
+/// `host:port` of a `mongodb://host:port/...` URI.
+pub fn mongo_addr(uri: &str) -> SocketAddr {
+    let rest = uri.trim_start_matches("mongodb://");
+    let host = rest.split(['/', '?']).next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(host)
+        .unwrap()
+        .next()
+        .unwrap()
 }
 
 /// A database name no other test uses.
