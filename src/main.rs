@@ -50,6 +50,13 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Compare ledger balances, durable balances and the store's records, per tenant.
+    /// Exits 1 when they disagree. Usage still in a running gateway's memory is not
+    /// visible here: run it when traffic is quiet (the gateway also checks periodically).
+    Reconcile {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Serve the demo echo upstream alone (quickstart, load tests).
     Echo {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -90,6 +97,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints one line per tenant; returns whether all agree.
+async fn reconcile(config: &Config) -> Result<bool, String> {
+    let store = server::open_store(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ledger: std::sync::Arc<dyn tollgate::ledger::Ledger> = match &config.ledger.redis_url {
+        Some(_) => server::open_ledger(config).map_err(|e| e.to_string())?,
+        None => std::sync::Arc::new(
+            tollgate::ledger::EmbeddedLedger::read_only(&config.data_dir, &config.ledger)
+                .map_err(|e| format!("embedded ledger in {}: {e}", config.data_dir.display()))?,
+        ),
+    };
+    let journaled = tollgate::usage::journaled_credits(&config.data_dir)
+        .map_err(|e| format!("usage journal in {}: {e}", config.data_dir.display()))?;
+    let pending = |tenant: &str| journaled.get(tenant).copied().unwrap_or(0);
+    let reports = tollgate::reconcile::reconcile(&*store, &*ledger, &pending)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12}",
+        "tenant", "ledger", "durable", "journaled", "ledger diff", "store diff"
+    );
+    for r in &reports {
+        let ledger = r.ledger.map_or("-".to_owned(), |l| l.to_string());
+        println!(
+            "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12}",
+            r.tenant_id, ledger, r.durable, r.pending, r.ledger_difference, r.store_difference
+        );
+    }
+    Ok(reports.iter().all(|r| r.is_consistent()))
+}
+
 fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::Run { config, upgrade } => {
@@ -115,6 +154,16 @@ fn execute(command: Command) -> Result<(), String> {
                 auth::mint(&config.auth, &tenant, &user, role, ttl).map_err(|e| e.to_string())?;
             println!("{token}");
             Ok(())
+        }
+        Command::Reconcile { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let runtime = server::store_runtime().map_err(|e| e.to_string())?;
+            let consistent = runtime.block_on(reconcile(&config))?;
+            if consistent {
+                Ok(())
+            } else {
+                Err("balances disagree (see above)".into())
+            }
         }
         Command::Echo { listen } => {
             let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@ use crate::auth::Verifier;
 use crate::config::{Config, DEMO_JWT_SECRET};
 use crate::demo_upstream::DemoUpstream;
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker};
-use crate::proxy::Gateway;
+use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
 use crate::routing::Router;
 use crate::store::{MongoStore, NewTenant, SqliteStore, Store};
@@ -113,19 +113,20 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     let (pipeline, flusher) = UsagePipeline::open(&config.data_dir, Arc::clone(&store), settings)
         .map_err(data_dir_error(&config, "usage journal"))?;
     let usage: Arc<dyn UsageSink> = Arc::new(pipeline);
+    let (stop_flusher, stop) = tokio::sync::watch::channel(false);
+    let flushing = store_rt.spawn(async move { flusher.run(stop).await });
     let router = Arc::new(Router::new(&config.services).map_err(StartError::Routing)?);
     let verifier = Verifier::new(&config.auth)?;
     let (voids, void_worker) = VoidWorker::new(Arc::clone(&ledger));
-    let gateway = Gateway::new(
-        router,
-        verifier,
-        TenantDirectory::new(&config.tenants),
-        Arc::clone(&ledger),
+    let backends = Backends {
+        ledger: Arc::clone(&ledger),
         voids,
-        Arc::clone(&usage),
-        Arc::clone(&store),
-        Duration::from_millis(config.ledger.timeout_ms),
-    );
+        usage: Arc::clone(&usage),
+        store: Arc::clone(&store),
+        ledger_timeout: Duration::from_millis(config.ledger.timeout_ms),
+    };
+    let tenants = TenantDirectory::new(&config.tenants);
+    let gateway = Gateway::new(router, verifier, tenants, backends);
 
     let server_conf = ServerConf {
         threads: config.worker_threads(),
@@ -145,7 +146,6 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
-    server.add_service(background_service("usage flusher", flusher));
     if config.reconcile_interval_secs > 0 {
         let reconciler = Reconciler {
             store: Arc::clone(&store),
@@ -168,7 +168,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     );
     server.run(RunArgs::default());
 
-    // Every service has stopped: make the embedded ledger's last writes durable.
+    // Every service has stopped, so no event can come any more: drain the usage queue,
+    // then make the embedded ledger's last writes durable.
+    let _ = stop_flusher.send(true);
+    if let Err(e) = store_rt.block_on(flushing) {
+        tracing::error!(error = %e, "usage flusher failed at shutdown");
+    }
     store_rt.block_on(ledger.close());
     Ok(())
 }

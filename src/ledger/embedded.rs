@@ -8,7 +8,7 @@
 //! idempotent and refuses a charge whose id is spent.
 
 use super::expiring::ExpiringMap;
-use super::journal::{Journal, Record};
+use super::journal::{read_state, Journal, Record, Restored};
 use super::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
@@ -54,6 +54,20 @@ impl EmbeddedLedger {
     /// idempotency keys from it.
     pub fn open(data_dir: &Path, config: &LedgerConfig) -> std::io::Result<EmbeddedLedger> {
         let (journal, restored) = Journal::open(&data_dir.join("ledger.journal"), now_ms())?;
+        Ok(EmbeddedLedger {
+            journal: Some(journal),
+            ..EmbeddedLedger::restore(restored, config)
+        })
+    }
+
+    /// The state journaled in `data_dir`, read without touching the file (for
+    /// `tollgate reconcile` beside a running gateway). Changes to it are not persisted.
+    pub fn read_only(data_dir: &Path, config: &LedgerConfig) -> std::io::Result<EmbeddedLedger> {
+        let restored = read_state(&data_dir.join("ledger.journal"), now_ms())?;
+        Ok(EmbeddedLedger::restore(restored, config))
+    }
+
+    fn restore(restored: Restored, config: &LedgerConfig) -> EmbeddedLedger {
         let mut books: HashMap<String, Book> = HashMap::new();
         for (tenant, balance) in restored.balances {
             books.entry(tenant).or_default().balance = Some(balance);
@@ -64,11 +78,10 @@ impl EmbeddedLedger {
             let book = books.entry(tenant).or_default();
             book.idempotency.insert(key, charge_id, expires);
         }
-        Ok(EmbeddedLedger {
+        EmbeddedLedger {
             books: Mutex::new(books),
-            journal: Some(journal),
             ..EmbeddedLedger::in_memory(config)
-        })
+        }
     }
 
     fn log(&self, record: Record) {

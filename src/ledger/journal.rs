@@ -88,22 +88,7 @@ impl Journal {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut state = Restored::default();
-        if path.exists() {
-            let mut skipped = 0usize;
-            for line in BufReader::new(File::open(path)?).lines() {
-                match parse(&line?) {
-                    Some(record) => state.apply(record),
-                    None => skipped += 1,
-                }
-            }
-            if skipped > 0 {
-                tracing::warn!(path = %path.display(), skipped, "skipped unreadable ledger journal lines (a torn write at crash?)");
-            }
-        }
-        state
-            .idempotency
-            .retain(|_, (_, expires)| *expires > now_ms);
+        let state = read_state(path, now_ms)?;
         let file = compact(path, &state)?;
         let mirror = Restored {
             balances: state.balances.clone(),
@@ -178,6 +163,28 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
             let _ = done.send(());
         }
     }
+}
+
+/// Reads the state a journal holds without changing the file (safe beside a running
+/// gateway: the file only grows, or is replaced whole by a rename).
+pub fn read_state(path: &Path, now_ms: u64) -> std::io::Result<Restored> {
+    let mut state = Restored::default();
+    if path.exists() {
+        let mut skipped = 0usize;
+        for line in BufReader::new(File::open(path)?).lines() {
+            match parse(&line?) {
+                Some(record) => state.apply(record),
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(path = %path.display(), skipped, "skipped unreadable ledger journal lines (a torn write at crash?)");
+        }
+    }
+    state
+        .idempotency
+        .retain(|_, (_, expires)| *expires > now_ms);
+    Ok(state)
 }
 
 /// Rewrites the journal as the state alone and returns it opened for appending.

@@ -54,6 +54,17 @@ pub struct Gateway {
     ledger_timeout: Duration,
 }
 
+/// The shared handles the gateway charges and records through.
+pub struct Backends {
+    pub ledger: Arc<dyn Ledger>,
+    /// Voids the request path could not do itself (ledger timeouts, deferred refunds).
+    pub voids: VoidQueue,
+    pub usage: Arc<dyn UsageSink>,
+    /// The durable store: hydration reads balances from it.
+    pub store: Arc<dyn Store>,
+    pub ledger_timeout: Duration,
+}
+
 /// Per-request state, filled in phase by phase.
 pub struct RequestCtx {
     request_id: String,
@@ -80,22 +91,18 @@ impl Gateway {
         router: Arc<Router>,
         verifier: Verifier,
         tenants: TenantDirectory,
-        ledger: Arc<dyn Ledger>,
-        voids: VoidQueue,
-        usage: Arc<dyn UsageSink>,
-        store: Arc<dyn Store>,
-        ledger_timeout: Duration,
+        backends: Backends,
     ) -> Gateway {
         Gateway {
             router,
             verifier,
             tenants,
-            ledger,
-            voids,
-            usage,
-            store,
+            ledger: backends.ledger,
+            voids: backends.voids,
+            usage: backends.usage,
+            store: backends.store,
             inflight: Default::default(),
-            ledger_timeout,
+            ledger_timeout: backends.ledger_timeout,
         }
     }
 }

@@ -5,7 +5,7 @@
 mod journal;
 mod pipeline;
 
-pub use pipeline::{Flusher, UsagePipeline, UsageSettings};
+pub use pipeline::{journaled_credits, Flusher, UsagePipeline, UsageSettings};
 
 use serde::{Deserialize, Serialize};
 

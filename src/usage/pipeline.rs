@@ -16,8 +16,6 @@ use super::journal::{Entry, Journal};
 use super::{UsageEvent, UsageSink};
 use crate::metrics::{USAGE_DROPPED, USAGE_FLUSHED, USAGE_JOURNALED, USAGE_QUEUE_DEPTH};
 use crate::store::{Store, UsageBatch};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,22 +143,7 @@ impl UsagePipeline {
         let pipeline_id = pipeline_id(data_dir)?;
         let journal = Journal::open(&data_dir.join("usage.journal"), settings.journal_max_bytes)?;
         // What the journal holds from a previous run is still owed to the store.
-        let mut pending = HashMap::new();
-        let mut overflow_seq = 0;
-        let mut offset = 0;
-        loop {
-            let entries = journal.read_from(offset, REPLAY_CHUNK)?;
-            let Some((_, end)) = entries.last() else {
-                break;
-            };
-            offset = *end;
-            for (entry, _) in &entries {
-                overflow_seq = overflow_seq.max(entry.seq);
-                for event in &entry.events {
-                    *pending.entry(event.tenant_id.clone()).or_insert(0) += charged(event);
-                }
-            }
-        }
+        let (pending, overflow_seq) = scan(&journal)?;
         let shared = Arc::new(Shared {
             pipeline_id,
             journal: Mutex::new(Spool {
@@ -185,6 +168,36 @@ impl UsagePipeline {
     pub fn pipeline_id(&self) -> &str {
         &self.shared.pipeline_id
     }
+}
+
+/// Credits per tenant and the highest sequence number in a journal.
+fn scan(journal: &Journal) -> std::io::Result<(HashMap<String, i64>, u64)> {
+    let mut pending = HashMap::new();
+    let mut max_seq = 0;
+    let mut offset = 0;
+    loop {
+        let entries = journal.read_from(offset, REPLAY_CHUNK)?;
+        let Some((_, end)) = entries.last() else {
+            break;
+        };
+        offset = *end;
+        for (entry, _) in &entries {
+            max_seq = max_seq.max(entry.seq);
+            for event in &entry.events {
+                *pending.entry(event.tenant_id.clone()).or_insert(0) += charged(event);
+            }
+        }
+    }
+    Ok((pending, max_seq))
+}
+
+/// Credits per tenant waiting in the usage journal of `data_dir` (read only).
+pub fn journaled_credits(data_dir: &Path) -> std::io::Result<HashMap<String, i64>> {
+    let path = data_dir.join("usage.journal");
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    Ok(scan(&Journal::open(&path, u64::MAX)?)?.0)
 }
 
 /// The pipeline id of this data dir, made once and kept, so sequence guards in the store
@@ -352,9 +365,12 @@ impl Flusher {
     }
 }
 
-#[async_trait::async_trait]
-impl BackgroundService for Flusher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl Flusher {
+    /// Runs until `stop` turns true, then drains the queue and returns. It runs on the
+    /// process's own runtime, not Pingora's: Pingora drops the tasks of its runtimes at the
+    /// end of the grace period, which could cut a batch write in half; the server stops
+    /// this loop only once every Pingora service has stopped, so the drain sees every event.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut rx = self.rx.lock().await;
         let size = self.settings.batch_size.max(1);
         let mut next_replay = Instant::now();
@@ -362,7 +378,7 @@ impl BackgroundService for Flusher {
         loop {
             let mut batch = Vec::with_capacity(size);
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = stop.wait_for(|stop| *stop) => break,
                 n = rx.recv_many(&mut batch, size) => if n == 0 { break },
                 _ = tokio::time::sleep(REPLAY_TICK) => {}
             }
