@@ -208,6 +208,46 @@ async fn every_charged_call_is_logged_once_in_mongodb() {
     .await;
 }
 
+/// A gateway on Redis and on MongoDB reached through a [`TcpGate`], and the store opened
+/// directly (not through the gate) for the test's own reads.
+struct GatedMongo {
+    gate: TcpGate,
+    upstream: Upstream,
+    redis: RedisServer,
+    gateway: Gateway,
+    store: Arc<dyn Store>,
+}
+
+impl GatedMongo {
+    async fn start(uri: &str) -> GatedMongo {
+        let gate = TcpGate::start(common::mongo_addr(uri)).await;
+        let db = common::unique_db();
+        let gated = format!("mongodb://{}/?directConnection=true", gate.addr);
+        let upstream = Upstream::start().await;
+        let redis = RedisServer::start();
+        let mut env = StoreUnderTest::Mongo {
+            uri: gated,
+            db: db.clone(),
+        }
+        .env();
+        env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
+        let gateway = Gateway::start_with(&yaml(&upstream.url(), common::free_port()), env);
+        let store = StoreUnderTest::Mongo {
+            uri: uri.to_owned(),
+            db,
+        }
+        .open(Path::new(""))
+        .await;
+        GatedMongo {
+            gate,
+            upstream,
+            redis,
+            gateway,
+            store,
+        }
+    }
+}
+
 /// MongoDB behind a gate the test cuts: requests keep their speed, events wait in the
 /// journal, and all of them arrive once the store is back, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,24 +255,13 @@ async fn a_store_outage_loses_nothing() {
     let Some(uri) = common::mongo_uri() else {
         return;
     };
-    let gate = TcpGate::start(common::mongo_addr(&uri)).await;
-    let db = common::unique_db();
-    let gated = format!("mongodb://{}/?directConnection=true", gate.addr);
-    let upstream = Upstream::start().await;
-    let redis = RedisServer::start();
-    let kind = StoreUnderTest::Mongo {
-        uri: gated,
-        db: db.clone(),
-    };
-    let mut env = kind.env();
-    env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
-    let gateway = Gateway::start_with(&yaml(&upstream.url(), common::free_port()), env);
-    let store = StoreUnderTest::Mongo {
-        uri: uri.clone(),
-        db,
-    }
-    .open(Path::new(""))
-    .await;
+    let GatedMongo {
+        gate,
+        upstream: _upstream,
+        redis,
+        gateway,
+        store,
+    } = GatedMongo::start(&uri).await;
 
     assert!(traffic(&gateway, 40, 10, "before")
         .await
@@ -302,24 +331,13 @@ async fn a_crash_replays_the_journal() {
     let Some(uri) = common::mongo_uri() else {
         return;
     };
-    let gate = TcpGate::start(common::mongo_addr(&uri)).await;
-    let db = common::unique_db();
-    let gated = format!("mongodb://{}/?directConnection=true", gate.addr);
-    let upstream = Upstream::start().await;
-    let redis = RedisServer::start();
-    let kind = StoreUnderTest::Mongo {
-        uri: gated,
-        db: db.clone(),
-    };
-    let mut env = kind.env();
-    env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
-    let mut gateway = Gateway::start_with(&yaml(&upstream.url(), common::free_port()), env);
-    let store = StoreUnderTest::Mongo {
-        uri: uri.clone(),
-        db,
-    }
-    .open(Path::new(""))
-    .await;
+    let GatedMongo {
+        gate,
+        upstream: _upstream,
+        redis,
+        mut gateway,
+        store,
+    } = GatedMongo::start(&uri).await;
 
     // Hydrate both tenants first: a fresh Redis with the store unreachable fails closed.
     assert!(traffic(&gateway, 10, 2, "warm")

@@ -102,6 +102,18 @@ pub struct UsageTotals {
     pub lines: Vec<UsageLine>,
 }
 
+impl UsageTotals {
+    /// Totals of `lines`, sorted by service then endpoint.
+    pub fn from_lines(mut lines: Vec<UsageLine>) -> UsageTotals {
+        lines.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+        UsageTotals {
+            calls: lines.iter().map(|l| l.calls).sum(),
+            credits: lines.iter().map(|l| l.credits).sum(),
+            lines,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageLine {
     pub service: String,

@@ -421,12 +421,7 @@ impl Store for MongoStore {
                 credits: int(d, "credits")?,
             });
         }
-        lines.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
-        Ok(UsageTotals {
-            calls: lines.iter().map(|l| l.calls).sum(),
-            credits: lines.iter().map(|l| l.credits).sum(),
-            lines,
-        })
+        Ok(UsageTotals::from_lines(lines))
     }
 
     async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError> {

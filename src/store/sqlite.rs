@@ -371,11 +371,7 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(UsageTotals {
-                calls: lines.iter().map(|l| l.calls).sum(),
-                credits: lines.iter().map(|l| l.credits).sum(),
-                lines,
-            })
+            Ok(UsageTotals::from_lines(lines))
         })
         .await
     }
