@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo_upstream;
 pub mod ledger;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod reconcile;
 pub mod routing;

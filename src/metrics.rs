@@ -2,7 +2,7 @@
 //! endpoint serves). A registration that fails (a name taken twice) falls back to an
 //! unregistered metric rather than failing the gateway.
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::LazyLock;
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -43,3 +43,152 @@ pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Usage events lost because the disk journal failed",
     )
 });
+
+/// How a request through the gateway ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    BadRequest,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    NoCredits,
+    LedgerUnavailable,
+    UpstreamError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Forwarded,
+        Outcome::BadRequest,
+        Outcome::NotFound,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::NoCredits,
+        Outcome::LedgerUnavailable,
+        Outcome::UpstreamError,
+    ];
+
+    /// The outcome of a response the gateway wrote itself.
+    pub fn for_status(status: u16) -> Outcome {
+        match status {
+            401 => Outcome::Unauthorized,
+            402 => Outcome::NoCredits,
+            403 => Outcome::Forbidden,
+            404 => Outcome::NotFound,
+            503 => Outcome::LedgerUnavailable,
+            502 | 504 => Outcome::UpstreamError,
+            _ => Outcome::BadRequest,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::BadRequest => "bad_request",
+            Outcome::NotFound => "not_found",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::NoCredits => "no_credits",
+            Outcome::LedgerUnavailable => "ledger_unavailable",
+            Outcome::UpstreamError => "upstream_error",
+        }
+    }
+}
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_requests_total",
+        "Requests through the gateway by service and outcome",
+        &["service", "outcome"],
+    )
+});
+static CREDITS_CHARGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_credits_charged_total",
+        "Credits taken by the ledger (refunds not subtracted)",
+        &["service"],
+    )
+});
+
+/// Request latency, from the request's first byte to the end of logging. Buckets from
+/// 0.5 ms (the gateway's own overhead) to 10 s (slow upstreams).
+pub static REQUEST_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "tollgate_request_duration_seconds",
+        "Time to serve a request through the gateway",
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ],
+    )
+});
+
+/// One charge round trip (embedded: microseconds; Redis: a loopback or LAN round trip,
+/// bounded by the 250 ms default ledger timeout).
+pub static LEDGER_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "tollgate_ledger_duration_seconds",
+        "Time for one ledger charge",
+        vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5,
+        ],
+    )
+});
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| {
+        IntCounterVec::new(Opts::new("invalid", "invalid"), labels).expect("static name")
+    });
+    let _ = prometheus::register(Box::new(metric.clone()));
+    metric
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|_| {
+            Histogram::with_opts(HistogramOpts::new("invalid", "invalid")).expect("static name")
+        });
+    let _ = prometheus::register(Box::new(metric.clone()));
+    metric
+}
+
+/// One service's counters, resolved once so the request path does no label lookup.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    requests: [IntCounter; Outcome::ALL.len()],
+    credits: IntCounter,
+}
+
+impl ServiceMetrics {
+    pub fn new(service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            requests: Outcome::ALL.map(|o| REQUESTS.with_label_values(&[service, o.as_str()])),
+            credits: CREDITS_CHARGED.with_label_values(&[service]),
+        }
+    }
+
+    pub fn request(&self, outcome: Outcome) {
+        self.requests[outcome as usize].inc();
+    }
+
+    pub fn charged(&self, credits: i64) {
+        if credits > 0 {
+            self.credits.inc_by(credits as u64);
+        }
+    }
+}
+
+/// Counters for requests that matched no service (label `service="-"`).
+pub static UNROUTED: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics::new("-"));
+
+/// Registers every metric now, so a scrape shows each one (at 0) before its first event.
+pub fn register_all() {
+    LazyLock::force(&USAGE_QUEUE_DEPTH);
+    LazyLock::force(&USAGE_FLUSHED);
+    LazyLock::force(&USAGE_JOURNALED);
+    LazyLock::force(&USAGE_DROPPED);
+    LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&LEDGER_DURATION);
+    LazyLock::force(&UNROUTED);
+}

@@ -101,6 +101,7 @@ pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
 /// Builds and runs the server until shutdown; returns once everything has stopped.
 pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     warn_about_modes(&config);
+    crate::metrics::register_all();
     let store_rt = store_runtime().map_err(data_dir_error(&config, "store runtime"))?;
     let store = store_rt.block_on(open_store(&config))?;
     let ledger = open_ledger(&config)?;
@@ -156,6 +157,14 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         };
         server.add_service(background_service("reconciliation", reconciler));
     }
+    let ops = crate::ops::OpsService {
+        listen: crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
+        backends: crate::ops::Backends {
+            ledger: Arc::clone(&ledger),
+            store: Arc::clone(&store),
+        },
+    };
+    server.add_service(background_service("metrics", ops));
     if let Some(demo) = &config.demo_upstream {
         let listen = crate::config::parse_addr("demo_upstream.listen", &demo.listen)?;
         server.add_service(background_service("demo upstream", DemoUpstream { listen }));

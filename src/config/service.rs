@@ -19,6 +19,10 @@ pub struct ServiceConfig {
     /// What to do when the ledger cannot answer (SPEC §2).
     #[serde(default)]
     pub on_ledger_error: OnLedgerError,
+    /// Free and open: no token, no charge, no usage log (public endpoints; also the load
+    /// test's unmetered baseline).
+    #[serde(default)]
+    pub public: bool,
     pub endpoints: Vec<EndpointConfig>,
 }
 

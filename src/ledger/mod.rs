@@ -91,6 +91,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// The tenant's current balance, if the ledger has one.
     async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError>;
 
+    /// Answers when the ledger is reachable (`/readyz`).
+    async fn ping(&self) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
     /// Makes everything written so far durable; called once at shutdown.
     async fn close(&self) {}
 }

@@ -143,6 +143,15 @@ impl Ledger for RedisLedger {
         .await
     }
 
+    async fn ping(&self) -> Result<(), LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;

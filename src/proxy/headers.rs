@@ -26,8 +26,8 @@ const STRIPPED: &[&str] = &[
 
 /// Who the gateway vouches for, sent upstream.
 pub struct Identity<'a> {
-    pub tenant_id: &'a str,
-    pub user_id: &'a str,
+    /// (tenant id, user id) of the verified token; `None` on a public service.
+    pub user: Option<(&'a str, &'a str)>,
     pub request_id: &'a str,
     pub client_ip: Option<String>,
     /// `Host` for the upstream: its own authority, never the client's.
@@ -53,8 +53,10 @@ pub fn rewrite(req: &mut RequestHeader, identity: &Identity<'_>) -> Result<()> {
         req.remove_header(*name);
     }
     req.insert_header("host", identity.authority)?;
-    req.insert_header("x-tenant-id", identity.tenant_id)?;
-    req.insert_header("x-user-id", identity.user_id)?;
+    if let Some((tenant_id, user_id)) = identity.user {
+        req.insert_header("x-tenant-id", tenant_id)?;
+        req.insert_header("x-user-id", user_id)?;
+    }
     req.insert_header("x-request-id", identity.request_id)?;
     if let Some(ip) = &identity.client_ip {
         req.insert_header("x-forwarded-for", ip)?;
@@ -83,8 +85,7 @@ mod tests {
             req.append_header(k, v).unwrap();
         }
         let identity = Identity {
-            tenant_id: "acme",
-            user_id: "u1",
+            user: Some(("acme", "u1")),
             request_id: "r1",
             client_ip: Some("127.0.0.1".into()),
             authority: "up:9000",

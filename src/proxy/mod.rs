@@ -22,7 +22,8 @@ pub use respond::Problem;
 
 use crate::auth::{Claims, Verifier};
 use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
-use crate::routing::{RouteMatch, Router};
+use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
+use crate::routing::{RouteMatch, Router, Service};
 use crate::store::Store;
 use crate::tenants::TenantDirectory;
 use crate::usage::{UsageEvent, UsageSink};
@@ -75,6 +76,17 @@ pub struct RequestCtx {
     charge: Option<Charged>,
     /// The upstream's status, once its response header arrived.
     upstream_status: Option<u16>,
+    /// The routed service, as soon as routing succeeded (for its metrics).
+    service: Option<Arc<Service>>,
+    /// How the request ended, for `tollgate_requests_total`.
+    outcome: Option<Outcome>,
+}
+
+/// Writes a refusal and records its outcome; the `Ok(true)` of `request_filter`.
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) -> Result<bool> {
+    ctx.outcome = Some(Outcome::for_status(problem.status));
+    problem.send(session, &ctx.request_id).await?;
+    Ok(true)
 }
 
 /// What the ledger did for this request.
@@ -120,21 +132,29 @@ impl ProxyHttp for Gateway {
             idempotency_key: None,
             charge: None,
             upstream_status: None,
+            service: None,
+            outcome: None,
         }
     }
 
     /// Steps 1–3. Returns `Ok(true)` when the response (an error) is already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let checked = self.route(session).and_then(|route| {
-            let (claims, tenant) = self.authenticate(session)?;
-            Ok((route, claims, tenant, steps::idempotency_key(session)?))
-        });
-        let (route, claims, tenant, key) = match checked {
+        let route = match self.route(session) {
+            Ok(route) => route,
+            Err(problem) => return refuse(session, ctx, &problem).await,
+        };
+        ctx.service = Some(Arc::clone(&route.service));
+        if route.service.public {
+            ctx.route = Some(route);
+            ctx.outcome = Some(Outcome::Forwarded);
+            return Ok(false);
+        }
+        let checked = self
+            .authenticate(session)
+            .and_then(|(claims, tenant)| Ok((claims, tenant, steps::idempotency_key(session)?)));
+        let (claims, tenant, key) = match checked {
             Ok(checked) => checked,
-            Err(problem) => {
-                problem.send(session, &ctx.request_id).await?;
-                return Ok(true);
-            }
+            Err(problem) => return refuse(session, ctx, &problem).await,
         };
         let cost = i64::from(route.endpoint().credits);
         let charge = Charge {
@@ -156,15 +176,14 @@ impl ProxyHttp for Gateway {
             },
             Ok(ChargeOutcome::Insufficient { balance }) => {
                 let detail = format!("this call costs {cost} credits and the balance is {balance}");
-                Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
-                    .with("tenant_id", tenant.id.clone())
-                    .with("balance", balance)
-                    .with("cost", cost)
-                    .header("x-credits-cost", cost)
-                    .header("x-credits-remaining", balance)
-                    .send(session, &ctx.request_id)
-                    .await?;
-                return Ok(true);
+                let problem =
+                    Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
+                        .with("tenant_id", tenant.id.clone())
+                        .with("balance", balance)
+                        .with("cost", cost)
+                        .header("x-credits-cost", cost)
+                        .header("x-credits-remaining", balance);
+                return refuse(session, ctx, &problem).await;
             }
             outcome => {
                 // The charge may still land (a stalled Redis resuming): void it by id.
@@ -177,22 +196,21 @@ impl ProxyHttp for Gateway {
                     idempotency_key: key.clone(),
                     applied_cost: None,
                 });
-                Problem::new(
+                let problem = Problem::new(
                     503,
                     "ledger-unavailable",
                     "Service unavailable",
                     "the credit ledger is unavailable; retry shortly",
                 )
-                .header("retry-after", LEDGER_RETRY_AFTER_SECS)
-                .send(session, &ctx.request_id)
-                .await?;
-                return Ok(true);
+                .header("retry-after", LEDGER_RETRY_AFTER_SECS);
+                return refuse(session, ctx, &problem).await;
             }
         };
         ctx.route = Some(route);
         ctx.claims = Some(claims);
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
+        ctx.outcome = Some(Outcome::Forwarded);
         Ok(false)
     }
 
@@ -226,7 +244,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (Some(route), Some(claims)) = (&ctx.route, &ctx.claims) else {
+        let Some(route) = &ctx.route else {
             return Error::e_explain(ErrorType::InternalError, "request not routed");
         };
         let uri = route
@@ -239,8 +257,11 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_string());
         let identity = headers::Identity {
-            tenant_id: &claims.tenant_id,
-            user_id: &claims.sub,
+            // None on a public service: the upstream gets no identity (and none spoofed).
+            user: ctx
+                .claims
+                .as_ref()
+                .map(|c| (c.tenant_id.as_str(), c.sub.as_str())),
             request_id: &ctx.request_id,
             client_ip,
             authority: &route.service.upstream.authority,
@@ -295,6 +316,9 @@ impl ProxyHttp for Gateway {
         if (code == 502 || code == 504) && ctx.upstream_status.is_none() {
             self.refund(ctx).await;
         }
+        if code >= 500 {
+            ctx.outcome = Some(Outcome::UpstreamError);
+        }
         if code > 0 && session.response_written().is_none() {
             // Pingora closes the connection after a failed proxy: say so, or a client
             // would send its next request down a connection about to close.
@@ -347,7 +371,16 @@ impl ProxyHttp for Gateway {
     /// Step 6: one usage event per charged call, handed off without waiting.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = ctx.started.elapsed();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        REQUEST_DURATION.observe(elapsed.as_secs_f64());
+        let metrics = ctx.service.as_ref().map_or(&*UNROUTED, |s| &s.metrics);
+        if let Some(outcome) = ctx.outcome {
+            metrics.request(outcome);
+        }
+        if let Some(charged) = ctx.charge.as_ref().filter(|c| !c.refunded) {
+            metrics.charged(charged.cost);
+        }
         tracing::debug!(request_id = %ctx.request_id, status, latency_ms, path = %session.req_header().uri.path(), "request");
         let (Some(route), Some(claims), Some(charged)) = (&ctx.route, &ctx.claims, &ctx.charge)
         else {

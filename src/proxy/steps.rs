@@ -5,6 +5,7 @@ use super::{Gateway, Problem, RequestCtx, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::auth::{AuthError, Claims};
 use crate::config::TenantStatus;
 use crate::ledger::{Charge, ChargeOutcome, LedgerError, PendingVoid, Void, VoidOutcome};
+use crate::metrics::LEDGER_DURATION;
 use crate::routing::{RouteError, RouteMatch};
 use crate::tenants::Tenant;
 use pingora::proxy::Session;
@@ -92,7 +93,10 @@ impl Gateway {
     ) -> std::result::Result<ChargeOutcome, LedgerError> {
         // Counted in flight until its credits are counted as pending (see `inflight`).
         let ticket = self.inflight.enter();
-        let outcome = match self.ledger.charge(charge).await? {
+        let timer = LEDGER_DURATION.start_timer();
+        let result = self.ledger.charge(charge).await;
+        timer.observe_duration();
+        let outcome = match result? {
             ChargeOutcome::NoBalance => {
                 drop(ticket);
                 let balance = self.hydration_balance(tenant).await?;

@@ -26,7 +26,9 @@ pub struct Service {
     pub timeouts: TimeoutsConfig,
     pub refund_on_5xx: bool,
     pub on_ledger_error: OnLedgerError,
+    pub public: bool,
     pub endpoints: Vec<Endpoint>,
+    pub metrics: crate::metrics::ServiceMetrics,
     table: EndpointTable,
 }
 
@@ -91,7 +93,9 @@ impl Router {
                 timeouts: config.timeouts,
                 refund_on_5xx: config.refund_on_5xx,
                 on_ledger_error: config.on_ledger_error,
+                public: config.public,
                 endpoints,
+                metrics: crate::metrics::ServiceMetrics::new(&config.name),
                 table,
             };
             map.insert(config.name.clone(), Arc::new(service));

@@ -194,6 +194,8 @@ impl Drop for Upstream {
 /// A `tollgate run` child process with its own config and data dir.
 pub struct Gateway {
     pub port: u16,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
@@ -216,6 +218,7 @@ impl Gateway {
         std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
             port: free_port(),
+            metrics_port: free_port(),
             dir,
             child: None,
             env,
@@ -232,6 +235,10 @@ impl Gateway {
             .arg("--config")
             .arg(self.dir.join("tollgate.yaml"))
             .env("TOLLGATE_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "TOLLGATE_METRICS_LISTEN",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
             .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
             .env_remove("TOLLGATE_REDIS_URL")
             .env_remove("TOLLGATE_MONGODB_URI")
@@ -247,6 +254,10 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
 
     pub fn addr(&self) -> SocketAddr {

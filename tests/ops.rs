@@ -1,0 +1,223 @@
+//! Operations: Prometheus metrics that count what was sent, liveness and readiness, and
+//! public (unmetered) services.
+
+mod common;
+
+use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
+use std::time::Duration;
+
+fn yaml(upstream: &str) -> String {
+    format!(
+        r#"
+services:
+  - name: notes
+    upstream: {upstream}
+    endpoints:
+      - {{ method: GET, path: "/notes/{{id}}", credits: 1 }}
+  - name: docs
+    upstream: {upstream}
+    public: true
+    endpoints:
+      - {{ method: GET, path: "/*", credits: 0 }}
+tenants:
+  - {{ id: acme, credits: 1000 }}
+  - {{ id: poor, credits: 0 }}
+"#
+    )
+}
+
+/// The value of the sample of `metric` whose labels include all of `labels`.
+fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
+}
+
+async fn get(url: &str, bearer: Option<&str>) -> reqwest::Response {
+    let request = client().get(url);
+    let request = match bearer {
+        Some(t) => request.bearer_auth(t),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_sent() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&yaml(&upstream.url()), None);
+    let acme = token("acme", "u1");
+    for _ in 0..5 {
+        assert_eq!(
+            get(&gateway.url("/api/proxy/notes/notes/1"), Some(&acme))
+                .await
+                .status(),
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            get(&gateway.url("/api/proxy/notes/notes/1"), None)
+                .await
+                .status(),
+            401
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get(&gateway.url("/api/proxy/nope/x"), Some(&acme))
+                .await
+                .status(),
+            404
+        );
+        assert_eq!(
+            get(
+                &gateway.url("/api/proxy/notes/notes/1"),
+                Some(&token("poor", "u2"))
+            )
+            .await
+            .status(),
+            402
+        );
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            get(&gateway.url("/api/proxy/docs/readme"), None)
+                .await
+                .status(),
+            200
+        );
+    }
+    let metrics_url = gateway.metrics_url("/metrics");
+    let mut text = String::new();
+    // Metrics are recorded in the logging phase, just after the response: poll.
+    wait_until(
+        "all 16 requests in the metrics",
+        Duration::from_secs(10),
+        async || {
+            text = get(&metrics_url, None).await.text().await.unwrap();
+            text.contains("tollgate_request_duration_seconds_count 16")
+        },
+    )
+    .await;
+    let requests = "tollgate_requests_total";
+    assert_eq!(
+        sample(
+            &text,
+            requests,
+            &[("service", "notes"), ("outcome", "forwarded")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            requests,
+            &[("service", "notes"), ("outcome", "unauthorized")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            requests,
+            &[("service", "notes"), ("outcome", "no_credits")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            requests,
+            &[("service", "-"), ("outcome", "not_found")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            requests,
+            &[("service", "docs"), ("outcome", "forwarded")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tollgate_credits_charged_total",
+            &[("service", "notes")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sample(&text, "tollgate_ledger_duration_seconds_count", &[]),
+        7.0
+    );
+    assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
+    assert!(text.contains("# TYPE tollgate_usage_queue_depth gauge"));
+    assert!(text.contains("# TYPE tollgate_usage_flushed_total counter"));
+    assert!(!text.contains("acme"), "tenant ids are not labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_follow_the_ledger() {
+    let upstream = Upstream::start().await;
+    let mut redis = RedisServer::start();
+    let gateway = Gateway::start(&yaml(&upstream.url()), Some(redis.url()));
+    let healthz = gateway.metrics_url("/healthz");
+    let readyz = gateway.metrics_url("/readyz");
+    assert_eq!(get(&healthz, None).await.status(), 200);
+    let ready = get(&readyz, None).await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        (body["ledger"].as_str(), body["store"].as_str()),
+        (Some("ok"), Some("ok"))
+    );
+
+    redis.kill();
+    let unready = get(&readyz, None).await;
+    assert_eq!(unready.status(), 503);
+    let body: serde_json::Value = unready.json().await.unwrap();
+    assert_ne!(body["ledger"], "ok", "{body}");
+    assert_eq!(body["store"], "ok");
+    assert_eq!(
+        get(&healthz, None).await.status(),
+        200,
+        "alive, just not ready"
+    );
+
+    redis.restart();
+    wait_until("ready again", Duration::from_secs(20), async || {
+        get(&readyz, None).await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_services_are_free_and_anonymous() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&yaml(&upstream.url()), None);
+    let response = client()
+        .get(gateway.url("/api/proxy/docs/readme"))
+        .header("x-tenant-id", "spoofed")
+        .header("authorization", "Bearer whatever")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-credits-cost").is_none());
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        echo["headers"].get("x-tenant-id").is_none(),
+        "spoofed identity is stripped"
+    );
+    assert!(echo["headers"].get("authorization").is_none());
+    assert_eq!(echo["path"], "/readme");
+}
