@@ -44,6 +44,13 @@ pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static RECONCILE_MISMATCHED: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "tollgate_reconcile_mismatched_tenants",
+        "Tenants whose ledger, durable balance and records disagreed at the last check",
+    )
+});
+
 /// How a request through the gateway ended (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -188,6 +195,7 @@ pub fn register_all() {
     LazyLock::force(&USAGE_FLUSHED);
     LazyLock::force(&USAGE_JOURNALED);
     LazyLock::force(&USAGE_DROPPED);
+    LazyLock::force(&RECONCILE_MISMATCHED);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&LEDGER_DURATION);
     LazyLock::force(&UNROUTED);

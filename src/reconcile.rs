@@ -9,22 +9,12 @@
 //! The gateway runs it every `reconcile_interval_secs`; `tollgate reconcile` runs it once.
 
 use crate::ledger::Ledger;
+use crate::metrics::RECONCILE_MISMATCHED;
 use crate::store::{Store, StoreError};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prometheus::IntGauge;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-static MISMATCHED: LazyLock<IntGauge> = LazyLock::new(|| {
-    let gauge = IntGauge::new(
-        "tollgate_reconcile_mismatched_tenants",
-        "Tenants whose ledger, durable balance and records disagreed at the last check",
-    )
-    .unwrap_or_else(|_| IntGauge::new("invalid", "invalid").expect("static name"));
-    let _ = prometheus::register(Box::new(gauge.clone()));
-    gauge
-});
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantReport {
@@ -110,7 +100,7 @@ impl BackgroundService for Reconciler {
                             )
                         })
                         .collect();
-                    MISMATCHED.set(bad.len() as i64);
+                    RECONCILE_MISMATCHED.set(bad.len() as i64);
                     for r in bad {
                         tracing::warn!(tenant_id = %r.tenant_id, ledger = ?r.ledger, durable = r.durable, pending = r.pending,
                             ledger_difference = r.ledger_difference, store_difference = r.store_difference,

@@ -221,3 +221,39 @@ async fn public_services_are_free_and_anonymous() {
     assert!(echo["headers"].get("authorization").is_none());
     assert_eq!(echo["path"], "/readme");
 }
+
+/// The shipped dashboard only queries metrics the gateway exposes (or the alerts counter,
+/// which comes with the alerts issue), so it cannot rot silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_real_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&yaml(&upstream.url()), None);
+    let exposed = get(&gateway.metrics_url("/metrics"), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for metric in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("tollgate_"))
+            {
+                let family = metric.trim_end_matches("_bucket");
+                let known = exposed.contains(&format!("# TYPE {family} "))
+                    || family == "tollgate_alerts_published_total";
+                assert!(
+                    known,
+                    "panel {:?} queries {metric}, which the gateway does not expose",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
