@@ -375,24 +375,32 @@ impl Flusher {
         let size = self.settings.batch_size.max(1);
         let mut next_replay = Instant::now();
         let mut backoff = REPLAY_TICK;
+        // The flusher wakes on a tick and drains what queued since, instead of waking per
+        // event: a wake-up per event cost a context switch per request under load. An event
+        // waits at most about one flush interval.
+        let tick = self.settings.flush_interval.min(REPLAY_TICK);
         loop {
-            let mut batch = Vec::with_capacity(size);
             tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => break,
-                n = rx.recv_many(&mut batch, size) => if n == 0 { break },
-                _ = tokio::time::sleep(REPLAY_TICK) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
-            if !batch.is_empty() {
-                let deadline = Instant::now() + self.settings.flush_interval;
+            loop {
+                let mut batch = Vec::with_capacity(size);
                 while batch.len() < size {
-                    let room = size - batch.len();
-                    tokio::select! {
-                        n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                        _ = tokio::time::sleep_until(deadline) => break,
+                    match rx.try_recv() {
+                        Ok(event) => batch.push(event),
+                        Err(_) => break,
                     }
                 }
+                if batch.is_empty() {
+                    break;
+                }
+                let full = batch.len() == size;
                 USAGE_QUEUE_DEPTH.sub(batch.len() as i64);
                 self.deliver(batch, STORE_ATTEMPTS).await;
+                if !full {
+                    break;
+                }
             }
             if self.journal_waiting() && Instant::now() >= next_replay {
                 if self.replay().await {

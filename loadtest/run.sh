@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Tollgate's load test: one command, one run, targets measured ALTERNATELY round by round
+# (this machine is shared and noisy: compare ratios within a run, never across runs).
+#
+#   loadtest/run.sh [SECONDS_PER_RUN=10] [ROUNDS=3] [CONNECTIONS=32]
+#
+# Targets (each gateway a separate release process, 2 worker threads):
+#   upstream          the echo upstream directly (`tollgate echo`)
+#   public            a public (unmetered) route through the gateway: the baseline
+#   metered-embedded  JWT + charge on the embedded ledger, usage logged to the embedded store
+#   metered-redis     JWT + one Redis Lua charge, usage logged to the embedded store
+#   metered-mongo     as metered-redis, usage logged to MongoDB; only when
+#                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
+# Then a moderate-load pass (4 connections) for the latency the metering adds.
+# Prints a table (medians over rounds; gateway CPU and peak RSS) and writes JSON to
+# loadtest/results/run-<time>.json. Needs wrk (apt-get install wrk) and redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10} rounds=${2:-3} conns=${3:-32}
+command -v wrk >/dev/null || { echo "run.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
+scripts/ensure-deps.sh --tests
+cargo build --release --quiet --bin tollgate
+bin=target/release/tollgate
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+up=$(free_port) rp=$(free_port)
+$bin echo --listen 127.0.0.1:"$up" 2>/dev/null & pids+=($!)
+redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+wait_port "$up"; wait_port "$rp"
+secret=loadtest-secret-0123456789abcdef0123456789
+cat > "$work/gw.yaml" <<YAML
+threads: 2
+grace_period_secs: 0
+auth: { secret: $secret }
+services:
+  - name: echo
+    upstream: http://127.0.0.1:$up
+    endpoints:
+      - { method: GET, path: "/*", credits: 1 }
+  - name: open
+    upstream: http://127.0.0.1:$up
+    public: true
+    endpoints:
+      - { method: GET, path: "/*", credits: 0 }
+tenants:
+  - { id: load, credits: 1000000000000 }
+YAML
+
+declare -A url pid
+start_gateway() {  # name, extra env...
+  local name=$1; shift
+  local port mport; port=$(free_port); mport=$(free_port)
+  env TOLLGATE_LISTEN=127.0.0.1:$port TOLLGATE_METRICS_LISTEN=127.0.0.1:$mport \
+    TOLLGATE_DATA_DIR="$work/$name" RUST_LOG=warn "$@" \
+    $bin run --config "$work/gw.yaml" 2>"$work/$name.log" &
+  pid[$name]=$!; pids+=($!)
+  wait_port "$port"
+  url[$name]="http://127.0.0.1:$port"
+}
+start_gateway embedded
+start_gateway redis TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
+order=(upstream public metered-embedded metered-redis)
+if [[ -n ${TOLLGATE_LOADTEST_MONGODB_URI:-} ]]; then
+  start_gateway mongo TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/ TOLLGATE_MONGODB_URI="$TOLLGATE_LOADTEST_MONGODB_URI" \
+    TOLLGATE_MONGODB_DB=tollgate_loadtest_$$
+  order+=(metered-mongo)
+fi
+token=$(TOLLGATE_JWT_SECRET=$secret $bin token --config "$work/gw.yaml" --tenant load --user loadtest --ttl 86400)
+
+target_url() {
+  case $1 in
+    upstream) echo "http://127.0.0.1:$up/x" ;;
+    public) echo "${url[embedded]}/api/proxy/open/x" ;;
+    metered-embedded) echo "${url[embedded]}/api/proxy/echo/x" ;;
+    metered-redis) echo "${url[redis]}/api/proxy/echo/x" ;;
+    metered-mongo) echo "${url[mongo]}/api/proxy/echo/x" ;;
+  esac
+}
+target_pid() {
+  case $1 in
+    upstream) echo "${pids[0]}" ;;
+    public|metered-embedded) echo "${pid[embedded]}" ;;
+    metered-redis) echo "${pid[redis]}" ;;
+    metered-mongo) echo "${pid[mongo]}" ;;
+  esac
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+tick=$(getconf CLK_TCK)
+
+results="loadtest/results/run-$(date -u +%Y%m%dT%H%M%SZ).json"
+mkdir -p loadtest/results
+echo "[" > "$results"; first=1
+measure() {  # phase, round, target, connections, threads
+  local phase=$1 round=$2 target=$3 c=$4 t=$5 p before after line
+  p=$(target_pid "$target"); before=$(cpu_ticks "$p")
+  line=$(TOKEN=$token wrk -t"$t" -c"$c" -d"${secs}s" -s loadtest/bearer.lua "$(target_url "$target")" | tail -n 1)
+  after=$(cpu_ticks "$p")
+  local cpu; cpu=$(python3 -c "print(round(($after - $before) / $tick / $secs * 100, 1))")
+  ((first)) || echo "," >> "$results"; first=0
+  echo "{\"phase\":\"$phase\",\"round\":$round,\"target\":\"$target\",\"connections\":$c,\"cpu_percent\":$cpu,\"peak_rss_kb\":$(peak_rss_kb "$p"),\"result\":$line}" >> "$results"
+  echo "$phase round $round $target: $line cpu=${cpu}%" >&2
+}
+for round in $(seq "$rounds"); do
+  for target in "${order[@]}"; do measure throughput "$round" "$target" "$conns" 2; done
+done
+for round in $(seq "$rounds"); do
+  for target in public metered-redis; do measure moderate "$round" "$target" 4 1; done
+done
+echo "]" >> "$results"
+
+python3 - "$results" "$secs" "$rounds" "$conns" <<'PY'
+import json, sys, statistics as st
+runs = json.load(open(sys.argv[1]))
+def table(phase):
+    by = {}
+    for r in runs:
+        if r["phase"] == phase: by.setdefault(r["target"], []).append(r)
+    base = st.median(x["result"]["rps"] for x in by["public"])
+    print(f'{"target":18} {"req/s":>8} {"p50 ms":>7} {"p99 ms":>7} {"p99.9 ms":>8} {"non-2xx":>7} {"CPU %":>6} {"RSS MB":>7} {"vs public":>9}')
+    for t, xs in by.items():
+        rps = st.median(x["result"]["rps"] for x in xs)
+        med = lambda k: st.median(x["result"][k] for x in xs)
+        cpu = st.median(x["cpu_percent"] for x in xs)
+        rss = max(x["peak_rss_kb"] for x in xs) / 1024
+        print(f'{t:18} {rps:8.0f} {med("p50_ms"):7.2f} {med("p99_ms"):7.2f} {med("p999_ms"):8.2f} '
+              f'{sum(x["result"]["non_2xx"] + x["result"]["socket_errors"] for x in xs):7d} {cpu:6.0f} {rss:7.1f} {rps / base:9.0%}')
+    return by
+print(f"throughput: {sys.argv[4]} connections, {sys.argv[2]} s per run, medians of {sys.argv[3]} alternating rounds")
+table("throughput")
+print("\nmoderate load: 4 connections")
+by = table("moderate")
+added = st.median(x["result"]["p99_ms"] for x in by["metered-redis"]) - st.median(x["result"]["p99_ms"] for x in by["public"])
+print(f"\np99 added by metering (Redis) at moderate load: {added:.2f} ms")
+print(f"raw runs: {sys.argv[1]}")
+PY
