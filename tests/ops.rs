@@ -257,3 +257,43 @@ async fn the_grafana_dashboard_queries_real_metrics() {
         }
     }
 }
+
+/// SIGTERM with a request in flight: the request completes, and its usage event is in the
+/// store when the process has exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_and_flushes_their_usage() {
+    let upstream = Upstream::start().await;
+    let yaml = format!("grace_period_secs: 3\n{}", yaml(&upstream.url()));
+    let mut gateway = Gateway::start(&yaml, None);
+    let slow = {
+        let request = client()
+            .get(gateway.url("/api/proxy/notes/notes/1?delay_ms=1500"))
+            .bearer_auth(token("acme", "u1"));
+        tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+    };
+    wait_until(
+        "the slow request to reach the upstream",
+        Duration::from_secs(10),
+        async || upstream.requests() == 1,
+    )
+    .await;
+    gateway.terminate();
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the request in flight was served"
+    );
+    assert!(gateway.wait(), "clean exit; log:\n{}", gateway.log());
+    let store = tollgate::store::SqliteStore::open(&gateway.data_dir()).unwrap();
+    let logs = tollgate::store::Store::usage_logs(
+        &store,
+        &tollgate::store::UsageQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(logs.len(), 1, "its usage event was flushed before exit");
+    assert_eq!((logs[0].status, logs[0].credits_used), (200, 1));
+}

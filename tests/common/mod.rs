@@ -212,8 +212,14 @@ impl Gateway {
     pub fn start_with(yaml: &str, env: Vec<(String, String)>) -> Gateway {
         let dir = std::env::temp_dir().join(format!("tollgate-test-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).unwrap();
+        // Fast stops by default; a test that needs a grace period sets its own.
+        let grace = if yaml.contains("grace_period_secs") {
+            ""
+        } else {
+            "grace_period_secs: 0\n"
+        };
         let config = format!(
-            "grace_period_secs: 0\nthreads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
+            "{grace}threads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
         );
         std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
@@ -275,6 +281,18 @@ impl Gateway {
                 self.dir.display()
             );
         }
+    }
+
+    /// SIGTERM without waiting (see [`Gateway::wait`]).
+    pub fn terminate(&self) {
+        signal(self.child.as_ref().expect("running"), libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit; true when it exited cleanly.
+    pub fn wait(&mut self) -> bool {
+        self.child
+            .take()
+            .is_some_and(|mut c| c.wait().map(|s| s.success()).unwrap_or(false))
     }
 
     /// SIGKILL: a crash, nothing flushed.
