@@ -133,7 +133,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
         threads: config.worker_threads(),
         grace_period_seconds: Some(config.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
-        upgrade_sock: config.data_dir.join("upgrade.sock").display().to_string(),
+        upgrade_sock: config
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("upgrade.sock"))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -60,6 +60,9 @@ pub struct Config {
     pub threads: usize,
     /// Seconds SIGTERM waits for in-flight requests before the process exits.
     pub grace_period_secs: u64,
+    /// The socket a graceful upgrade hands the listeners over (`tollgate run --upgrade`);
+    /// default `<data_dir>/upgrade.sock`. Old and new process must name the same one.
+    pub upgrade_sock: Option<PathBuf>,
     pub auth: AuthConfig,
     pub ledger: LedgerConfig,
     pub store: StoreConfig,
@@ -83,6 +86,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             threads: 0,
             grace_period_secs: 10,
+            upgrade_sock: None,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
             store: StoreConfig::default(),

@@ -60,6 +60,12 @@ fn wait_for_port(what: &str, port: u16, child: &mut Child) {
     }
 }
 
+pub fn signal_pid(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a pid of our own child has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
+}
+
 pub fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
@@ -281,6 +287,10 @@ impl Gateway {
                 self.dir.display()
             );
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGTERM without waiting (see [`Gateway::wait`]).
