@@ -17,8 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10} rounds=${2:-3} conns=${3:-32}
-command -v wrk >/dev/null || { echo "run.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-scripts/ensure-deps.sh --tests
+scripts/ensure-deps.sh --loadtest
 cargo build --release --quiet --bin tollgate
 bin=target/release/tollgate
 

@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60} conns=${2:-1000}
-command -v wrk >/dev/null || { echo "soak.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-scripts/ensure-deps.sh --tests
+scripts/ensure-deps.sh --loadtest
 cargo build --release --quiet --bin tollgate
 bin=target/release/tollgate
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -2,15 +2,20 @@
 # Installs what building and testing Tollgate needs on a fresh Debian/Ubuntu machine, and
 # nothing that is already there:
 #   cmake         pingora-core's zlib-ng (libz-ng-sys) builds with it
-#   redis-server  the integration tests start private instances (--tests only)
-# Usage: scripts/ensure-deps.sh [--tests]
+#   redis-server  the integration tests start private instances (--tests, --loadtest)
+#   wrk, sqlite3  the load tests' generator and the soak's store lock (--loadtest)
+# Usage: scripts/ensure-deps.sh [--tests | --loadtest]
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v cc >/dev/null || need+=(build-essential)
-if [[ ${1:-} == --tests ]]; then
+if [[ ${1:-} == --tests || ${1:-} == --loadtest ]]; then
   command -v redis-server >/dev/null || need+=(redis-server)
+fi
+if [[ ${1:-} == --loadtest ]]; then
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v sqlite3 >/dev/null || need+=(sqlite3)
 fi
 ((${#need[@]} == 0)) && exit 0
 
