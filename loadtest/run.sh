@@ -13,44 +13,11 @@
 #                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
 # Then a moderate-load pass (4 connections) for the latency the metering adds.
 # Prints a table (medians over rounds; gateway CPU and peak RSS) and writes JSON to
-# loadtest/results/run-<time>.json. Needs wrk (apt-get install wrk) and redis-server.
+# loadtest/results/run-<time>.json. Installs wrk and redis-server through apt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10} rounds=${2:-3} conns=${3:-32}
-scripts/ensure-deps.sh --loadtest
-cargo build --release --quiet --bin tollgate
-bin=target/release/tollgate
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-up=$(free_port) rp=$(free_port)
-$bin echo --listen 127.0.0.1:"$up" 2>/dev/null & pids+=($!)
-redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-wait_port "$up"; wait_port "$rp"
-secret=loadtest-secret-0123456789abcdef0123456789
-cat > "$work/gw.yaml" <<YAML
-threads: 2
-grace_period_secs: 0
-auth: { secret: $secret }
-services:
-  - name: echo
-    upstream: http://127.0.0.1:$up
-    endpoints:
-      - { method: GET, path: "/*", credits: 1 }
-  - name: open
-    upstream: http://127.0.0.1:$up
-    public: true
-    endpoints:
-      - { method: GET, path: "/*", credits: 0 }
-tenants:
-  - { id: load, credits: 1000000000000 }
-YAML
+source loadtest/common.sh
 
 declare -A url pid
 start_gateway() {  # name, extra env...

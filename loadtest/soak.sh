@@ -3,38 +3,13 @@
 # (default 60), sampling the gateway's RSS every 5 s; then the same with the store cut off
 # (usage goes to the journal) to show the queue and journal bounds hold memory flat.
 #   loadtest/soak.sh [SECONDS=60] [CONNECTIONS=1000]
-# Prints the RSS samples and min/max; needs wrk and redis-server.
+# Prints the RSS samples and min/max.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60} conns=${2:-1000}
-scripts/ensure-deps.sh --loadtest
-cargo build --release --quiet --bin tollgate
-bin=target/release/tollgate
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d); pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
-
-up=$(free_port) rp=$(free_port) gp=$(free_port) mp=$(free_port)
-$bin echo --listen 127.0.0.1:"$up" 2>/dev/null & pids+=($!)
-redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --maxclients 20000 >/dev/null & pids+=($!)
-wait_port "$up"; wait_port "$rp"
-secret=loadtest-secret-0123456789abcdef0123456789
-cat > "$work/gw.yaml" <<YAML
-threads: 2
-grace_period_secs: 0
-auth: { secret: $secret }
-services:
-  - name: echo
-    upstream: http://127.0.0.1:$up
-    endpoints:
-      - { method: GET, path: "/*", credits: 1 }
-tenants:
-  - { id: load, credits: 1000000000000 }
-YAML
+source loadtest/common.sh
+gp=$(free_port) mp=$(free_port)
 TOLLGATE_LISTEN=127.0.0.1:$gp TOLLGATE_METRICS_LISTEN=127.0.0.1:$mp TOLLGATE_DATA_DIR="$work/data" \
   TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/ RUST_LOG=warn $bin run --config "$work/gw.yaml" 2>"$work/gw.log" &
 gw=$!; pids+=($gw)
