@@ -23,7 +23,7 @@ pub use respond::Problem;
 use crate::auth::{Claims, Verifier};
 use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
-use crate::routing::{RouteMatch, Router, Service};
+use crate::routing::{RouteMatch, Router};
 use crate::store::Store;
 use crate::tenants::TenantDirectory;
 use crate::usage::{UsageEvent, UsageSink};
@@ -76,8 +76,6 @@ pub struct RequestCtx {
     charge: Option<Charged>,
     /// The upstream's status, once its response header arrived.
     upstream_status: Option<u16>,
-    /// The routed service, as soon as routing succeeded (for its metrics).
-    service: Option<Arc<Service>>,
     /// How the request ended, for `tollgate_requests_total`.
     outcome: Option<Outcome>,
 }
@@ -132,7 +130,6 @@ impl ProxyHttp for Gateway {
             idempotency_key: None,
             charge: None,
             upstream_status: None,
-            service: None,
             outcome: None,
         }
     }
@@ -143,9 +140,11 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
-        ctx.service = Some(Arc::clone(&route.service));
-        if route.service.public {
-            ctx.route = Some(route);
+        let public = route.service.public;
+        let cost = i64::from(route.endpoint().credits);
+        // Kept from here on: refusals below are counted under the service's metrics.
+        ctx.route = Some(route);
+        if public {
             ctx.outcome = Some(Outcome::Forwarded);
             return Ok(false);
         }
@@ -156,7 +155,6 @@ impl ProxyHttp for Gateway {
             Ok(checked) => checked,
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
-        let cost = i64::from(route.endpoint().credits);
         let charge = Charge {
             tenant_id: &tenant.id,
             cost,
@@ -206,7 +204,6 @@ impl ProxyHttp for Gateway {
                 return refuse(session, ctx, &problem).await;
             }
         };
-        ctx.route = Some(route);
         ctx.claims = Some(claims);
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
@@ -374,7 +371,10 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         REQUEST_DURATION.observe(elapsed.as_secs_f64());
-        let metrics = ctx.service.as_ref().map_or(&*UNROUTED, |s| &s.metrics);
+        let metrics = ctx
+            .route
+            .as_ref()
+            .map_or(&*UNROUTED, |r| &r.service.metrics);
         if let Some(outcome) = ctx.outcome {
             metrics.request(outcome);
         }

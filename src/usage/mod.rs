@@ -57,22 +57,3 @@ pub trait UsageSink: Send + Sync + 'static {
         None
     }
 }
-
-/// Logs each event at debug level and keeps nothing (tests, benches).
-pub struct TracingSink;
-
-impl UsageSink for TracingSink {
-    fn record(&self, event: UsageEvent) {
-        tracing::debug!(
-            tenant_id = %event.tenant_id,
-            service = %event.service,
-            endpoint = %event.endpoint,
-            credits_used = event.credits_used,
-            balance_after = event.balance_after,
-            status = event.status,
-            refunded = event.refunded,
-            request_id = %event.request_id,
-            "usage"
-        );
-    }
-}

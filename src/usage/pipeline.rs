@@ -164,10 +164,6 @@ impl UsagePipeline {
         };
         Ok((UsagePipeline { tx, shared }, flusher))
     }
-
-    pub fn pipeline_id(&self) -> &str {
-        &self.shared.pipeline_id
-    }
 }
 
 /// Credits per tenant and the highest sequence number in a journal.
