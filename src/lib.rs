@@ -2,7 +2,7 @@
 //!
 //! Each module is one stage of the request path of SPEC §2 (`routing`, `auth`, `ledger`,
 //! `usage`), tied together by the one `ProxyHttp` implementation in [`proxy`] and wired into
-//! a server by [`server`]. The binary (`src/main.rs`) only parses the command line.
+//! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
 
 pub mod auth;
 pub mod config;

@@ -7,7 +7,9 @@ use tollgate::config::Config;
 
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     for var in [
         "TOLLGATE_REDIS_URL",
         "TOLLGATE_MONGODB_URI",
@@ -41,7 +43,7 @@ fn token_mints_a_verifiable_token_for_the_default_config() {
     );
     assert!(ok, "{stderr}");
     let config = Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
         "/conf/tollgate.yaml"
     )))
     .unwrap();

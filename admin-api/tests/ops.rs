@@ -227,7 +227,10 @@ async fn public_services_are_free_and_anonymous() {
 /// which comes with the alerts issue), so it cannot rot silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_real_metrics() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana-dashboard.json");
+    let path = concat!(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+        "/conf/grafana-dashboard.json"
+    );
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let upstream = Upstream::start().await;

@@ -1,5 +1,5 @@
 //! The `tollgate` binary: parses the command line, sets up logging, loads the config and
-//! hands over to the library. `tollgate` alone runs the gateway with `conf/tollgate.yaml`.
+//! hands over to the libraries (the gateway at the workspace root, the control plane here).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
