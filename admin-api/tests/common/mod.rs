@@ -202,6 +202,8 @@ pub struct Gateway {
     pub port: u16,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub metrics_port: u16,
+    /// The admin API.
+    pub admin_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
@@ -231,6 +233,7 @@ impl Gateway {
         let mut gateway = Gateway {
             port: free_port(),
             metrics_port: free_port(),
+            admin_port: free_port(),
             dir,
             child: None,
             env,
@@ -251,6 +254,10 @@ impl Gateway {
                 "TOLLGATE_METRICS_LISTEN",
                 format!("127.0.0.1:{}", self.metrics_port),
             )
+            .env(
+                "TOLLGATE_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", self.admin_port),
+            )
             .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
             .env_remove("TOLLGATE_REDIS_URL")
             .env_remove("TOLLGATE_MONGODB_URI")
@@ -261,6 +268,7 @@ impl Gateway {
             .spawn()
             .expect("the tollgate binary");
         wait_for_port("tollgate", self.port, &mut child);
+        wait_for_port("tollgate admin API", self.admin_port, &mut child);
         self.child = Some(child);
     }
 
@@ -270,6 +278,10 @@ impl Gateway {
 
     pub fn metrics_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -352,6 +364,15 @@ pub fn token(tenant: &str, user: &str) -> String {
         ..AuthConfig::default()
     };
     auth::mint(&config, tenant, user, Role::User, 3600).unwrap()
+}
+
+/// A token with role `admin` (what `tollgate create-admin` + `/auth/login` would give).
+pub fn admin_token(tenant: &str, user: &str) -> String {
+    let config = AuthConfig {
+        secret: SECRET.into(),
+        ..AuthConfig::default()
+    };
+    auth::mint(&config, tenant, user, Role::Admin, 3600).unwrap()
 }
 
 pub fn client() -> reqwest::Client {
