@@ -5,8 +5,10 @@
 //! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
 
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod demo_upstream;
+pub mod hydration;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;

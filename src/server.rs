@@ -1,16 +1,17 @@
 //! Wiring: turns a validated [`Config`] into a Pingora server running the gateway, the
 //! ledger's void worker, the usage flusher, the reconciliation check and, when configured,
-//! the demo upstream. The admin API and the scheduler join here as they land.
+//! the demo upstream. The control plane (admin API, scheduler) lives in another crate and
+//! joins through the hook of [`run`], with the [`Handles`] it shares with the gateway.
 
 use crate::auth::Verifier;
+use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
 use crate::demo_upstream::DemoUpstream;
+use crate::hydration::Hydrator;
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker};
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
-use crate::routing::Router;
-use crate::store::{MongoStore, NewTenant, SqliteStore, Store};
-use crate::tenants::TenantDirectory;
+use crate::store::{Kind, MongoStore, NewTenant, SqliteStore, Store};
 use crate::usage::{UsagePipeline, UsageSettings, UsageSink};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -68,7 +69,17 @@ pub fn store_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Opens the configured store and prepares it: indexes, and the config's tenants.
+/// What the gateway shares with the control plane running in the same process.
+#[derive(Clone)]
+pub struct Handles {
+    pub store: Arc<dyn Store>,
+    pub ledger: Arc<dyn Ledger>,
+    pub hydrator: Arc<Hydrator>,
+    pub catalog: Arc<Catalog>,
+}
+
+/// Opens the configured store and prepares it: indexes, the config's tenants, and the
+/// config's services (added when absent: once stored, the admin API owns them).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let store: Arc<dyn Store> = match &config.store.mongodb_uri {
         Some(uri) => Arc::new(MongoStore::connect(uri, &config.store.mongodb_db).await?),
@@ -83,6 +94,14 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             initial_credits: tenant.credits,
         };
         store.ensure_tenant(&new).await?;
+    }
+    for service in &config.services {
+        if store
+            .insert_doc(Kind::Services, &service_to_doc(service))
+            .await?
+        {
+            tracing::info!(service = %service.name, "service from the config file stored");
+        }
     }
     Ok(store)
 }
@@ -99,7 +118,12 @@ pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
 }
 
 /// Builds and runs the server until shutdown; returns once everything has stopped.
-pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+/// `control_plane` adds the services that share the gateway's [`Handles`].
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
+) -> Result<(), StartError> {
     warn_about_modes(&config);
     crate::metrics::register_all();
     let store_rt = store_runtime().map_err(data_dir_error(&config, "store runtime"))?;
@@ -116,18 +140,28 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     let usage: Arc<dyn UsageSink> = Arc::new(pipeline);
     let (stop_flusher, stop) = tokio::sync::watch::channel(false);
     let flushing = store_rt.spawn(async move { flusher.run(stop).await });
-    let router = Arc::new(Router::new(&config.services).map_err(StartError::Routing)?);
+    let catalog = Arc::new(store_rt.block_on(Catalog::load(&*store))?);
     let verifier = Verifier::new(&config.auth)?;
     let (voids, void_worker) = VoidWorker::new(Arc::clone(&ledger));
+    let hydrator = Arc::new(Hydrator::new(
+        Arc::clone(&ledger),
+        Arc::clone(&store),
+        Arc::clone(&usage),
+        Duration::from_millis(config.ledger.timeout_ms),
+    ));
     let backends = Backends {
         ledger: Arc::clone(&ledger),
         voids,
         usage: Arc::clone(&usage),
-        store: Arc::clone(&store),
-        ledger_timeout: Duration::from_millis(config.ledger.timeout_ms),
+        hydrator: Arc::clone(&hydrator),
     };
-    let tenants = TenantDirectory::new(&config.tenants);
-    let gateway = Gateway::new(router, verifier, tenants, backends);
+    let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends);
+    let handles = Handles {
+        store: Arc::clone(&store),
+        ledger: Arc::clone(&ledger),
+        hydrator,
+        catalog: Arc::clone(&catalog),
+    };
 
     let server_conf = ServerConf {
         threads: config.worker_threads(),
@@ -152,6 +186,14 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
+    let watcher = CatalogWatcher {
+        catalog,
+        ledger: Arc::clone(&ledger),
+        store: Arc::clone(&store),
+        interval: crate::catalog::POLL_INTERVAL,
+    };
+    server.add_service(background_service("catalog", watcher));
+    control_plane(&mut server, &handles)?;
     if config.reconcile_interval_secs > 0 {
         let reconciler = Reconciler {
             store: Arc::clone(&store),

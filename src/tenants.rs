@@ -1,8 +1,8 @@
-//! The tenants the gateway knows: status (active or suspended) and the starting balance
-//! used to hydrate a ledger that has none. Today they come from the config file; the
-//! durable store will feed the same directory.
+//! The tenants the gateway knows and their status (active or suspended), as the store
+//! holds them; [`crate::catalog`] keeps the directory current.
 
 use crate::config::{TenantConfig, TenantStatus};
+use crate::store::TenantRecord;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -10,8 +10,7 @@ pub struct Tenant {
     pub id: String,
     pub name: String,
     pub status: TenantStatus,
-    /// Balance to seed the ledger with when it holds none for this tenant.
-    pub initial_credits: i64,
+    pub low_credit_threshold: i64,
 }
 
 #[derive(Debug, Default)]
@@ -28,7 +27,23 @@ impl TenantDirectory {
                     id: t.id.clone(),
                     name: t.name.clone(),
                     status: t.status.clone(),
-                    initial_credits: t.credits,
+                    low_credit_threshold: crate::store::DEFAULT_LOW_CREDIT_THRESHOLD,
+                };
+                (t.id.clone(), tenant)
+            })
+            .collect();
+        TenantDirectory { tenants }
+    }
+
+    pub fn from_records(records: &[TenantRecord]) -> TenantDirectory {
+        let tenants = records
+            .iter()
+            .map(|t| {
+                let tenant = Tenant {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    status: t.status.clone(),
+                    low_credit_threshold: t.low_credit_threshold,
                 };
                 (t.id.clone(), tenant)
             })

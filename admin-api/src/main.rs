@@ -133,7 +133,7 @@ fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::Run { config, upgrade } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            server::run(config, RunOptions { upgrade }).map_err(|e| e.to_string())
+            server::run(config, RunOptions { upgrade }, |_, _| Ok(())).map_err(|e| e.to_string())
         }
         Command::Token {
             config,

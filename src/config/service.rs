@@ -2,9 +2,9 @@
 //! priced endpoints that make up its routing table.
 
 use super::ConfigError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The `{service}` segment of `/api/proxy/{service}/...`.
@@ -26,7 +26,7 @@ pub struct ServiceConfig {
     pub endpoints: Vec<EndpointConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnLedgerError {
     /// Fail closed: 503 with `Retry-After`.
@@ -36,7 +36,7 @@ pub enum OnLedgerError {
     Allow,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutsConfig {
     pub connect_ms: u64,
@@ -55,7 +55,7 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// An HTTP method, or `ANY`.

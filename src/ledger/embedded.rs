@@ -9,17 +9,23 @@
 
 use super::expiring::ExpiringMap;
 use super::journal::{read_state, Journal, Record, Restored};
-use super::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
+use super::{
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
+    VoidOutcome, MAX_BALANCE,
+};
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct EmbeddedLedger {
     books: Mutex<HashMap<String, Book>>,
     journal: Option<Journal>,
+    /// One process holds the whole catalog: a counter in memory is enough.
+    catalog_version: AtomicU64,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
 }
@@ -31,6 +37,8 @@ struct Book {
     voided: ExpiringMap<()>,
     /// Idempotency key → the charge id that paid for it.
     idempotency: ExpiringMap<String>,
+    /// Adjustment op id → the amount it applied (retries of an adjustment).
+    adjusted: ExpiringMap<i64>,
 }
 
 fn now_ms() -> u64 {
@@ -45,6 +53,7 @@ impl EmbeddedLedger {
         EmbeddedLedger {
             books: Mutex::new(HashMap::new()),
             journal: None,
+            catalog_version: AtomicU64::new(0),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
         }
@@ -101,6 +110,7 @@ impl EmbeddedLedger {
         };
         book.voided.expire(now);
         book.idempotency.expire(now);
+        book.adjusted.expire(now);
         f(book, now)
     }
 }
@@ -172,6 +182,44 @@ impl Ledger for EmbeddedLedger {
             });
             VoidOutcome::Refunded { balance }
         }))
+    }
+
+    async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
+        Ok(self.with_book(adjustment.tenant_id, |book, now| {
+            let Some(balance) = book.balance else {
+                return AdjustOutcome::NoBalance;
+            };
+            if let Some(&amount) = book.adjusted.get(adjustment.op_id, now) {
+                return AdjustOutcome::Applied { amount, balance };
+            }
+            let (amount, after) = match adjustment.change {
+                Change::Add(amount) => (amount, balance.checked_add(amount)),
+                Change::Set(after) => (after.saturating_sub(balance), Some(after)),
+            };
+            let Some(after) = after.filter(|b| (0..=MAX_BALANCE).contains(b)) else {
+                return AdjustOutcome::OutOfRange { amount, balance };
+            };
+            book.balance = Some(after);
+            let expires = now + self.charge_ttl_ms;
+            book.adjusted
+                .insert(adjustment.op_id.to_owned(), amount, expires);
+            self.log(Record::Balance {
+                tenant: adjustment.tenant_id.to_owned(),
+                balance: after,
+            });
+            AdjustOutcome::Applied {
+                amount,
+                balance: after,
+            }
+        }))
+    }
+
+    async fn catalog_version(&self) -> Result<u64, LedgerError> {
+        Ok(self.catalog_version.load(Ordering::Acquire))
+    }
+
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
+        Ok(self.catalog_version.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {

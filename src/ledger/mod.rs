@@ -63,6 +63,36 @@ pub enum VoidOutcome {
     AlreadyVoided,
 }
 
+/// The highest balance a tenant may hold: far beyond any real account, and exact in the
+/// double-precision numbers of Redis's Lua.
+pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
+
+/// An operator's change of a balance: a top-up or correction (`Add`, signed) or a new
+/// balance (`Set`). Applied once per `op_id`, so a retry after a timeout is safe.
+#[derive(Debug, Clone, Copy)]
+pub struct Adjustment<'a> {
+    pub tenant_id: &'a str,
+    pub op_id: &'a str,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Add(i64),
+    Set(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustOutcome {
+    /// Applied now, or by an earlier try of the same operation: `amount` is the signed
+    /// change, `balance` the balance now.
+    Applied { amount: i64, balance: i64 },
+    /// The ledger holds no balance for the tenant: hydrate it, then adjust again.
+    NoBalance,
+    /// Nothing changed: the balance would leave `0..=MAX_BALANCE`.
+    OutOfRange { amount: i64, balance: i64 },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger timed out")]
@@ -90,6 +120,16 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// The tenant's current balance, if the ledger has one.
     async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError>;
+
+    /// Moves a balance by an operator's decision, atomically with concurrent charges.
+    async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError>;
+
+    /// The version of the catalog (services, endpoints, tenant status) that every replica
+    /// polls: a bump makes each reload its catalog from the store.
+    async fn catalog_version(&self) -> Result<u64, LedgerError>;
+
+    /// Announces a change of the catalog; returns the new version.
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError>;
 
     /// Answers when the ledger is reachable (`/readyz`).
     async fn ping(&self) -> Result<(), LedgerError> {

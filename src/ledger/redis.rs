@@ -2,7 +2,10 @@
 //! NOSCRIPT) over one multiplexed, self-reconnecting connection. Every key of a tenant
 //! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
 
-use super::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
+use super::{
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
+    VoidOutcome, MAX_BALANCE,
+};
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -18,6 +21,7 @@ pub struct RedisLedger {
     conn: OnceCell<ConnectionManager>,
     charge: Script,
     void: Script,
+    adjust: Script,
     timeout: Duration,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
@@ -30,6 +34,7 @@ impl RedisLedger {
             conn: OnceCell::new(),
             charge: Script::new(include_str!("charge.lua")),
             void: Script::new(include_str!("void.lua")),
+            adjust: Script::new(include_str!("adjust.lua")),
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
@@ -69,6 +74,9 @@ fn keys(tenant_id: &str, charge_id: &str, idempotency_key: Option<&str>) -> [Opt
         idempotency_key.map(|k| format!("tg:{{{tenant_id}}}:idem:{k}")),
     ]
 }
+
+/// One key for the whole deployment (not per tenant): replicas poll it.
+const CATALOG_VERSION_KEY: &str = "tg:catalog:version";
 
 fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
     match values[..] {
@@ -129,6 +137,54 @@ impl Ledger for RedisLedger {
                 2 => VoidOutcome::AlreadyVoided,
                 _ => return Err(LedgerError::Reply(format!("void code {code}"))),
             })
+        })
+        .await
+    }
+
+    async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let tenant = adjustment.tenant_id;
+            let (mode, value) = match adjustment.change {
+                Change::Add(amount) => ("add", amount),
+                Change::Set(balance) => ("set", balance),
+            };
+            let values: Vec<i64> = self
+                .adjust
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(format!("tg:{{{tenant}}}:adj:{}", adjustment.op_id))
+                .arg(mode)
+                .arg(value.to_string())
+                .arg(MAX_BALANCE.to_string())
+                .arg(self.charge_ttl_ms)
+                .invoke_async(&mut conn)
+                .await?;
+            let [code, amount, balance] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            Ok(match code {
+                0 | 1 => AdjustOutcome::Applied { amount, balance },
+                2 => AdjustOutcome::NoBalance,
+                3 => AdjustOutcome::OutOfRange { amount, balance },
+                _ => return Err(LedgerError::Reply(format!("adjust code {code}"))),
+            })
+        })
+        .await
+    }
+
+    async fn catalog_version(&self) -> Result<u64, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let version: Option<u64> = conn.get(CATALOG_VERSION_KEY).await?;
+            Ok(version.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            Ok(conn.incr(CATALOG_VERSION_KEY, 1u64).await?)
         })
         .await
     }

@@ -14,18 +14,17 @@
 //! ```
 
 mod headers;
-mod inflight;
 mod respond;
 mod steps;
 
 pub use respond::Problem;
 
 use crate::auth::{Claims, Verifier};
+use crate::catalog::Catalog;
+use crate::hydration::Hydrator;
 use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
-use crate::routing::{RouteMatch, Router};
-use crate::store::Store;
-use crate::tenants::TenantDirectory;
+use crate::routing::RouteMatch;
 use crate::usage::{UsageEvent, UsageSink};
 use async_trait::async_trait;
 use pingora::http::ResponseHeader;
@@ -43,16 +42,13 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 const LEDGER_RETRY_AFTER_SECS: u32 = 1;
 
 pub struct Gateway {
-    router: Arc<Router>,
+    /// Services and tenants, swapped in whole when the admin API changes them.
+    catalog: Arc<Catalog>,
     verifier: Verifier,
-    tenants: TenantDirectory,
     ledger: Arc<dyn Ledger>,
     voids: VoidQueue,
     usage: Arc<dyn UsageSink>,
-    store: Arc<dyn Store>,
-    inflight: inflight::InFlight,
-    /// Longest a hydration waits for charges in flight (the ledger timeout).
-    ledger_timeout: Duration,
+    hydrator: Arc<Hydrator>,
 }
 
 /// The shared handles the gateway charges and records through.
@@ -61,9 +57,8 @@ pub struct Backends {
     /// Voids the request path could not do itself (ledger timeouts, deferred refunds).
     pub voids: VoidQueue,
     pub usage: Arc<dyn UsageSink>,
-    /// The durable store: hydration reads balances from it.
-    pub store: Arc<dyn Store>,
-    pub ledger_timeout: Duration,
+    /// Seeds the ledger from the durable store when it has no balance for a tenant.
+    pub hydrator: Arc<Hydrator>,
 }
 
 /// Per-request state, filled in phase by phase.
@@ -97,22 +92,14 @@ struct Charged {
 }
 
 impl Gateway {
-    pub fn new(
-        router: Arc<Router>,
-        verifier: Verifier,
-        tenants: TenantDirectory,
-        backends: Backends,
-    ) -> Gateway {
+    pub fn new(catalog: Arc<Catalog>, verifier: Verifier, backends: Backends) -> Gateway {
         Gateway {
-            router,
+            catalog,
             verifier,
-            tenants,
             ledger: backends.ledger,
             voids: backends.voids,
             usage: backends.usage,
-            store: backends.store,
-            inflight: Default::default(),
-            ledger_timeout: backends.ledger_timeout,
+            hydrator: backends.hydrator,
         }
     }
 }
@@ -150,18 +137,19 @@ impl ProxyHttp for Gateway {
         }
         let checked = self
             .authenticate(session)
-            .and_then(|(claims, tenant)| Ok((claims, tenant, steps::idempotency_key(session)?)));
-        let (claims, tenant, key) = match checked {
+            .and_then(|claims| Ok((claims, steps::idempotency_key(session)?)));
+        let (claims, key) = match checked {
             Ok(checked) => checked,
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
+        let tenant_id = claims.tenant_id.as_str();
         let charge = Charge {
-            tenant_id: &tenant.id,
+            tenant_id,
             cost,
             charge_id: &ctx.request_id,
             idempotency_key: key.as_deref(),
         };
-        let charged = match self.charge(&charge, tenant).await {
+        let charged = match self.charge(&charge).await {
             Ok(ChargeOutcome::Charged { balance }) => Charged {
                 cost,
                 balance,
@@ -176,7 +164,7 @@ impl ProxyHttp for Gateway {
                 let detail = format!("this call costs {cost} credits and the balance is {balance}");
                 let problem =
                     Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
-                        .with("tenant_id", tenant.id.clone())
+                        .with("tenant_id", tenant_id)
                         .with("balance", balance)
                         .with("cost", cost)
                         .header("x-credits-cost", cost)
@@ -189,7 +177,7 @@ impl ProxyHttp for Gateway {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
                 }
                 self.voids.push(PendingVoid {
-                    tenant_id: tenant.id.clone(),
+                    tenant_id: tenant_id.to_owned(),
                     charge_id: ctx.request_id.clone(),
                     idempotency_key: key.clone(),
                     applied_cost: None,

@@ -7,19 +7,14 @@ use crate::config::TenantStatus;
 use crate::ledger::{Charge, ChargeOutcome, LedgerError, PendingVoid, Void, VoidOutcome};
 use crate::metrics::LEDGER_DURATION;
 use crate::routing::{RouteError, RouteMatch};
-use crate::tenants::Tenant;
 use pingora::proxy::Session;
-use std::time::Duration;
-
-/// Longest hydration waits for the usage flusher to finish the batch it is writing (one
-/// batch write; longer means the store is struggling, and the request gets a 503).
-const HYDRATION_WAIT: Duration = Duration::from_secs(2);
 
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
     pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Box<Problem>> {
         let req = session.req_header();
-        self.router
+        self.catalog
+            .router()
             .route(req.method.as_str(), req.uri.path(), req.uri.query())
             .map_err(|e| {
                 Box::new(match e {
@@ -35,7 +30,7 @@ impl Gateway {
     pub(super) fn authenticate(
         &self,
         session: &Session,
-    ) -> std::result::Result<(Claims, &Tenant), Box<Problem>> {
+    ) -> std::result::Result<Claims, Box<Problem>> {
         let header = session
             .req_header()
             .headers
@@ -55,8 +50,8 @@ impl Gateway {
                         .header("www-authenticate", "Bearer error=\"invalid_token\""),
                 )
             })?;
-        let tenant = match self.tenants.get(&claims.tenant_id) {
-            Some(t) if t.status == TenantStatus::Active => t,
+        match self.catalog.tenants().get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => {}
             Some(_) => {
                 return Err(Box::new(
                     Problem::new(
@@ -79,29 +74,26 @@ impl Gateway {
                     .with("tenant_id", claims.tenant_id.clone()),
                 ))
             }
-        };
-        Ok((claims, tenant))
+        }
+        Ok(claims)
     }
 
-    /// Step 3: charge once. A ledger without a balance for the tenant (Redis restarted
-    /// empty, a new replica) is hydrated from the durable balance minus what this gateway
-    /// has charged but not yet written to the store; set-if-absent, so racing replicas agree.
+    /// Step 3: charge once. A ledger without a balance for the tenant is hydrated from
+    /// the store first (see [`crate::hydration`]).
     pub(super) async fn charge(
         &self,
         charge: &Charge<'_>,
-        tenant: &Tenant,
     ) -> std::result::Result<ChargeOutcome, LedgerError> {
-        // Counted in flight until its credits are counted as pending (see `inflight`).
-        let ticket = self.inflight.enter();
+        // Counted in flight until its credits are counted as pending (see `hydration`).
+        let ticket = self.hydrator.enter();
         let timer = LEDGER_DURATION.start_timer();
         let result = self.ledger.charge(charge).await;
         timer.observe_duration();
         let outcome = match result? {
             ChargeOutcome::NoBalance => {
                 drop(ticket);
-                let balance = self.hydration_balance(tenant).await?;
-                self.ledger.seed(&tenant.id, balance.max(0)).await?;
-                let _ticket = self.inflight.enter();
+                self.hydrator.hydrate(charge.tenant_id).await?;
+                let _ticket = self.hydrator.enter();
                 let outcome = self.ledger.charge(charge).await?;
                 self.count_pending(charge, outcome);
                 return Ok(outcome);
@@ -116,33 +108,6 @@ impl Gateway {
         if let ChargeOutcome::Charged { .. } = outcome {
             self.usage.charged(charge.tenant_id, charge.cost);
         }
-    }
-
-    /// The durable balance minus this gateway's pending credits, read as a consistent pair
-    /// (a batch settling between the two reads would count twice or not at all).
-    async fn hydration_balance(&self, tenant: &Tenant) -> std::result::Result<i64, LedgerError> {
-        if !self.inflight.quiesce(self.ledger_timeout).await {
-            tracing::warn!(tenant_id = %tenant.id, "hydrating while charges are still in flight: reconciliation may report them");
-        }
-        let lock = self.usage.settle_lock();
-        let _settled = match &lock {
-            Some(lock) => Some(
-                tokio::time::timeout(HYDRATION_WAIT, lock.lock())
-                    .await
-                    .map_err(|_| {
-                        LedgerError::Hydration("the usage pipeline is busy writing".into())
-                    })?,
-            ),
-            None => None,
-        };
-        let pending = self.usage.pending_credits(&tenant.id);
-        let durable = match self.store.tenant(&tenant.id).await {
-            Ok(Some(record)) => record.balance,
-            Ok(None) => tenant.initial_credits,
-            Err(e) => return Err(LedgerError::Hydration(e.to_string())),
-        };
-        tracing::info!(tenant_id = %tenant.id, durable, pending, "hydrating the ledger");
-        Ok(durable - pending)
     }
 
     /// Gives this request's credits back (upstream unreachable, or 5xx when configured).

@@ -72,35 +72,52 @@ pub struct Router {
 impl Router {
     /// Builds the router, resolving each upstream's host once (config was validated).
     pub fn new(services: &[ServiceConfig]) -> Result<Router, String> {
-        let mut map = HashMap::new();
-        for config in services {
-            let upstream = Upstream::parse(&config.upstream)
-                .and_then(Upstream::resolve)
-                .map_err(|e| format!("service `{}`: {e}", config.name))?;
-            let mut table = EndpointTable::default();
-            let mut endpoints = Vec::with_capacity(config.endpoints.len());
-            for (i, e) in config.endpoints.iter().enumerate() {
-                table.insert(&e.method, &e.path, i)?;
-                endpoints.push(Endpoint {
-                    method: e.method.clone(),
-                    path: e.path.clone(),
-                    credits: e.credits,
-                });
-            }
-            let service = Service {
-                name: config.name.clone(),
-                upstream,
-                timeouts: config.timeouts,
-                refund_on_5xx: config.refund_on_5xx,
-                on_ledger_error: config.on_ledger_error,
-                public: config.public,
-                endpoints,
-                metrics: crate::metrics::ServiceMetrics::new(&config.name),
-                table,
-            };
-            map.insert(config.name.clone(), Arc::new(service));
+        let (router, mut errors) = Router::lenient(services);
+        match errors.pop() {
+            Some(error) => Err(error),
+            None => Ok(router),
         }
-        Ok(Router { services: map })
+    }
+
+    /// Builds the router from the services that can be routed; the others are left out
+    /// and explained, one message each.
+    pub fn lenient(services: &[ServiceConfig]) -> (Router, Vec<String>) {
+        let mut map = HashMap::new();
+        let mut errors = Vec::new();
+        for config in services {
+            match Router::service(config) {
+                Ok(service) => {
+                    map.insert(config.name.clone(), Arc::new(service));
+                }
+                Err(e) => errors.push(format!("service `{}`: {e}", config.name)),
+            }
+        }
+        (Router { services: map }, errors)
+    }
+
+    fn service(config: &ServiceConfig) -> Result<Service, String> {
+        let upstream = Upstream::parse(&config.upstream).and_then(Upstream::resolve)?;
+        let mut table = EndpointTable::default();
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for (i, e) in config.endpoints.iter().enumerate() {
+            table.insert(&e.method, &e.path, i)?;
+            endpoints.push(Endpoint {
+                method: e.method.clone(),
+                path: e.path.clone(),
+                credits: e.credits,
+            });
+        }
+        Ok(Service {
+            name: config.name.clone(),
+            upstream,
+            timeouts: config.timeouts,
+            refund_on_5xx: config.refund_on_5xx,
+            on_ledger_error: config.on_ledger_error,
+            public: config.public,
+            endpoints,
+            metrics: crate::metrics::ServiceMetrics::new(&config.name),
+            table,
+        })
     }
 
     /// Routes `method` + `path` (the request target's path) + `query`.

@@ -53,6 +53,53 @@ pub struct NewTenant<'a> {
     pub initial_credits: i64,
 }
 
+/// A change to a tenant's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TenantPatch {
+    pub name: Option<String>,
+    pub status: Option<TenantStatus>,
+    pub low_credit_threshold: Option<i64>,
+    /// `Some(None)` removes the plan.
+    pub plan_id: Option<Option<String>>,
+}
+
+/// The control plane's collections of JSON documents (SPEC §3), each keyed by its `id`
+/// (`_id` in MongoDB). Their shapes belong to the admin API and the scheduler; the store
+/// only keeps them, enforces the unique keys of SPEC §3 and finds them by a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Users,
+    Plans,
+    Subscriptions,
+    Services,
+    Notifications,
+    UsageSummaries,
+    ScheduledSummaries,
+    Invoices,
+}
+
+impl Kind {
+    /// The MongoDB collection (and the SQLite `collection` column).
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Users => "users",
+            Kind::Plans => "plans",
+            Kind::Subscriptions => "subscriptions",
+            Kind::Services => "services",
+            Kind::Notifications => "notifications",
+            Kind::UsageSummaries => "usage_summary",
+            Kind::ScheduledSummaries => "scheduled_summary",
+            Kind::Invoices => "invoices",
+        }
+    }
+}
+
+/// Documents are JSON objects with a string `id`.
+pub type Doc = serde_json::Map<String, serde_json::Value>;
+
+/// The most documents one listing returns.
+pub const MAX_LIST: usize = 1000;
+
 /// Default `low_credit_threshold` of a new tenant (SPEC §3).
 pub const DEFAULT_LOW_CREDIT_THRESHOLD: i64 = 100;
 
@@ -181,6 +228,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's own account of a tenant, for reconciliation.
     async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError>;
+
+    /// Changes a tenant's settings; `None` when there is no such tenant.
+    async fn update_tenant(
+        &self,
+        id: &str,
+        patch: &TenantPatch,
+    ) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Inserts `doc` (its `id` field is the key); false when the id or a unique field
+    /// (a user's email, a service's name) is taken.
+    async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError>;
+
+    /// Replaces the document with `doc`'s id; false when there is none.
+    async fn replace_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError>;
+
+    async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError>;
+
+    /// The first document whose string `field` equals `value` (a user by email).
+    async fn find_doc(
+        &self,
+        kind: Kind,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<Doc>, StoreError>;
+
+    /// Documents in id order, those whose string `field` equals the filter's value when one
+    /// is given, at most [`MAX_LIST`].
+    async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError>;
+
+    /// Deletes a document; false when there was none.
+    async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError>;
+}
+
+/// A document's `id`, which every stored document has.
+pub fn doc_id(doc: &Doc) -> Result<&str, StoreError> {
+    doc.get("id")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| StoreError::Data("a document without a string `id`".into()))
 }
 
 /// Sums a batch's non-refunded credits per tenant, in tenant order.

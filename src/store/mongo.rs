@@ -8,8 +8,9 @@
 //! between a balance change and its audit row is what reconciliation reports.
 
 use super::{
-    credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
-    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant, Store,
+    StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
+    DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -151,6 +152,35 @@ fn transaction_from(doc: &Document) -> Result<CreditTransaction, StoreError> {
         balance_after: int(doc, "balance_after")?,
         at_ms: millis(doc, "at")?,
     })
+}
+
+/// A JSON document as MongoDB keeps it: `id` becomes `_id`.
+fn to_bson(doc: &Doc) -> Result<Document, StoreError> {
+    let id = doc_id(doc)?.to_owned();
+    let mut stored = bson::to_document(doc).map_err(|e| StoreError::Data(e.to_string()))?;
+    stored.remove("id");
+    let mut out = doc! { "_id": id };
+    out.extend(stored);
+    Ok(out)
+}
+
+fn from_bson(mut stored: Document) -> Doc {
+    let id = stored.remove("_id");
+    let mut doc = Doc::new();
+    if let Some(id) = id {
+        doc.insert("id".into(), id.into_relaxed_extjson());
+    }
+    for (key, value) in stored {
+        doc.insert(key, value.into_relaxed_extjson());
+    }
+    doc
+}
+
+fn status_str(status: &TenantStatus) -> &'static str {
+    match status {
+        TenantStatus::Active => "active",
+        TenantStatus::Suspended => "suspended",
+    }
 }
 
 fn index(keys: Document, unique: bool) -> IndexModel {
@@ -441,5 +471,101 @@ impl Store for MongoStore {
                 )
                 .await?,
         })
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &str,
+        patch: &TenantPatch,
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        let mut set = Document::new();
+        if let Some(name) = &patch.name {
+            set.insert("name", name);
+        }
+        if let Some(status) = &patch.status {
+            set.insert("status", status_str(status));
+        }
+        if let Some(threshold) = patch.low_credit_threshold {
+            set.insert("low_credit_threshold", threshold);
+        }
+        if let Some(plan) = &patch.plan_id {
+            set.insert("plan_id", plan.as_deref().map_or(Bson::Null, |p| p.into()));
+        }
+        let tenants = self.coll("tenants");
+        let updated = if set.is_empty() {
+            tenants.find_one(doc! { "_id": id }).await?
+        } else {
+            tenants
+                .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
+                .return_document(ReturnDocument::After)
+                .await?
+        };
+        updated.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
+        match self.coll(kind.collection()).insert_one(to_bson(doc)?).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn replace_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
+        let stored = to_bson(doc)?;
+        let result = self
+            .coll(kind.collection())
+            .replace_one(doc! { "_id": doc_id(doc)? }, stored)
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
+        let found = self
+            .coll(kind.collection())
+            .find_one(doc! { "_id": id })
+            .await?;
+        Ok(found.map(from_bson))
+    }
+
+    async fn find_doc(
+        &self,
+        kind: Kind,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<Doc>, StoreError> {
+        // `value` is always a BSON string here, never a query operator.
+        let found = self
+            .coll(kind.collection())
+            .find_one(doc! { field: value })
+            .await?;
+        Ok(found.map(from_bson))
+    }
+
+    async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError> {
+        let query = match filter {
+            Some((field, value)) => doc! { field: value },
+            None => Document::new(),
+        };
+        let cursor = self
+            .coll(kind.collection())
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(MAX_LIST as i64)
+            .await?;
+        Ok(self
+            .collect(cursor)
+            .await?
+            .into_iter()
+            .map(from_bson)
+            .collect())
+    }
+
+    async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        let result = self
+            .coll(kind.collection())
+            .delete_one(doc! { "_id": id })
+            .await?;
+        Ok(result.deleted_count == 1)
     }
 }

@@ -6,8 +6,9 @@
 //! commit in one real transaction. WAL mode lets readers run beside the single writer.
 
 use super::{
-    credits_by_tenant, now_ms, Audit, CreditTransaction, NewTenant, Store, StoreError,
-    TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant, Store,
+    StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
+    DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -60,6 +61,19 @@ CREATE TABLE IF NOT EXISTS credit_transactions (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS credit_transactions_tenant ON credit_transactions (tenant_id, at_ms);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_email
+    ON documents (json_extract(body, '$.email')) WHERE collection = 'users';
+CREATE UNIQUE INDEX IF NOT EXISTS invoices_tenant_period
+    ON documents (json_extract(body, '$.tenant_id'), json_extract(body, '$.period'))
+    WHERE collection = 'invoices';
+CREATE INDEX IF NOT EXISTS documents_tenant
+    ON documents (collection, json_extract(body, '$.tenant_id'));
 "#;
 
 pub struct SqliteStore {
@@ -102,6 +116,27 @@ fn status_str(status: &TenantStatus) -> &'static str {
         TenantStatus::Active => "active",
         TenantStatus::Suspended => "suspended",
     }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn parse_doc(body: String) -> Result<Doc, StoreError> {
+    serde_json::from_str(&body).map_err(|e| StoreError::Data(format!("stored document: {e}")))
+}
+
+/// Field names come from code, never from a request; still, keep them to a plain alphabet
+/// before they become part of a JSON path.
+fn json_path(field: &str) -> Result<String, StoreError> {
+    if field.is_empty()
+        || !field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(StoreError::Data(format!("bad field name `{field}`")));
+    }
+    Ok(format!("$.{field}"))
 }
 
 fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
@@ -390,6 +425,150 @@ impl Store for SqliteStore {
                 |row| row.get(0),
             )?;
             Ok(Audit { transactions, usage })
+        })
+        .await
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &str,
+        patch: &TenantPatch,
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        let (id, patch) = (id.to_owned(), patch.clone());
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            if let Some(name) = &patch.name {
+                tx.execute(
+                    "UPDATE tenants SET name = ?2 WHERE id = ?1",
+                    params![id, name],
+                )?;
+            }
+            if let Some(status) = &patch.status {
+                tx.execute(
+                    "UPDATE tenants SET status = ?2 WHERE id = ?1",
+                    params![id, status_str(status)],
+                )?;
+            }
+            if let Some(threshold) = patch.low_credit_threshold {
+                tx.execute(
+                    "UPDATE tenants SET low_credit_threshold = ?2 WHERE id = ?1",
+                    params![id, threshold],
+                )?;
+            }
+            if let Some(plan) = &patch.plan_id {
+                tx.execute(
+                    "UPDATE tenants SET plan_id = ?2 WHERE id = ?1",
+                    params![id, plan],
+                )?;
+            }
+            let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1");
+            let record = tx.query_row(&sql, [&id], tenant_from_row).optional()?;
+            tx.commit()?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
+        let id = doc_id(doc)?.to_owned();
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Data(e.to_string()))?;
+        self.run(move |conn| {
+            match conn.execute(
+                "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3)",
+                params![kind.collection(), id, body],
+            ) {
+                Ok(_) => Ok(true),
+                Err(e) if is_constraint(&e) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn replace_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
+        let id = doc_id(doc)?.to_owned();
+        let body = serde_json::to_string(doc).map_err(|e| StoreError::Data(e.to_string()))?;
+        self.run(move |conn| {
+            Ok(conn.execute(
+                "UPDATE documents SET body = ?3 WHERE collection = ?1 AND id = ?2",
+                params![kind.collection(), id, body],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT body FROM documents WHERE collection = ?1 AND id = ?2",
+                params![kind.collection(), id],
+                |row| row.get(0),
+            )
+            .optional()?
+            .map(parse_doc)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn find_doc(
+        &self,
+        kind: Kind,
+        field: &str,
+        value: &str,
+    ) -> Result<Option<Doc>, StoreError> {
+        let (path, value) = (json_path(field)?, value.to_owned());
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT body FROM documents WHERE collection = ?1 AND json_extract(body, ?2) = ?3
+                 ORDER BY id LIMIT 1",
+                params![kind.collection(), path, value],
+                |row| row.get(0),
+            )
+            .optional()?
+            .map(parse_doc)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError> {
+        let filter = match filter {
+            Some((field, value)) => Some((json_path(field)?, value.to_owned())),
+            None => None,
+        };
+        self.run(move |conn| {
+            let limit = MAX_LIST as i64;
+            let bodies: Vec<String> = match &filter {
+                Some((path, value)) => {
+                    let mut stmt = conn.prepare(
+                        "SELECT body FROM documents WHERE collection = ?1 AND json_extract(body, ?2) = ?3
+                         ORDER BY id LIMIT ?4",
+                    )?;
+                    let rows = stmt.query_map(params![kind.collection(), path, value, limit], |row| row.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                }
+                None => {
+                    let mut stmt = conn.prepare(
+                        "SELECT body FROM documents WHERE collection = ?1 ORDER BY id LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![kind.collection(), limit], |row| row.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                }
+            };
+            bodies.into_iter().map(parse_doc).collect()
+        })
+        .await
+    }
+
+    async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM documents WHERE collection = ?1 AND id = ?2",
+                params![kind.collection(), id],
+            )? == 1)
         })
         .await
     }

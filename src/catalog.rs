@@ -1,0 +1,160 @@
+//! What the gateway routes and admits, kept current without restart: the services with
+//! their priced endpoints (the [`Router`]) and the tenants' status ([`TenantDirectory`]).
+//!
+//! The store is the source. A change made through the admin API bumps a version in the
+//! ledger (a Redis key shared by every replica, or a counter in the embedded ledger); each
+//! replica's [`CatalogWatcher`] polls it and reloads from the store when it moves, so a
+//! change reaches every replica within one poll interval plus a reload. The request path
+//! reads the current catalog through [`ArcSwap`]: no lock, no allocation.
+
+use crate::config::ServiceConfig;
+use crate::ledger::Ledger;
+use crate::routing::Router;
+use crate::store::{Doc, Kind, Store, StoreError};
+use crate::tenants::TenantDirectory;
+use arc_swap::{ArcSwap, Guard};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often each replica asks whether the catalog changed (SPEC §7 allows 2 s in all).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct Catalog {
+    router: ArcSwap<Router>,
+    tenants: ArcSwap<TenantDirectory>,
+    /// Wakes the watcher at once after a change made in this process.
+    changed: Notify,
+}
+
+impl Catalog {
+    /// Loads services and tenants from the store.
+    pub async fn load(store: &dyn Store) -> Result<Catalog, StoreError> {
+        let (router, tenants) = read(store).await?;
+        Ok(Catalog {
+            router: ArcSwap::from_pointee(router),
+            tenants: ArcSwap::from_pointee(tenants),
+            changed: Notify::new(),
+        })
+    }
+
+    /// A catalog that never changes (tests, benches).
+    pub fn fixed(router: Router, tenants: TenantDirectory) -> Catalog {
+        Catalog {
+            router: ArcSwap::from_pointee(router),
+            tenants: ArcSwap::from_pointee(tenants),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn router(&self) -> Guard<Arc<Router>> {
+        self.router.load()
+    }
+
+    pub fn tenants(&self) -> Guard<Arc<TenantDirectory>> {
+        self.tenants.load()
+    }
+
+    /// Reads the store again and swaps the new catalog in.
+    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let (router, tenants) = read(store).await?;
+        self.router.store(Arc::new(router));
+        self.tenants.store(Arc::new(tenants));
+        Ok(())
+    }
+
+    /// Tells this process's watcher to reload now (other replicas see the version bump).
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+}
+
+/// The services as stored, skipping (loudly) any that cannot be routed: one bad document
+/// must not take every other service down.
+async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory), StoreError> {
+    let mut services = Vec::new();
+    for doc in store.docs(Kind::Services, None).await? {
+        match service_from_doc(doc) {
+            Ok(service) => services.push(service),
+            Err(e) => tracing::error!(error = %e, "stored service skipped"),
+        }
+    }
+    let tenants = TenantDirectory::from_records(&store.tenants().await?);
+    // Building resolves upstream host names: blocking work.
+    let (router, errors) = tokio::task::spawn_blocking(move || Router::lenient(&services))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+    for error in errors {
+        tracing::error!(%error, "service not routable; its calls get 404 until fixed");
+    }
+    Ok((router, tenants))
+}
+
+/// A stored service document (its `id` is its name) as the config shape.
+pub fn service_from_doc(mut doc: Doc) -> Result<ServiceConfig, String> {
+    doc.remove("id");
+    serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| e.to_string())
+}
+
+/// A service in its stored shape.
+pub fn service_to_doc(service: &ServiceConfig) -> Doc {
+    let mut doc = Doc::new();
+    doc.insert("id".into(), service.name.clone().into());
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(service) {
+        doc.extend(fields);
+    }
+    doc
+}
+
+/// Polls the catalog version and reloads on change.
+pub struct CatalogWatcher {
+    pub catalog: Arc<Catalog>,
+    pub ledger: Arc<dyn Ledger>,
+    pub store: Arc<dyn Store>,
+    pub interval: Duration,
+}
+
+impl CatalogWatcher {
+    /// One poll: reloads when the version moved (or when nudged in-process); returns the
+    /// version seen.
+    async fn poll(&self, last: Option<u64>, nudged: bool) -> Option<u64> {
+        let version = match self.ledger.catalog_version().await {
+            Ok(version) => Some(version),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the catalog version");
+                return last;
+            }
+        };
+        if version == last && !nudged {
+            return last;
+        }
+        match self.catalog.reload(&*self.store).await {
+            Ok(()) => {
+                tracing::debug!(?version, "catalog reloaded");
+                version
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog reload failed; will retry");
+                last
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for CatalogWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = self.ledger.catalog_version().await.ok();
+        loop {
+            let nudged = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.interval) => false,
+                _ = self.catalog.changed.notified() => true,
+            };
+            last = self.poll(last, nudged).await;
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Filling a ledger that holds no balance for a tenant (Redis restarted empty, a new
+//! replica, a tenant never charged before) from the durable store. Shared by the gateway's
+//! charge step and the admin API's credit operations, so both seed the same number.
+//!
+//! The balance to seed is the durable balance minus what this process has charged but not
+//! yet written to the store, read as a consistent pair under the usage flusher's settle
+//! lock, after the charges in flight when hydration began have come back (see
+//! [`inflight`]). Seeding is set-if-absent, so racing replicas agree.
+
+mod inflight;
+
+pub use inflight::{InFlight, Ticket};
+
+use crate::ledger::{Ledger, LedgerError};
+use crate::store::Store;
+use crate::usage::UsageSink;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest hydration waits for the usage flusher to finish the batch it is writing (one
+/// batch write; longer means the store is struggling, and the caller gets a 503).
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+
+pub struct Hydrator {
+    ledger: Arc<dyn Ledger>,
+    store: Arc<dyn Store>,
+    usage: Arc<dyn UsageSink>,
+    inflight: InFlight,
+    /// Longest a hydration waits for charges in flight (the ledger timeout).
+    ledger_timeout: Duration,
+}
+
+impl Hydrator {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        store: Arc<dyn Store>,
+        usage: Arc<dyn UsageSink>,
+        ledger_timeout: Duration,
+    ) -> Hydrator {
+        Hydrator {
+            ledger,
+            store,
+            usage,
+            inflight: InFlight::default(),
+            ledger_timeout,
+        }
+    }
+
+    /// Counts a charge in flight until the ticket drops (after its credits are counted as
+    /// pending in the usage sink).
+    pub fn enter(&self) -> Ticket<'_> {
+        self.inflight.enter()
+    }
+
+    /// Seeds the tenant's ledger balance if the ledger has none.
+    pub async fn hydrate(&self, tenant_id: &str) -> Result<(), LedgerError> {
+        if !self.inflight.quiesce(self.ledger_timeout).await {
+            tracing::warn!(%tenant_id, "hydrating while charges are still in flight: reconciliation may report them");
+        }
+        let lock = self.usage.settle_lock();
+        let _settled = match &lock {
+            Some(lock) => Some(
+                tokio::time::timeout(SETTLE_WAIT, lock.lock())
+                    .await
+                    .map_err(|_| {
+                        LedgerError::Hydration("the usage pipeline is busy writing".into())
+                    })?,
+            ),
+            None => None,
+        };
+        let pending = self.usage.pending_credits(tenant_id);
+        let durable = match self.store.tenant(tenant_id).await {
+            Ok(Some(record)) => record.balance,
+            Ok(None) => 0,
+            Err(e) => return Err(LedgerError::Hydration(e.to_string())),
+        };
+        tracing::info!(%tenant_id, durable, pending, "hydrating the ledger");
+        self.ledger
+            .seed(tenant_id, (durable - pending).max(0))
+            .await
+    }
+
+    /// The live balance, hydrating first when the ledger has none.
+    pub async fn balance(&self, tenant_id: &str) -> Result<i64, LedgerError> {
+        if let Some(balance) = self.ledger.balance(tenant_id).await? {
+            return Ok(balance);
+        }
+        self.hydrate(tenant_id).await?;
+        Ok(self.ledger.balance(tenant_id).await?.unwrap_or(0))
+    }
+}

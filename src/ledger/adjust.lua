@@ -1,0 +1,36 @@
+-- Tollgate: move a balance by an operator's decision (top-up, correction, set), atomically
+-- with respect to concurrent charges, once per operation id.
+-- KEYS[1] balance    tg:{tenant}:bal
+-- KEYS[2] operation  tg:{tenant}:adj:{op_id}   (the amount applied, while it lives)
+-- ARGV[1] 'add' or 'set', ARGV[2] amount (add) or new balance (set), ARGV[3] highest
+-- balance allowed, ARGV[4] operation ttl ms
+-- Returns {code, amount, balance}: 0 applied, 1 applied before (replay), 2 no balance
+-- (hydrate and retry), 3 refused: the balance would leave 0..=max.
+-- Values go to Redis as the caller's strings: Lua prints numbers above 1e14 as 1e+15.
+local done = redis.call('GET', KEYS[2])
+local balance = redis.call('GET', KEYS[1])
+if done then
+  return {1, tonumber(done), tonumber(balance or 0)}
+end
+if not balance then
+  return {2, 0, 0}
+end
+balance = tonumber(balance)
+local value = tonumber(ARGV[2])
+local after = value
+local amount = value
+if ARGV[1] == 'set' then
+  amount = value - balance
+else
+  after = balance + value
+end
+if after < 0 or after > tonumber(ARGV[3]) then
+  return {3, amount, balance}
+end
+if ARGV[1] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+end
+redis.call('SET', KEYS[2], string.format('%d', amount), 'PX', ARGV[4])
+return {0, amount, after}
