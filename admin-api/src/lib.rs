@@ -1,4 +1,183 @@
-//! Tollgate's control plane: the admin REST API of SPEC §7.
+//! Tollgate's control plane: the admin REST API of SPEC §7 (`docs/ADMIN-API.md`).
 //!
-//! This crate is an empty shell until the admin API issue lands; it exists so the
-//! workspace layout (gateway at the root, control plane beside it) is fixed from the start.
+//! One `axum` router over the same store, ledger and token verifier as the gateway.
+//! `tollgate run` serves it beside the gateway (sharing the gateway's [`Handles`], so a
+//! change reaches the in-process catalog at once); `tollgate admin` serves it alone against
+//! the distributed backends, and the gateways pick changes up through the catalog version.
+//! Every handler documents itself for the OpenAPI document at `/openapi.json`.
+
+mod auth;
+mod credits;
+mod extract;
+mod me;
+mod plans;
+mod problem;
+mod reports;
+mod services;
+mod tenants;
+mod time;
+mod users;
+
+pub use auth::{create_admin, hash_password};
+pub use problem::ApiError;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tollgate::auth::Verifier;
+use tollgate::catalog::Catalog;
+use tollgate::config::{AdminConfig, AuthConfig};
+use tollgate::hydration::Hydrator;
+use tollgate::ledger::Ledger;
+use tollgate::server::Handles;
+use tollgate::store::Store;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// What every handler reaches: cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Arc<dyn Store>,
+    pub ledger: Arc<dyn Ledger>,
+    pub hydrator: Arc<Hydrator>,
+    /// The gateway's catalog when it runs in this process (changes apply at once).
+    pub catalog: Option<Arc<Catalog>>,
+    pub verifier: Arc<Verifier>,
+    pub auth: Arc<AuthConfig>,
+    pub settings: Arc<AdminConfig>,
+    pub throttle: Arc<auth::Throttle>,
+}
+
+impl AdminState {
+    pub fn new(
+        handles: &Handles,
+        auth: &AuthConfig,
+        settings: &AdminConfig,
+    ) -> Result<AdminState, tollgate::auth::AuthError> {
+        Ok(AdminState {
+            store: Arc::clone(&handles.store),
+            ledger: Arc::clone(&handles.ledger),
+            hydrator: Arc::clone(&handles.hydrator),
+            catalog: Some(Arc::clone(&handles.catalog)),
+            verifier: Arc::new(Verifier::new(auth)?),
+            auth: Arc::new(auth.clone()),
+            settings: Arc::new(settings.clone()),
+            throttle: Arc::default(),
+        })
+    }
+
+    /// Announces a change of services or tenant status to every gateway replica.
+    pub async fn catalog_changed(&self) {
+        if let Err(e) = self.ledger.bump_catalog_version().await {
+            tracing::warn!(error = %e, "catalog version not bumped: other replicas see the change at their next successful poll");
+        }
+        if let Some(catalog) = &self.catalog {
+            catalog.changed();
+        }
+    }
+}
+
+/// The router and its OpenAPI document, built from the same route list.
+pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
+    let (router, mut api) = OpenApiRouter::new()
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(me::me))
+        .routes(routes!(me::balance))
+        .routes(routes!(me::usage))
+        .routes(routes!(me::invoices))
+        .routes(routes!(me::notifications))
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::get, tenants::update))
+        .routes(routes!(credits::add, credits::set))
+        .routes(routes!(credits::transactions))
+        .routes(routes!(users::list))
+        .routes(routes!(users::get, users::update))
+        .routes(routes!(plans::create, plans::list))
+        .routes(routes!(plans::get, plans::update, plans::delete))
+        .routes(routes!(plans::subscribe, plans::subscriptions))
+        .routes(routes!(
+            plans::subscription,
+            plans::update_subscription,
+            plans::delete_subscription
+        ))
+        .routes(routes!(services::create, services::list))
+        .routes(routes!(services::get, services::update, services::delete))
+        .routes(routes!(
+            services::add_endpoint,
+            services::update_endpoint,
+            services::remove_endpoint
+        ))
+        .routes(routes!(reports::usage_logs))
+        .routes(routes!(reports::summaries))
+        .routes(routes!(reports::invoices))
+        .routes(routes!(reports::notifications))
+        .with_state(state)
+        .split_for_parts();
+    api.info.title = "Tollgate admin API".into();
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    api.info.description = Some("The control plane of Tollgate (SPEC §7).".into());
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
+    );
+    let document = api.clone();
+    let router = router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(document) }),
+        )
+        .fallback(|| async { ApiError::new(404, "not-found", "Not found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_BODY_BYTES,
+        ));
+    (router, api)
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (router, _) = router(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The admin API as a Pingora background service of `tollgate run`.
+pub struct AdminService {
+    pub listen: SocketAddr,
+    pub state: AdminState,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(listen = %self.listen, error = %e, "admin API cannot listen");
+                return;
+            }
+        };
+        tracing::info!(listen = %self.listen, "admin API listening");
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = serve(listener, self.state.clone(), stop).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }
+}

@@ -2,11 +2,16 @@
 //! hands over to the libraries (the gateway at the workspace root, the control plane here).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pingora::services::background::background_service;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tollgate::auth::{self, Role};
+use tollgate::catalog::Catalog;
 use tollgate::config::Config;
+use tollgate::hydration::Hydrator;
 use tollgate::server::{self, RunOptions};
+use tollgate_admin_api::{AdminService, AdminState};
 
 /// mimalloc instead of glibc malloc: under load glibc's arena locks and consolidation showed
 /// up as ~12% of the gateway's CPU.
@@ -35,6 +40,23 @@ enum Command {
         /// Take over the sockets of a running instance (graceful upgrade; then SIGQUIT the old one).
         #[arg(long, short)]
         upgrade: bool,
+    },
+    /// Run the admin API alone (control plane), against the configured backends: in
+    /// distributed mode beside any number of gateways sharing the same Redis and MongoDB.
+    Admin {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Create an admin user (the first admin never comes from self-registration). Reads
+    /// the password from standard input (one line).
+    CreateAdmin {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        email: String,
+        /// The operators' tenant the admin belongs to (created with 0 credits if absent).
+        #[arg(long, default_value = "operators")]
+        tenant: String,
     },
     /// Print a signed JWT for the configured key.
     Token {
@@ -97,6 +119,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tollgate admin`: the control plane without a gateway in the process.
+async fn admin_alone(config: Config) -> Result<(), String> {
+    tollgate::metrics::register_all();
+    let store = server::open_store(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ledger = server::open_ledger(&config).map_err(|e| e.to_string())?;
+    let hydrator = Arc::new(Hydrator::new(
+        Arc::clone(&ledger),
+        Arc::clone(&store),
+        Arc::new(tollgate::usage::NoUsage),
+        std::time::Duration::from_millis(config.ledger.timeout_ms),
+    ));
+    let catalog = Arc::new(Catalog::load(&*store).await.map_err(|e| e.to_string())?);
+    let handles = server::Handles {
+        store,
+        ledger: Arc::clone(&ledger),
+        hydrator,
+        catalog,
+    };
+    let mut state =
+        AdminState::new(&handles, &config.auth, &config.admin).map_err(|e| e.to_string())?;
+    // No gateway here to nudge: replicas follow the catalog version.
+    state.catalog = None;
+    let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("admin_listen {listen}: {e}"))?;
+    tracing::info!(%listen, "admin API listening (control plane only)");
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    let served = tollgate_admin_api::serve(listener, state, stop).await;
+    ledger.close().await;
+    served.map_err(|e| e.to_string())
+}
+
 /// Prints one line per tenant; returns whether all agree.
 async fn reconcile(config: &Config) -> Result<bool, String> {
     let store = server::open_store(config)
@@ -133,7 +204,46 @@ fn execute(command: Command) -> Result<(), String> {
     match command {
         Command::Run { config, upgrade } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            server::run(config, RunOptions { upgrade }, |_, _| Ok(())).map_err(|e| e.to_string())
+            let auth = config.auth.clone();
+            let settings = config.admin.clone();
+            let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen)
+                .map_err(|e| e.to_string())?;
+            let control_plane = move |server: &mut pingora::server::Server,
+                                      handles: &server::Handles| {
+                let state = AdminState::new(handles, &auth, &settings)?;
+                server.add_service(background_service(
+                    "admin api",
+                    AdminService { listen, state },
+                ));
+                Ok(())
+            };
+            server::run(config, RunOptions { upgrade }, control_plane).map_err(|e| e.to_string())
+        }
+        Command::Admin { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let runtime = server::store_runtime().map_err(|e| e.to_string())?;
+            runtime.block_on(admin_alone(config))
+        }
+        Command::CreateAdmin {
+            config,
+            email,
+            tenant,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| format!("reading the password from stdin: {e}"))?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let runtime = server::store_runtime().map_err(|e| e.to_string())?;
+            let id = runtime.block_on(async {
+                let store = server::open_store(&config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tollgate_admin_api::create_admin(&*store, &email, password, &tenant).await
+            })?;
+            println!("{id}");
+            Ok(())
         }
         Command::Token {
             config,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::tx;
 use tollgate::config::TenantStatus;
 use tollgate::store::{MongoStore, NewTenant, SqliteStore, Store, UsageBatch, UsageQuery};
 use tollgate::usage::UsageEvent;
@@ -175,7 +176,7 @@ async fn contract(store: &dyn Store) {
 
     // Credit transactions move the balance and keep the audit trail.
     let topup = store
-        .apply_transaction("acme", 100, "top-up", "admin-1")
+        .apply_transaction(&tx("acme", 100, "top-up", "admin-1"))
         .await
         .unwrap();
     assert_eq!(topup.balance_after, 1092);
@@ -187,7 +188,7 @@ async fn contract(store: &dyn Store) {
         [("initial", 1000), ("top-up", 100)]
     );
     assert!(store
-        .apply_transaction("nobody", 1, "top-up", "admin-1")
+        .apply_transaction(&tx("nobody", 1, "top-up", "admin-1"))
         .await
         .is_err());
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::gate::TcpGate;
-use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
+use common::{client, token, tx, wait_until, Gateway, RedisServer, Upstream};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -511,7 +511,7 @@ async fn the_reconcile_command_proves_the_books() {
 
     let store = SqliteStore::open(&gateway.data_dir()).unwrap();
     store
-        .apply_transaction("acme", 5, "adjustment", "test")
+        .apply_transaction(&tx("acme", 5, "adjustment", "test"))
         .await
         .unwrap();
     let out = reconcile();

@@ -8,7 +8,10 @@
 mod env;
 mod service;
 
-pub use service::{EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+pub use service::{
+    is_valid_service_name, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig,
+    MAX_ENDPOINT_CREDITS,
+};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -37,7 +40,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
@@ -71,6 +74,7 @@ pub struct Config {
     /// `tollgate reconcile` command runs the same check on demand).
     pub reconcile_interval_secs: u64,
     pub alerts: AlertsConfig,
+    pub admin: AdminConfig,
     /// An in-process echo upstream for the quickstart; off unless configured.
     pub demo_upstream: Option<DemoUpstreamConfig>,
     pub services: Vec<ServiceConfig>,
@@ -93,6 +97,7 @@ impl Default for Config {
             usage: UsageConfig::default(),
             reconcile_interval_secs: 300,
             alerts: AlertsConfig::default(),
+            admin: AdminConfig::default(),
             demo_upstream: None,
             services: Vec::new(),
             tenants: Vec::new(),
@@ -215,6 +220,28 @@ impl Default for UsageConfig {
 pub struct AlertsConfig {
     /// MQTT broker URL (`TOLLGATE_MQTT_URL`); alerts are not in this build yet.
     pub mqtt_url: Option<String>,
+}
+
+/// The admin API (control plane).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether `POST /auth/register` is open (self-service sign-up).
+    pub registration: bool,
+    /// Credits a self-registered tenant starts with (a free trial).
+    pub signup_credits: i64,
+    /// Lifetime of the tokens `POST /auth/login` issues.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            registration: true,
+            signup_credits: 100,
+            token_ttl_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,7 +423,7 @@ impl Config {
     }
 }
 
-pub(crate) fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))

@@ -66,7 +66,9 @@ pub struct EndpointConfig {
 }
 
 impl ServiceConfig {
-    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+    /// Checks the service as the config loader and the admin API accept it; errors name
+    /// the key below `key`.
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if !is_valid_service_name(&self.name) {
             return Err(ConfigError::invalid(
                 format!("{key}.name"),
@@ -102,6 +104,12 @@ impl ServiceConfig {
         }
         let mut table = crate::routing::EndpointTable::default();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
+            if endpoint.credits > MAX_ENDPOINT_CREDITS {
+                return Err(ConfigError::invalid(
+                    format!("{key}.endpoints[{i}].credits"),
+                    format!("at most {MAX_ENDPOINT_CREDITS}"),
+                ));
+            }
             table
                 .insert(&endpoint.method, &endpoint.path, i)
                 .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
@@ -109,6 +117,9 @@ impl ServiceConfig {
         Ok(())
     }
 }
+
+/// The most one call may cost.
+pub const MAX_ENDPOINT_CREDITS: u32 = 1_000_000;
 
 /// Service names appear in URLs and metric labels: keep them to a safe alphabet.
 pub fn is_valid_service_name(name: &str) -> bool {

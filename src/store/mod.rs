@@ -126,6 +126,20 @@ pub struct CreditTransaction {
     pub at_ms: i64,
 }
 
+/// A credit transaction to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewTransaction<'a> {
+    pub tenant_id: &'a str,
+    /// Signed.
+    pub amount: i64,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    /// The live (ledger) balance the change left, recorded as `balance_after`; without it,
+    /// the durable balance after the change is recorded (it lags by the usage not yet
+    /// written).
+    pub live_balance: Option<i64>,
+}
+
 /// Which usage logs to list: newest filters first, in (timestamp, id) order.
 #[derive(Debug, Clone, Default)]
 pub struct UsageQuery {
@@ -208,10 +222,7 @@ pub trait Store: Send + Sync + 'static {
     /// the row as written (with `balance_after`).
     async fn apply_transaction(
         &self,
-        tenant_id: &str,
-        amount: i64,
-        reason: &str,
-        actor: &str,
+        transaction: &NewTransaction<'_>,
     ) -> Result<CreditTransaction, StoreError>;
 
     async fn transactions(&self, tenant_id: &str) -> Result<Vec<CreditTransaction>, StoreError>;

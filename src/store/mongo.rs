@@ -8,9 +8,9 @@
 //! between a balance change and its audit row is what reconciliation reports.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant, Store,
-    StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
-    DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant,
+    NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
+    UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -338,11 +338,9 @@ impl Store for MongoStore {
 
     async fn apply_transaction(
         &self,
-        tenant_id: &str,
-        amount: i64,
-        reason: &str,
-        actor: &str,
+        t: &NewTransaction<'_>,
     ) -> Result<CreditTransaction, StoreError> {
+        let (tenant_id, amount, reason, actor) = (t.tenant_id, t.amount, t.reason, t.actor);
         let updated = self
             .coll("tenants")
             .find_one_and_update(
@@ -358,7 +356,10 @@ impl Store for MongoStore {
             amount,
             reason: reason.to_owned(),
             actor: actor.to_owned(),
-            balance_after: int(&updated, "balance")?,
+            balance_after: match t.live_balance {
+                Some(live) => live,
+                None => int(&updated, "balance")?,
+            },
             at_ms: now_ms(),
         };
         let doc = doc! {

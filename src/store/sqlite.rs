@@ -6,9 +6,9 @@
 //! commit in one real transaction. WAL mode lets readers run beside the single writer.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant, Store,
-    StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine, UsageQuery, UsageTotals,
-    DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant,
+    NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
+    UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
 };
 use crate::config::TenantStatus;
 use crate::usage::UsageEvent;
@@ -182,12 +182,14 @@ fn insert_transaction(
     amount: i64,
     reason: &str,
     actor: &str,
+    live_balance: Option<i64>,
 ) -> Result<CreditTransaction, StoreError> {
-    let balance_after: i64 = tx.query_row(
+    let durable_after: i64 = tx.query_row(
         "UPDATE tenants SET balance = balance + ?2 WHERE id = ?1 RETURNING balance",
         params![tenant_id, amount],
         |row| row.get(0),
     )?;
+    let balance_after = live_balance.unwrap_or(durable_after);
     let row = CreditTransaction {
         id: uuid::Uuid::now_v7().to_string(),
         tenant_id: tenant_id.to_owned(),
@@ -231,7 +233,7 @@ impl Store for SqliteStore {
                 params![id, name, status, DEFAULT_LOW_CREDIT_THRESHOLD, now_ms()],
             )? == 1;
             if created {
-                insert_transaction(&tx, &id, credits, "initial", "config")?;
+                insert_transaction(&tx, &id, credits, "initial", "config", Some(credits))?;
             }
             tx.commit()?;
             Ok(created)
@@ -307,15 +309,17 @@ impl Store for SqliteStore {
 
     async fn apply_transaction(
         &self,
-        tenant_id: &str,
-        amount: i64,
-        reason: &str,
-        actor: &str,
+        t: &NewTransaction<'_>,
     ) -> Result<CreditTransaction, StoreError> {
-        let (tenant, reason, actor) = (tenant_id.to_owned(), reason.to_owned(), actor.to_owned());
+        let (tenant, reason, actor) = (
+            t.tenant_id.to_owned(),
+            t.reason.to_owned(),
+            t.actor.to_owned(),
+        );
+        let (amount, live) = (t.amount, t.live_balance);
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let row = insert_transaction(&tx, &tenant, amount, &reason, &actor)?;
+            let row = insert_transaction(&tx, &tenant, amount, &reason, &actor, live)?;
             tx.commit()?;
             Ok(row)
         })

@@ -57,3 +57,13 @@ pub trait UsageSink: Send + Sync + 'static {
         None
     }
 }
+
+/// The sink of a process that charges nothing (the control plane run alone): nothing is
+/// ever pending in it.
+pub struct NoUsage;
+
+impl UsageSink for NoUsage {
+    fn record(&self, event: UsageEvent) {
+        tracing::error!(request_id = %event.request_id, "usage event in a process without a usage pipeline: dropped");
+    }
+}

@@ -419,3 +419,19 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A credit transaction without a live balance (the store records the durable one).
+pub fn tx<'a>(
+    tenant_id: &'a str,
+    amount: i64,
+    reason: &'a str,
+    actor: &'a str,
+) -> tollgate::store::NewTransaction<'a> {
+    tollgate::store::NewTransaction {
+        tenant_id,
+        amount,
+        reason,
+        actor,
+        live_balance: None,
+    }
+}

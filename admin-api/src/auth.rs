@@ -1,0 +1,357 @@
+//! Sign-up and log-in. Passwords are hashed with argon2id (the `argon2` crate's defaults:
+//! 19 MiB, 2 passes, OWASP's recommendation); a failed login is one 401 whatever was wrong,
+//! costs the same time whether the email exists or not, and after [`FREE_FAILURES`]
+//! failures an account is locked for a time that doubles with each further failure.
+
+use crate::extract::Body;
+use crate::problem::{ApiError, ApiResult};
+use crate::users::UserDoc;
+use crate::AdminState;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tollgate::auth::Role;
+use tollgate::config::TenantStatus;
+use tollgate::store::{Kind, NewTenant, Store};
+use utoipa::ToSchema;
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 256;
+pub const MAX_EMAIL_CHARS: usize = 254;
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Failed logins allowed per account within [`FAILURE_WINDOW`] before it is locked.
+const FREE_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+const FIRST_LOCK: Duration = Duration::from_secs(30);
+const LONGEST_LOCK: Duration = Duration::from_secs(15 * 60);
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// A hash to verify against when the email is unknown, so both failures take as long.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| hash_password("tollgate-decoy-password").unwrap_or_default())
+}
+
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// A practical check (RFC 5321 lengths, one `@`, a dotted domain), not the full grammar.
+pub fn check_email(email: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| Err(ApiError::invalid("email", why.to_owned()));
+    if email.chars().count() > MAX_EMAIL_CHARS {
+        return bad("at most 254 characters");
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return bad("not an email address");
+    };
+    let ok = !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        bad("not an email address")
+    }
+}
+
+pub fn check_password(password: &str) -> Result<(), ApiError> {
+    let n = password.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
+        return Err(ApiError::invalid(
+            "password",
+            format!("{MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("1 to {MAX_NAME_CHARS} characters, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Failed logins per account (this process's view; each replica keeps its own).
+#[derive(Default)]
+pub struct Throttle {
+    accounts: Mutex<HashMap<String, Failures>>,
+}
+
+struct Failures {
+    count: u32,
+    first: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Throttle {
+    /// Seconds until `email` may try again, if it is locked.
+    fn locked(&self, email: &str) -> Option<u64> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let until = accounts.get(email)?.locked_until?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs().max(1))
+    }
+
+    fn failed(&self, email: &str) {
+        let now = Instant::now();
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if accounts.len() > 100_000 {
+            accounts.retain(|_, f| now.duration_since(f.first) < FAILURE_WINDOW);
+        }
+        let failures = accounts.entry(email.to_owned()).or_insert(Failures {
+            count: 0,
+            first: now,
+            locked_until: None,
+        });
+        if now.duration_since(failures.first) > FAILURE_WINDOW && failures.locked_until.is_none() {
+            failures.count = 0;
+            failures.first = now;
+        }
+        failures.count += 1;
+        if failures.count >= FREE_FAILURES {
+            let doublings = (failures.count - FREE_FAILURES).min(10);
+            let lock = (FIRST_LOCK * 2u32.pow(doublings)).min(LONGEST_LOCK);
+            failures.locked_until = Some(now + lock);
+        }
+    }
+
+    fn succeeded(&self, email: &str) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.remove(email);
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    #[schema(example = "ada@example.com")]
+    email: String,
+    /// 8 to 256 characters.
+    password: String,
+    /// The new tenant's display name.
+    tenant_name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    user_id: String,
+    tenant_id: String,
+    email: String,
+    role: String,
+}
+
+fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..12)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{prefix}_{tail}")
+}
+
+/// Creates a tenant (with `admin.signup_credits`) and its first user, role `user`.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Register,
+    responses((status = 201, body = Registered), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn register(
+    State(state): State<AdminState>,
+    Body(body): Body<Register>,
+) -> ApiResult<(StatusCode, Json<Registered>)> {
+    if !state.settings.registration {
+        return Err(ApiError::new(
+            403,
+            "registration-closed",
+            "Forbidden",
+            "self-registration is closed; ask an administrator",
+        ));
+    }
+    let email = normalize_email(&body.email);
+    check_email(&email)?;
+    check_password(&body.password)?;
+    check_name("tenant_name", &body.tenant_name)?;
+    if state
+        .store
+        .find_doc(Kind::Users, "email", &email)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::conflict(
+            "email",
+            "this email is already registered",
+        ));
+    }
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::unavailable("password hasher", e))?
+        .map_err(|e| ApiError::unavailable("password hasher", e))?;
+    let tenant_id = new_id("t");
+    let tenant = NewTenant {
+        id: &tenant_id,
+        name: body.tenant_name.trim(),
+        status: TenantStatus::Active,
+        initial_credits: state.settings.signup_credits,
+    };
+    state.store.ensure_tenant(&tenant).await?;
+    let user = UserDoc {
+        id: new_id("u"),
+        email: email.clone(),
+        password_hash: hash,
+        tenant_id: tenant_id.clone(),
+        role: Role::User,
+        disabled: false,
+        created_at_ms: crate::time::now_ms(),
+        last_login_at_ms: None,
+    };
+    if !state.store.insert_doc(Kind::Users, &user.to_doc()).await? {
+        return Err(ApiError::conflict(
+            "email",
+            "this email is already registered",
+        ));
+    }
+    state.catalog_changed().await;
+    tracing::info!(user_id = %user.id, %tenant_id, "registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            user_id: user.id,
+            tenant_id,
+            email,
+            role: "user".into(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: u64,
+}
+
+/// Exchanges email and password for a bearer token (the gateway accepts it too).
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
+pub async fn login(
+    State(state): State<AdminState>,
+    Body(body): Body<Login>,
+) -> ApiResult<Json<TokenResponse>> {
+    let email = normalize_email(&body.email);
+    if let Some(retry_after) = state.throttle.locked(&email) {
+        return Err(ApiError::too_many(retry_after));
+    }
+    let user = match state.store.find_doc(Kind::Users, "email", &email).await? {
+        Some(doc) => Some(UserDoc::from_doc(doc)?),
+        None => None,
+    };
+    let hash = user
+        .as_ref()
+        .map_or_else(|| decoy_hash().to_owned(), |u| u.password_hash.clone());
+    let password = body.password;
+    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(|e| ApiError::unavailable("password hasher", e))?;
+    let Some(mut user) = user.filter(|u| matches && !u.disabled) else {
+        state.throttle.failed(&email);
+        return Err(ApiError::unauthorized("invalid email or password"));
+    };
+    state.throttle.succeeded(&email);
+    user.last_login_at_ms = Some(crate::time::now_ms());
+    if let Err(e) = state.store.replace_doc(Kind::Users, &user.to_doc()).await {
+        tracing::warn!(user_id = %user.id, error = %e, "last_login_at not recorded");
+    }
+    let ttl = state.settings.token_ttl_secs;
+    let token = tollgate::auth::mint(&state.auth, &user.tenant_id, &user.id, user.role, ttl)
+        .map_err(|e| ApiError::unavailable("token signer", e))?;
+    Ok(Json(TokenResponse {
+        access_token: token,
+        token_type: "Bearer",
+        expires_in: ttl,
+    }))
+}
+
+/// `tollgate create-admin`: the first admin, never through self-registration. Creates the
+/// operators' tenant (0 credits) when it does not exist.
+pub async fn create_admin(
+    store: &dyn Store,
+    email: &str,
+    password: &str,
+    tenant_id: &str,
+) -> Result<String, String> {
+    let email = normalize_email(email);
+    check_email(&email).map_err(|e| format!("--email: {}", e.detail))?;
+    check_password(password).map_err(|e| format!("password: {}", e.detail))?;
+    if !tollgate::tenants::is_valid_tenant_id(tenant_id) {
+        return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());
+    }
+    let tenant = NewTenant {
+        id: tenant_id,
+        name: "Operators",
+        status: TenantStatus::Active,
+        initial_credits: 0,
+    };
+    store
+        .ensure_tenant(&tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let user = UserDoc {
+        id: new_id("u"),
+        email,
+        password_hash: hash_password(password)?,
+        tenant_id: tenant_id.to_owned(),
+        role: Role::Admin,
+        disabled: false,
+        created_at_ms: crate::time::now_ms(),
+        last_login_at_ms: None,
+    };
+    if !store
+        .insert_doc(Kind::Users, &user.to_doc())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Err("a user with this email exists".into());
+    }
+    Ok(user.id)
+}

@@ -1,0 +1,122 @@
+//! Request extractors: the JSON body (refusing what is not JSON, too large, or has unknown or
+//! ill-typed fields, always naming the field) and the authenticated caller.
+
+use crate::problem::ApiError;
+use crate::AdminState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use tollgate::auth::{AuthError, Claims, Role};
+
+/// The largest request body accepted (the admin API's bodies are small documents).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON request body. Errors: 415 (not `application/json`), 413 (too large), 400 (not
+/// JSON), 422 (a field missing, unknown or of the wrong type, named in `field`).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::new(
+                413,
+                "body-too-large",
+                "Payload too large",
+                format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+        parse(&bytes).map(Body)
+    }
+}
+
+/// Deserializes `bytes`, turning serde's message into a problem naming the field.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = result.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request(format!("the body is not valid JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        // `missing field `x`` is reported at the parent: name the field itself.
+        let field = match message.strip_prefix("missing field `") {
+            Some(rest) => {
+                let name = rest.split('`').next().unwrap_or(rest);
+                if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                }
+            }
+            None if path == "." => "body".to_owned(),
+            None => path,
+        };
+        ApiError::invalid(field, message)
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// The verified token of the caller (any role).
+pub struct Caller(pub Claims);
+
+impl FromRequestParts<AdminState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        state
+            .verifier
+            .verify_header(header)
+            .map(Caller)
+            .map_err(|e| {
+                ApiError::unauthorized(match e {
+                    AuthError::Missing => "missing bearer token".to_owned(),
+                    AuthError::Malformed => "malformed Authorization header".to_owned(),
+                    AuthError::Invalid(why) => format!("invalid token: {why}"),
+                    AuthError::Key(_) => "invalid token".to_owned(),
+                })
+            })
+    }
+}
+
+/// A caller with the `admin` role; a `user` token gets 403.
+pub struct Admin(pub Claims);
+
+impl FromRequestParts<AdminState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
+        let Caller(claims) = Caller::from_request_parts(parts, state).await?;
+        if claims.role != Role::Admin {
+            return Err(ApiError::forbidden());
+        }
+        Ok(Admin(claims))
+    }
+}

@@ -1,0 +1,159 @@
+//! Self-service: any authenticated user, about their own tenant only, never charged. No
+//! route here takes a tenant id: the tenant is the token's, so another's cannot be named.
+
+use crate::extract::Caller;
+use crate::problem::{ApiError, ApiResult};
+use crate::reports::{docs_of, DocList};
+use crate::time::{self, rfc3339};
+use crate::AdminState;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tollgate::store::Kind;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeView {
+    user_id: String,
+    /// `null` for a token minted outside the user directory (`tollgate token`).
+    email: Option<String>,
+    tenant_id: String,
+    role: String,
+}
+
+#[utoipa::path(get, path = "/me", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, body = MeView), (status = 401, body = ApiError)))]
+pub async fn me(
+    State(state): State<AdminState>,
+    Caller(claims): Caller,
+) -> ApiResult<Json<MeView>> {
+    let user = crate::users::user(&state, &claims.sub).await?;
+    if user.as_ref().is_some_and(|u| u.disabled) {
+        return Err(ApiError::unauthorized("this user is disabled"));
+    }
+    let role = match claims.role {
+        tollgate::auth::Role::Admin => "admin",
+        tollgate::auth::Role::User => "user",
+    };
+    Ok(Json(MeView {
+        user_id: claims.sub,
+        email: user.map(|u| u.email),
+        tenant_id: claims.tenant_id,
+        role: role.into(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalanceView {
+    tenant_id: String,
+    /// Live, from the ledger.
+    balance: i64,
+}
+
+#[utoipa::path(get, path = "/me/balance", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, body = BalanceView), (status = 401, body = ApiError)))]
+pub async fn balance(
+    State(state): State<AdminState>,
+    Caller(claims): Caller,
+) -> ApiResult<Json<BalanceView>> {
+    let balance = state.hydrator.balance(&claims.tenant_id).await?;
+    Ok(Json(BalanceView {
+        tenant_id: claims.tenant_id,
+        balance,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Window {
+    /// Start (inclusive): RFC 3339 or unix ms; default 30 days ago.
+    from: Option<String>,
+    /// End (exclusive): RFC 3339 or unix ms; default now.
+    to: Option<String>,
+}
+
+impl Window {
+    pub fn resolve(&self) -> ApiResult<(i64, i64)> {
+        let to = match &self.to {
+            Some(t) => time::parse("to", t)?,
+            None => time::now_ms() + 1,
+        };
+        let from = match &self.from {
+            Some(f) => time::parse("from", f)?,
+            None => to - 30 * 24 * 3600 * 1000,
+        };
+        if from > to {
+            return Err(ApiError::invalid("from", "must not be after `to`"));
+        }
+        Ok((from, to))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLineView {
+    service: String,
+    endpoint: String,
+    calls: u64,
+    credits: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    tenant_id: String,
+    from: String,
+    to: String,
+    calls: u64,
+    credits: i64,
+    lines: Vec<UsageLineView>,
+}
+
+/// Usage of the caller's tenant per service and endpoint (refunded calls excluded), from
+/// the durable logs (a few hundred ms behind the ledger).
+#[utoipa::path(get, path = "/me/usage", tag = "self-service", params(Window),
+    security(("bearer" = [])), responses((status = 200, body = UsageView), (status = 422, body = ApiError)))]
+pub async fn usage(
+    State(state): State<AdminState>,
+    Caller(claims): Caller,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<UsageView>> {
+    let (from, to) = window.resolve()?;
+    let totals = state
+        .store
+        .usage_totals(&claims.tenant_id, from, to)
+        .await?;
+    Ok(Json(UsageView {
+        tenant_id: claims.tenant_id,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        calls: totals.calls,
+        credits: totals.credits,
+        lines: totals
+            .lines
+            .into_iter()
+            .map(|l| UsageLineView {
+                service: l.service,
+                endpoint: l.endpoint,
+                calls: l.calls,
+                credits: l.credits,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/me/invoices", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, body = DocList)))]
+pub async fn invoices(
+    State(state): State<AdminState>,
+    Caller(claims): Caller,
+) -> ApiResult<Json<DocList>> {
+    docs_of(&state, Kind::Invoices, Some(&claims.tenant_id)).await
+}
+
+#[utoipa::path(get, path = "/me/notifications", tag = "self-service", security(("bearer" = [])),
+    responses((status = 200, body = DocList)))]
+pub async fn notifications(
+    State(state): State<AdminState>,
+    Caller(claims): Caller,
+) -> ApiResult<Json<DocList>> {
+    docs_of(&state, Kind::Notifications, Some(&claims.tenant_id)).await
+}

@@ -1,0 +1,435 @@
+//! Plans (a monthly credit allotment, a refill day, optional price overrides) and
+//! subscriptions (a tenant on a plan). Subscribing grants the plan's monthly credits at once
+//! (a `refill` transaction); the scheduler refills on the plan's day after that.
+
+use crate::credits;
+use crate::extract::{Admin, Body};
+use crate::problem::{ApiError, ApiResult};
+use crate::tenants::existing;
+use crate::time::rfc3339;
+use crate::AdminState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{Datelike, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use tollgate::ledger::{Change, MAX_BALANCE};
+use tollgate::store::{Doc, Kind, TenantPatch};
+use utoipa::{IntoParams, ToSchema};
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`) in a PATCH body.
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+fn to_doc<T: Serialize>(value: &T) -> Doc {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(doc)) => doc,
+        _ => Doc::new(),
+    }
+}
+
+fn from_doc<T: for<'de> Deserialize<'de>>(doc: Doc) -> ApiResult<T> {
+    serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
+        ApiError::unavailable("store", format!("a stored document does not parse: {e}"))
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    service: String,
+    method: String,
+    path: String,
+    credits: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    id: String,
+    name: String,
+    /// Credits granted each period.
+    monthly_credits: i64,
+    /// Day of the month (1–28) the scheduler refills on.
+    refill_day: u32,
+    /// Per-endpoint prices for this plan's tenants (stored; the gateway charges the
+    /// service's prices in this build).
+    price_overrides: Vec<PriceOverride>,
+}
+
+impl Plan {
+    fn check(&self) -> ApiResult<()> {
+        crate::auth::check_name("name", &self.name)?;
+        if !(0..=MAX_BALANCE).contains(&self.monthly_credits) {
+            return Err(ApiError::invalid(
+                "monthly_credits",
+                format!("0 to {MAX_BALANCE}"),
+            ));
+        }
+        if !(1..=28).contains(&self.refill_day) {
+            return Err(ApiError::invalid(
+                "refill_day",
+                "1 to 28 (a day every month has)",
+            ));
+        }
+        for (i, o) in self.price_overrides.iter().enumerate() {
+            if o.credits > tollgate::config::MAX_ENDPOINT_CREDITS {
+                return Err(ApiError::invalid(
+                    format!("price_overrides[{i}].credits"),
+                    "at most 1000000",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlan {
+    /// 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    id: String,
+    name: String,
+    monthly_credits: i64,
+    refill_day: Option<u32>,
+    #[serde(default)]
+    price_overrides: Vec<PriceOverride>,
+}
+
+#[utoipa::path(post, path = "/admin/plans", tag = "plans", request_body = NewPlan,
+    security(("bearer" = [])),
+    responses((status = 201, body = Plan), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn create(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Body(body): Body<NewPlan>,
+) -> ApiResult<(StatusCode, Json<Plan>)> {
+    if !tollgate::tenants::is_valid_tenant_id(&body.id) {
+        return Err(ApiError::invalid(
+            "id",
+            "1 to 64 characters of A-Z a-z 0-9 _ . -",
+        ));
+    }
+    let plan = Plan {
+        id: body.id,
+        name: body.name,
+        monthly_credits: body.monthly_credits,
+        refill_day: body.refill_day.unwrap_or(1),
+        price_overrides: body.price_overrides,
+    };
+    plan.check()?;
+    if !state.store.insert_doc(Kind::Plans, &to_doc(&plan)).await? {
+        return Err(ApiError::conflict("id", "a plan with this id exists"));
+    }
+    Ok((StatusCode::CREATED, Json(plan)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    items: Vec<Plan>,
+}
+
+#[utoipa::path(get, path = "/admin/plans", tag = "plans", security(("bearer" = [])),
+    responses((status = 200, body = PlanList)))]
+pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<Json<PlanList>> {
+    let docs = state.store.docs(Kind::Plans, None).await?;
+    let items = docs.into_iter().map(from_doc).collect::<ApiResult<_>>()?;
+    Ok(Json(PlanList { items }))
+}
+
+async fn plan(state: &AdminState, id: &str) -> ApiResult<Plan> {
+    let doc = state.store.doc(Kind::Plans, id).await?;
+    from_doc(doc.ok_or_else(|| ApiError::not_found("plan"))?)
+}
+
+#[utoipa::path(get, path = "/admin/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "plan id")), security(("bearer" = [])),
+    responses((status = 200, body = Plan), (status = 404, body = ApiError)))]
+pub async fn get(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    Ok(Json(plan(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPatch {
+    name: Option<String>,
+    monthly_credits: Option<i64>,
+    refill_day: Option<u32>,
+    price_overrides: Option<Vec<PriceOverride>>,
+}
+
+#[utoipa::path(patch, path = "/admin/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "plan id")), request_body = PlanPatch,
+    security(("bearer" = [])),
+    responses((status = 200, body = Plan), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn update(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Body(patch): Body<PlanPatch>,
+) -> ApiResult<Json<Plan>> {
+    let mut plan = plan(&state, &id).await?;
+    if let Some(name) = patch.name {
+        plan.name = name;
+    }
+    if let Some(credits) = patch.monthly_credits {
+        plan.monthly_credits = credits;
+    }
+    if let Some(day) = patch.refill_day {
+        plan.refill_day = day;
+    }
+    if let Some(overrides) = patch.price_overrides {
+        plan.price_overrides = overrides;
+    }
+    plan.check()?;
+    if !state.store.replace_doc(Kind::Plans, &to_doc(&plan)).await? {
+        return Err(ApiError::not_found("plan"));
+    }
+    Ok(Json(plan))
+}
+
+#[utoipa::path(delete, path = "/admin/plans/{id}", tag = "plans",
+    params(("id" = String, Path, description = "plan id")), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn delete(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let subscribed = state
+        .store
+        .find_doc(Kind::Subscriptions, "plan_id", &id)
+        .await?;
+    if subscribed.is_some() {
+        return Err(ApiError::conflict(
+            "id",
+            "tenants subscribe to this plan; delete their subscriptions first",
+        ));
+    }
+    if !state.store.delete_doc(Kind::Plans, &id).await? {
+        return Err(ApiError::not_found("plan"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionStatus {
+    Active,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Subscription {
+    id: String,
+    tenant_id: String,
+    plan_id: String,
+    status: SubscriptionStatus,
+    current_period_start: String,
+    current_period_end: String,
+    created_at: String,
+}
+
+/// The calendar month (UTC) around `now_ms`: `[start, end)`.
+fn month_of(now_ms: i64) -> (i64, i64) {
+    let now = Utc
+        .timestamp_millis_opt(now_ms)
+        .single()
+        .unwrap_or_default();
+    let start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    let end = Utc
+        .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    (start.timestamp_millis(), end.timestamp_millis())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    tenant_id: String,
+    plan_id: String,
+}
+
+/// Subscribes a tenant to a plan: grants the plan's monthly credits now and sets the
+/// tenant's plan. One active subscription per tenant.
+#[utoipa::path(post, path = "/admin/subscriptions", tag = "plans", request_body = NewSubscription,
+    security(("bearer" = [])),
+    responses((status = 201, body = Subscription), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn subscribe(
+    State(state): State<AdminState>,
+    Admin(admin): Admin,
+    Body(body): Body<NewSubscription>,
+) -> ApiResult<(StatusCode, Json<Subscription>)> {
+    if state.store.tenant(&body.tenant_id).await?.is_none() {
+        return Err(ApiError::invalid("tenant_id", "no such tenant"));
+    }
+    let Some(plan_doc) = state.store.doc(Kind::Plans, &body.plan_id).await? else {
+        return Err(ApiError::invalid("plan_id", "no such plan"));
+    };
+    let plan: Plan = from_doc(plan_doc)?;
+    let current = state
+        .store
+        .docs(Kind::Subscriptions, Some(("tenant_id", &body.tenant_id)))
+        .await?
+        .into_iter()
+        .map(from_doc::<Subscription>)
+        .collect::<ApiResult<Vec<_>>>()?;
+    if current
+        .iter()
+        .any(|s| s.status == SubscriptionStatus::Active)
+    {
+        return Err(ApiError::conflict(
+            "tenant_id",
+            "this tenant has an active subscription; cancel it first",
+        ));
+    }
+    let now = crate::time::now_ms();
+    let (start, end) = month_of(now);
+    let subscription = Subscription {
+        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+        tenant_id: body.tenant_id.clone(),
+        plan_id: plan.id.clone(),
+        status: SubscriptionStatus::Active,
+        current_period_start: rfc3339(start),
+        current_period_end: rfc3339(end),
+        created_at: rfc3339(now),
+    };
+    if !state
+        .store
+        .insert_doc(Kind::Subscriptions, &to_doc(&subscription))
+        .await?
+    {
+        return Err(ApiError::conflict("id", "subscription id taken; retry"));
+    }
+    let patch = TenantPatch {
+        plan_id: Some(Some(plan.id.clone())),
+        ..TenantPatch::default()
+    };
+    state.store.update_tenant(&body.tenant_id, &patch).await?;
+    if plan.monthly_credits > 0 {
+        let reason = format!(
+            "refill: plan {} ({})",
+            plan.id,
+            &subscription.current_period_start[..7]
+        );
+        credits::apply(
+            &state,
+            &body.tenant_id,
+            Change::Add(plan.monthly_credits),
+            &reason,
+            &admin.sub,
+        )
+        .await?;
+    }
+    Ok((StatusCode::CREATED, Json(subscription)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubscriptionFilter {
+    tenant_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    items: Vec<Subscription>,
+}
+
+#[utoipa::path(get, path = "/admin/subscriptions", tag = "plans", params(SubscriptionFilter),
+    security(("bearer" = [])), responses((status = 200, body = SubscriptionList)))]
+pub async fn subscriptions(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<SubscriptionFilter>,
+) -> ApiResult<Json<SubscriptionList>> {
+    let filter = filter.tenant_id.as_deref().map(|t| ("tenant_id", t));
+    let docs = state.store.docs(Kind::Subscriptions, filter).await?;
+    let items = docs.into_iter().map(from_doc).collect::<ApiResult<_>>()?;
+    Ok(Json(SubscriptionList { items }))
+}
+
+async fn stored_subscription(state: &AdminState, id: &str) -> ApiResult<Subscription> {
+    let doc = state.store.doc(Kind::Subscriptions, id).await?;
+    from_doc(doc.ok_or_else(|| ApiError::not_found("subscription"))?)
+}
+
+#[utoipa::path(get, path = "/admin/subscriptions/{id}", tag = "plans",
+    params(("id" = String, Path, description = "subscription id")), security(("bearer" = [])),
+    responses((status = 200, body = Subscription), (status = 404, body = ApiError)))]
+pub async fn subscription(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Subscription>> {
+    Ok(Json(stored_subscription(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionPatch {
+    status: SubscriptionStatus,
+}
+
+/// Cancels (or re-activates) a subscription; cancelled ones are not refilled.
+#[utoipa::path(patch, path = "/admin/subscriptions/{id}", tag = "plans",
+    params(("id" = String, Path, description = "subscription id")), request_body = SubscriptionPatch,
+    security(("bearer" = [])),
+    responses((status = 200, body = Subscription), (status = 404, body = ApiError)))]
+pub async fn update_subscription(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Body(patch): Body<SubscriptionPatch>,
+) -> ApiResult<Json<Subscription>> {
+    let mut subscription = stored_subscription(&state, &id).await?;
+    subscription.status = patch.status;
+    if !state
+        .store
+        .replace_doc(Kind::Subscriptions, &to_doc(&subscription))
+        .await?
+    {
+        return Err(ApiError::not_found("subscription"));
+    }
+    Ok(Json(subscription))
+}
+
+#[utoipa::path(delete, path = "/admin/subscriptions/{id}", tag = "plans",
+    params(("id" = String, Path, description = "subscription id")), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub async fn delete_subscription(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let subscription = stored_subscription(&state, &id).await?;
+    existing(&state, &subscription.tenant_id).await?;
+    if !state.store.delete_doc(Kind::Subscriptions, &id).await? {
+        return Err(ApiError::not_found("subscription"));
+    }
+    let patch = TenantPatch {
+        plan_id: Some(None),
+        ..TenantPatch::default()
+    };
+    state
+        .store
+        .update_tenant(&subscription.tenant_id, &patch)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,180 @@
+//! Read-only reports for operators: usage logs (cursor-paginated), summaries, invoices and
+//! notifications (the scheduler and the alerter write the last three).
+
+use crate::extract::Admin;
+use crate::problem::{ApiError, ApiResult};
+use crate::time::{self, rfc3339};
+use crate::AdminState;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tollgate::store::{Kind, UsageQuery};
+use utoipa::{IntoParams, ToSchema};
+
+/// A list of stored documents (their shapes: SPEC §3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocList {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<serde_json::Value>,
+}
+
+pub async fn docs_of(
+    state: &AdminState,
+    kind: Kind,
+    tenant: Option<&str>,
+) -> ApiResult<Json<DocList>> {
+    let filter = tenant.map(|t| ("tenant_id", t));
+    let docs = state.store.docs(kind, filter).await?;
+    Ok(Json(DocList {
+        items: docs.into_iter().map(serde_json::Value::Object).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantFilter {
+    tenant_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/admin/summaries", tag = "reports", params(TenantFilter),
+    security(("bearer" = [])), responses((status = 200, body = DocList)))]
+pub async fn summaries(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<TenantFilter>,
+) -> ApiResult<Json<DocList>> {
+    docs_of(&state, Kind::UsageSummaries, filter.tenant_id.as_deref()).await
+}
+
+#[utoipa::path(get, path = "/admin/invoices", tag = "reports", params(TenantFilter),
+    security(("bearer" = [])), responses((status = 200, body = DocList)))]
+pub async fn invoices(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<TenantFilter>,
+) -> ApiResult<Json<DocList>> {
+    docs_of(&state, Kind::Invoices, filter.tenant_id.as_deref()).await
+}
+
+#[utoipa::path(get, path = "/admin/notifications", tag = "reports", params(TenantFilter),
+    security(("bearer" = [])), responses((status = 200, body = DocList)))]
+pub async fn notifications(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<TenantFilter>,
+) -> ApiResult<Json<DocList>> {
+    docs_of(&state, Kind::Notifications, filter.tenant_id.as_deref()).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogFilter {
+    tenant_id: Option<String>,
+    service: Option<String>,
+    /// Inclusive: RFC 3339 or unix ms.
+    from: Option<String>,
+    /// Exclusive: RFC 3339 or unix ms.
+    to: Option<String>,
+    /// 1 to 1000, default 100.
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLogView {
+    id: String,
+    tenant_id: String,
+    user_id: String,
+    service: String,
+    endpoint: String,
+    method: String,
+    credits_used: i64,
+    balance_after: i64,
+    status: u16,
+    latency_ms: f64,
+    request_id: String,
+    idempotency_key: Option<String>,
+    refunded: bool,
+    timestamp: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageLogPage {
+    items: Vec<UsageLogView>,
+    /// Pass back as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: usize = 100;
+
+/// The cursor is the last item's (timestamp, id): pages stay stable while logs arrive.
+fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
+    let bad = || ApiError::invalid("cursor", "not a cursor this API returned");
+    let (ts, id) = cursor.split_once('_').ok_or_else(bad)?;
+    let ts = ts.parse().map_err(|_| bad())?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(bad());
+    }
+    Ok((ts, id.to_owned()))
+}
+
+/// Usage logs, oldest first, filtered and paginated by cursor.
+#[utoipa::path(get, path = "/admin/usage-logs", tag = "reports", params(LogFilter),
+    security(("bearer" = [])), responses((status = 200, body = UsageLogPage), (status = 422, body = ApiError)))]
+pub async fn usage_logs(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<LogFilter>,
+) -> ApiResult<Json<UsageLogPage>> {
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=tollgate::store::MAX_LIST).contains(&limit) {
+        return Err(ApiError::invalid("limit", "1 to 1000"));
+    }
+    let query = UsageQuery {
+        tenant_id: filter.tenant_id,
+        service: filter.service,
+        from_ms: filter
+            .from
+            .as_deref()
+            .map(|f| time::parse("from", f))
+            .transpose()?,
+        to_ms: filter
+            .to
+            .as_deref()
+            .map(|t| time::parse("to", t))
+            .transpose()?,
+        after: filter.cursor.as_deref().map(parse_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let mut events = state.store.usage_logs(&query).await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next_cursor = if more {
+        events
+            .last()
+            .map(|e| format!("{}_{}", e.timestamp_ms, e.id))
+    } else {
+        None
+    };
+    let items = events
+        .into_iter()
+        .map(|e| UsageLogView {
+            timestamp: rfc3339(e.timestamp_ms),
+            id: e.id,
+            tenant_id: e.tenant_id,
+            user_id: e.user_id,
+            service: e.service,
+            endpoint: e.endpoint,
+            method: e.method,
+            credits_used: e.credits_used,
+            balance_after: e.balance_after,
+            status: e.status,
+            latency_ms: e.latency_ms,
+            request_id: e.request_id,
+            idempotency_key: e.idempotency_key,
+            refunded: e.refunded,
+        })
+        .collect();
+    Ok(Json(UsageLogPage { items, next_cursor }))
+}

@@ -1,0 +1,350 @@
+//! Services and their priced endpoints, stored in `services` and routed by every gateway
+//! replica within 2 seconds of a change (see `tollgate::catalog`). Bodies are checked by the
+//! same rules as the config file, so the API can never store what the gateway cannot route.
+
+use crate::extract::{Admin, Body};
+use crate::problem::{ApiError, ApiResult};
+use crate::AdminState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tollgate::catalog::{service_from_doc, service_to_doc};
+use tollgate::config::{ConfigError, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+use tollgate::store::Kind;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointBody {
+    /// An HTTP method, or `ANY`.
+    #[schema(example = "POST")]
+    method: String,
+    /// `/exact`, `/with/{param}` or `/prefix/*`.
+    #[schema(example = "/notes/create")]
+    path: String,
+    /// 0 to 1,000,000.
+    credits: u32,
+}
+
+impl From<EndpointBody> for EndpointConfig {
+    fn from(e: EndpointBody) -> Self {
+        EndpointConfig {
+            method: e.method.to_ascii_uppercase(),
+            path: e.path,
+            credits: e.credits,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsBody {
+    connect_ms: Option<u64>,
+    read_ms: Option<u64>,
+    write_ms: Option<u64>,
+}
+
+impl TimeoutsBody {
+    fn apply(self, mut t: TimeoutsConfig) -> TimeoutsConfig {
+        t.connect_ms = self.connect_ms.unwrap_or(t.connect_ms);
+        t.read_ms = self.read_ms.unwrap_or(t.read_ms);
+        t.write_ms = self.write_ms.unwrap_or(t.write_ms);
+        t
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceView {
+    name: String,
+    upstream: String,
+    #[schema(value_type = Object)]
+    timeouts: TimeoutsConfig,
+    refund_on_5xx: bool,
+    public: bool,
+    endpoints: Vec<EndpointBody>,
+}
+
+impl From<ServiceConfig> for ServiceView {
+    fn from(s: ServiceConfig) -> Self {
+        ServiceView {
+            name: s.name,
+            upstream: s.upstream,
+            timeouts: s.timeouts,
+            refund_on_5xx: s.refund_on_5xx,
+            public: s.public,
+            endpoints: s
+                .endpoints
+                .into_iter()
+                .map(|e| EndpointBody {
+                    method: e.method,
+                    path: e.path,
+                    credits: e.credits,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The config's rules, with the key turned into the body's field name.
+async fn check(service: &ServiceConfig) -> ApiResult<()> {
+    service.validate("").map_err(|e| match e {
+        ConfigError::Invalid { key, message } => {
+            ApiError::invalid(key.trim_start_matches('.'), message)
+        }
+        other => ApiError::bad_request(other.to_string()),
+    })?;
+    // An upstream whose host does not resolve could never be reached: say so now.
+    let upstream = service.upstream.clone();
+    tokio::task::spawn_blocking(move || {
+        tollgate::routing::Upstream::parse(&upstream).and_then(|u| u.resolve())
+    })
+    .await
+    .map_err(|e| ApiError::unavailable("resolver", e))?
+    .map_err(|e| ApiError::invalid("upstream", e))?;
+    Ok(())
+}
+
+async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
+    let doc = state
+        .store
+        .doc(Kind::Services, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("service"))?;
+    service_from_doc(doc).map_err(|e| ApiError::unavailable("store", e))
+}
+
+async fn save(state: &AdminState, service: ServiceConfig) -> ApiResult<Json<ServiceView>> {
+    check(&service).await?;
+    if !state
+        .store
+        .replace_doc(Kind::Services, &service_to_doc(&service))
+        .await?
+    {
+        return Err(ApiError::not_found("service"));
+    }
+    state.catalog_changed().await;
+    Ok(Json(ServiceView::from(service)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewService {
+    /// The `{service}` of `/api/proxy/{service}/...`: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    name: String,
+    /// `http://` or `https://` base URL; its path prefixes every forwarded path.
+    upstream: String,
+    timeouts: Option<TimeoutsBody>,
+    /// Give the credits back when the upstream answers 5xx (default false).
+    #[serde(default)]
+    refund_on_5xx: bool,
+    /// Free and open: no token, no charge (default false).
+    #[serde(default)]
+    public: bool,
+    endpoints: Vec<EndpointBody>,
+}
+
+#[utoipa::path(post, path = "/admin/services", tag = "services", request_body = NewService,
+    security(("bearer" = [])),
+    responses((status = 201, body = ServiceView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn create(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Body(body): Body<NewService>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let service = ServiceConfig {
+        name: body.name,
+        upstream: body.upstream,
+        timeouts: body.timeouts.map_or_else(TimeoutsConfig::default, |t| {
+            t.apply(TimeoutsConfig::default())
+        }),
+        refund_on_5xx: body.refund_on_5xx,
+        on_ledger_error: OnLedgerError::Deny,
+        public: body.public,
+        endpoints: body
+            .endpoints
+            .into_iter()
+            .map(EndpointConfig::from)
+            .collect(),
+    };
+    check(&service).await?;
+    if !state
+        .store
+        .insert_doc(Kind::Services, &service_to_doc(&service))
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "name",
+            "a service with this name exists",
+        ));
+    }
+    state.catalog_changed().await;
+    Ok((StatusCode::CREATED, Json(ServiceView::from(service))))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceList {
+    items: Vec<ServiceView>,
+}
+
+#[utoipa::path(get, path = "/admin/services", tag = "services", security(("bearer" = [])),
+    responses((status = 200, body = ServiceList)))]
+pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<Json<ServiceList>> {
+    let mut items = Vec::new();
+    for doc in state.store.docs(Kind::Services, None).await? {
+        match service_from_doc(doc) {
+            Ok(service) => items.push(ServiceView::from(service)),
+            Err(e) => tracing::error!(error = %e, "stored service does not parse"),
+        }
+    }
+    Ok(Json(ServiceList { items }))
+}
+
+#[utoipa::path(get, path = "/admin/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "service name")), security(("bearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
+pub async fn get(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServiceView>> {
+    Ok(Json(ServiceView::from(stored(&state, &name).await?)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePatch {
+    upstream: Option<String>,
+    timeouts: Option<TimeoutsBody>,
+    refund_on_5xx: Option<bool>,
+    public: Option<bool>,
+    /// Replaces the whole list.
+    endpoints: Option<Vec<EndpointBody>>,
+}
+
+/// Changes any subset of a service's fields (the name is its key and stays).
+#[utoipa::path(patch, path = "/admin/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "service name")), request_body = ServicePatch,
+    security(("bearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn update(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Body(patch): Body<ServicePatch>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut service = stored(&state, &name).await?;
+    if let Some(upstream) = patch.upstream {
+        service.upstream = upstream;
+    }
+    if let Some(timeouts) = patch.timeouts {
+        service.timeouts = timeouts.apply(service.timeouts);
+    }
+    if let Some(refund) = patch.refund_on_5xx {
+        service.refund_on_5xx = refund;
+    }
+    if let Some(public) = patch.public {
+        service.public = public;
+    }
+    if let Some(endpoints) = patch.endpoints {
+        service.endpoints = endpoints.into_iter().map(EndpointConfig::from).collect();
+    }
+    save(&state, service).await
+}
+
+#[utoipa::path(delete, path = "/admin/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "service name")), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub async fn delete(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !state.store.delete_doc(Kind::Services, &name).await? {
+        return Err(ApiError::not_found("service"));
+    }
+    state.catalog_changed().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn same_route(e: &EndpointConfig, method: &str, path: &str) -> bool {
+    e.method.eq_ignore_ascii_case(method) && e.path == path
+}
+
+/// Adds one endpoint.
+#[utoipa::path(post, path = "/admin/services/{name}/endpoints", tag = "services",
+    params(("name" = String, Path, description = "service name")), request_body = EndpointBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn add_endpoint(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Body(endpoint): Body<EndpointBody>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let mut service = stored(&state, &name).await?;
+    if service
+        .endpoints
+        .iter()
+        .any(|e| same_route(e, &endpoint.method, &endpoint.path))
+    {
+        return Err(ApiError::conflict(
+            "path",
+            "this method and path exist; use PUT to change the price",
+        ));
+    }
+    service.endpoints.push(endpoint.into());
+    Ok((StatusCode::CREATED, save(&state, service).await?))
+}
+
+/// Changes the price of the endpoint with this method and path.
+#[utoipa::path(put, path = "/admin/services/{name}/endpoints", tag = "services",
+    params(("name" = String, Path, description = "service name")), request_body = EndpointBody,
+    security(("bearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn update_endpoint(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Body(endpoint): Body<EndpointBody>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut service = stored(&state, &name).await?;
+    let Some(existing) = service
+        .endpoints
+        .iter_mut()
+        .find(|e| same_route(e, &endpoint.method, &endpoint.path))
+    else {
+        return Err(ApiError::not_found("endpoint"));
+    };
+    existing.credits = endpoint.credits;
+    save(&state, service).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EndpointKey {
+    method: String,
+    path: String,
+}
+
+/// Removes the endpoint with this method and path (a service keeps at least one).
+#[utoipa::path(delete, path = "/admin/services/{name}/endpoints", tag = "services",
+    params(("name" = String, Path, description = "service name"), EndpointKey),
+    security(("bearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn remove_endpoint(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Query(key): Query<EndpointKey>,
+) -> ApiResult<Json<ServiceView>> {
+    let mut service = stored(&state, &name).await?;
+    let before = service.endpoints.len();
+    service
+        .endpoints
+        .retain(|e| !same_route(e, &key.method, &key.path));
+    if service.endpoints.len() == before {
+        return Err(ApiError::not_found("endpoint"));
+    }
+    save(&state, service).await
+}

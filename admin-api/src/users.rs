@@ -1,0 +1,167 @@
+//! Users: the accounts that log in. Stored in `users` (SPEC §3) with an argon2id hash that
+//! never leaves the store.
+
+use crate::extract::{Admin, Body};
+use crate::problem::{ApiError, ApiResult};
+use crate::time::rfc3339;
+use crate::AdminState;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tollgate::auth::Role;
+use tollgate::store::{Doc, Kind};
+use utoipa::{IntoParams, ToSchema};
+
+/// A user as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDoc {
+    pub id: String,
+    /// Lower-cased: unique without regard to case.
+    pub email: String,
+    pub password_hash: String,
+    pub tenant_id: String,
+    pub role: Role,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub last_login_at_ms: Option<i64>,
+}
+
+impl UserDoc {
+    pub fn to_doc(&self) -> Doc {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(doc)) => doc,
+            _ => Doc::new(),
+        }
+    }
+
+    pub fn from_doc(doc: Doc) -> ApiResult<UserDoc> {
+        serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
+            ApiError::unavailable("store", format!("a stored user does not parse: {e}"))
+        })
+    }
+}
+
+pub async fn user(state: &AdminState, id: &str) -> ApiResult<Option<UserDoc>> {
+    state
+        .store
+        .doc(Kind::Users, id)
+        .await?
+        .map(UserDoc::from_doc)
+        .transpose()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    email: String,
+    tenant_id: String,
+    #[schema(value_type = String, example = "user")]
+    role: Role,
+    disabled: bool,
+    created_at: String,
+    last_login_at: Option<String>,
+}
+
+impl From<&UserDoc> for UserView {
+    fn from(u: &UserDoc) -> Self {
+        UserView {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            tenant_id: u.tenant_id.clone(),
+            role: u.role,
+            disabled: u.disabled,
+            created_at: rfc3339(u.created_at_ms),
+            last_login_at: u.last_login_at_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    items: Vec<UserView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserFilter {
+    /// Only this tenant's users.
+    tenant_id: Option<String>,
+}
+
+/// Lists users (at most 1,000), optionally of one tenant.
+#[utoipa::path(get, path = "/admin/users", tag = "users", params(UserFilter),
+    security(("bearer" = [])), responses((status = 200, body = UserList)))]
+pub async fn list(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<UserFilter>,
+) -> ApiResult<Json<UserList>> {
+    let filter = filter.tenant_id.as_deref().map(|t| ("tenant_id", t));
+    let docs = state.store.docs(Kind::Users, filter).await?;
+    let users = docs
+        .into_iter()
+        .map(UserDoc::from_doc)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(UserList {
+        items: users.iter().map(UserView::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "user id")),
+    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ApiError)))]
+pub async fn get(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let user = user(&state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserView::from(&user)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[schema(value_type = Option<String>, example = "admin")]
+    role: Option<Role>,
+    /// Move the user to another (existing) tenant.
+    tenant_id: Option<String>,
+    /// A disabled user cannot log in.
+    disabled: Option<bool>,
+}
+
+/// Changes a user's role, tenant or disabled flag. Tokens already issued keep their claims
+/// until they expire.
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "user id")), request_body = UserPatch,
+    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub async fn update(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Body(patch): Body<UserPatch>,
+) -> ApiResult<Json<UserView>> {
+    let mut user = user(&state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if let Some(tenant) = &patch.tenant_id {
+        if state.store.tenant(tenant).await?.is_none() {
+            return Err(ApiError::invalid("tenant_id", "no such tenant"));
+        }
+        user.tenant_id = tenant.clone();
+    }
+    if let Some(role) = patch.role {
+        user.role = role;
+    }
+    if let Some(disabled) = patch.disabled {
+        user.disabled = disabled;
+    }
+    if !state.store.replace_doc(Kind::Users, &user.to_doc()).await? {
+        return Err(ApiError::not_found("user"));
+    }
+    Ok(Json(UserView::from(&user)))
+}
