@@ -39,7 +39,7 @@ fn main() {
             let store = SqliteStore::open(&dir).expect("store");
             store.migrate().await.expect("migrate");
             for id in ["acme", "zeta"] {
-                let tenant = NewTenant { id, name: id, status: TenantStatus::Active, initial_credits: 1 << 40 };
+                let tenant = NewTenant { id, name: id, status: TenantStatus::Active, initial_credits: 1 << 40, actor: "bench" };
                 store.ensure_tenant(&tenant).await.expect("tenant");
             }
             let total = 100_000u64;

@@ -29,8 +29,6 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
-    #[error("routing: {0}")]
-    Routing(String),
     #[error("ledger: {0}")]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("store: {0}")]
@@ -92,6 +90,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             name: &tenant.name,
             status: tenant.status.clone(),
             initial_credits: tenant.credits,
+            actor: "config",
         };
         store.ensure_tenant(&new).await?;
     }

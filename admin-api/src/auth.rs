@@ -224,6 +224,7 @@ pub async fn register(
         name: body.tenant_name.trim(),
         status: TenantStatus::Active,
         initial_credits: state.settings.signup_credits,
+        actor: "signup",
     };
     state.store.ensure_tenant(&tenant).await?;
     let user = UserDoc {
@@ -331,6 +332,7 @@ pub async fn create_admin(
         name: "Operators",
         status: TenantStatus::Active,
         initial_credits: 0,
+        actor: "create-admin",
     };
     store
         .ensure_tenant(&tenant)

@@ -105,7 +105,7 @@ pub struct NewTenantBody {
     responses((status = 201, body = TenantView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn create(
     State(state): State<AdminState>,
-    _admin: Admin,
+    Admin(admin): Admin,
     Body(body): Body<NewTenantBody>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     let id = match body.id {
@@ -134,6 +134,7 @@ pub async fn create(
         name: body.name.trim(),
         status: TenantStatus::Active,
         initial_credits: credits,
+        actor: &admin.sub,
     };
     if !state.store.ensure_tenant(&tenant).await? {
         return Err(ApiError::conflict("id", "a tenant with this id exists"));

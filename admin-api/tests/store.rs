@@ -4,8 +4,11 @@
 mod common;
 
 use common::tx;
+use serde_json::json;
 use tollgate::config::TenantStatus;
-use tollgate::store::{MongoStore, NewTenant, SqliteStore, Store, UsageBatch, UsageQuery};
+use tollgate::store::{
+    Doc, Kind, MongoStore, NewTenant, SqliteStore, Store, TenantPatch, UsageBatch, UsageQuery,
+};
 use tollgate::usage::UsageEvent;
 
 fn event(
@@ -40,6 +43,7 @@ fn tenant<'a>(id: &'a str, credits: i64) -> NewTenant<'a> {
         name: "Acme",
         status: TenantStatus::Active,
         initial_credits: credits,
+        actor: "config",
     }
 }
 
@@ -199,6 +203,7 @@ async fn contract(store: &dyn Store) {
         audit.expected_balance(),
         store.tenant("acme").await.unwrap().unwrap().balance
     );
+    documents(store).await;
 }
 
 #[tokio::test]
@@ -219,4 +224,114 @@ async fn mongo_store_keeps_the_contract() {
             .unwrap(),
     )
     .await;
+}
+
+fn doc(value: serde_json::Value) -> Doc {
+    match value {
+        serde_json::Value::Object(doc) => doc,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+/// The control plane's documents: unique keys, lookups by field, replace, delete — and a
+/// query operator given as a value is only ever a string.
+async fn documents(store: &dyn Store) {
+    let ada = doc(json!({"id": "u1", "email": "ada@example.com", "tenant_id": "acme", "n": 1}));
+    let bob = doc(json!({"id": "u2", "email": "bob@example.com", "tenant_id": "zeta", "n": 2}));
+    assert!(store.insert_doc(Kind::Users, &ada).await.unwrap());
+    assert!(store.insert_doc(Kind::Users, &bob).await.unwrap());
+    assert!(
+        !store.insert_doc(Kind::Users, &ada).await.unwrap(),
+        "same id"
+    );
+    let same_email = doc(json!({"id": "u3", "email": "ada@example.com", "tenant_id": "x"}));
+    assert!(
+        !store.insert_doc(Kind::Users, &same_email).await.unwrap(),
+        "unique email"
+    );
+    let plan = doc(json!({"id": "u1", "name": "same id, other collection"}));
+    assert!(store.insert_doc(Kind::Plans, &plan).await.unwrap());
+
+    assert_eq!(
+        store.doc(Kind::Users, "u1").await.unwrap(),
+        Some(ada.clone())
+    );
+    assert_eq!(store.doc(Kind::Users, "nobody").await.unwrap(), None);
+    let found = store
+        .find_doc(Kind::Users, "email", "bob@example.com")
+        .await
+        .unwrap();
+    assert_eq!(found, Some(bob.clone()));
+    for hostile in [r#"{"$gt": ""}"#, "' OR '1'='1", "%", "*"] {
+        assert_eq!(
+            store.find_doc(Kind::Users, "email", hostile).await.unwrap(),
+            None,
+            "{hostile}"
+        );
+        assert!(store
+            .docs(Kind::Users, Some(("tenant_id", hostile)))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let acme = store
+        .docs(Kind::Users, Some(("tenant_id", "acme")))
+        .await
+        .unwrap();
+    assert_eq!(acme, vec![ada.clone()]);
+    assert_eq!(
+        store.docs(Kind::Users, None).await.unwrap(),
+        vec![ada.clone(), bob.clone()]
+    );
+
+    let mut changed = ada.clone();
+    changed.insert("n".into(), json!(10));
+    assert!(store.replace_doc(Kind::Users, &changed).await.unwrap());
+    assert_eq!(store.doc(Kind::Users, "u1").await.unwrap(), Some(changed));
+    let ghost = doc(json!({"id": "ghost", "email": "g@example.com"}));
+    assert!(!store.replace_doc(Kind::Users, &ghost).await.unwrap());
+    assert!(store.delete_doc(Kind::Users, "u2").await.unwrap());
+    assert!(!store.delete_doc(Kind::Users, "u2").await.unwrap());
+    assert_eq!(store.docs(Kind::Users, None).await.unwrap().len(), 1);
+    assert_eq!(store.docs(Kind::Plans, None).await.unwrap(), vec![plan]);
+
+    assert!(store.ensure_tenant(&tenant("patchme", 5)).await.unwrap());
+    let patch = TenantPatch {
+        name: Some("Renamed".into()),
+        status: Some(TenantStatus::Suspended),
+        low_credit_threshold: Some(7),
+        plan_id: Some(Some("gold".into())),
+    };
+    let patched = store
+        .update_tenant("patchme", &patch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            patched.name.as_str(),
+            &patched.status,
+            patched.low_credit_threshold
+        ),
+        ("Renamed", &TenantStatus::Suspended, 7)
+    );
+    assert_eq!(
+        (patched.plan_id.as_deref(), patched.balance),
+        (Some("gold"), 5)
+    );
+    let cleared = TenantPatch {
+        plan_id: Some(None),
+        ..TenantPatch::default()
+    };
+    let patched = store
+        .update_tenant("patchme", &cleared)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((patched.plan_id, patched.name.as_str()), (None, "Renamed"));
+    assert!(store
+        .update_tenant("nobody", &patch)
+        .await
+        .unwrap()
+        .is_none());
 }

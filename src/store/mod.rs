@@ -51,6 +51,8 @@ pub struct NewTenant<'a> {
     pub name: &'a str,
     pub status: TenantStatus,
     pub initial_credits: i64,
+    /// Who creates it, for the `initial` credit transaction: `config`, `signup`, a user id.
+    pub actor: &'a str,
 }
 
 /// A change to a tenant's settings; `None` leaves a field as it is.

@@ -259,7 +259,7 @@ impl Store for MongoStore {
         // retry after a crash write it once.
         let initial = doc! {
             "_id": format!("initial:{}", tenant.id), "tenant_id": tenant.id,
-            "amount": tenant.initial_credits, "reason": "initial", "actor": "config",
+            "amount": tenant.initial_credits, "reason": "initial", "actor": tenant.actor,
             "balance_after": tenant.initial_credits, "at": bson::DateTime::from_millis(now_ms()),
         };
         if let Err(e) = self.coll("credit_transactions").insert_one(initial).await {

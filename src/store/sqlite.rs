@@ -219,11 +219,12 @@ impl Store for SqliteStore {
     }
 
     async fn ensure_tenant(&self, tenant: &NewTenant<'_>) -> Result<bool, StoreError> {
-        let (id, name, status, credits) = (
+        let (id, name, status, credits, actor) = (
             tenant.id.to_owned(),
             tenant.name.to_owned(),
             status_str(&tenant.status),
             tenant.initial_credits,
+            tenant.actor.to_owned(),
         );
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -233,7 +234,7 @@ impl Store for SqliteStore {
                 params![id, name, status, DEFAULT_LOW_CREDIT_THRESHOLD, now_ms()],
             )? == 1;
             if created {
-                insert_transaction(&tx, &id, credits, "initial", "config", Some(credits))?;
+                insert_transaction(&tx, &id, credits, "initial", &actor, Some(credits))?;
             }
             tx.commit()?;
             Ok(created)
