@@ -187,6 +187,15 @@ impl ServiceMetrics {
 }
 
 /// Counters for requests that matched no service (label `service="-"`).
+/// Admin API requests by route template (bounded: never a raw path), method and status.
+pub static ADMIN_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_admin_requests_total",
+        "Requests to the admin API by route, method and status",
+        &["route", "method", "status"],
+    )
+});
+
 pub static UNROUTED: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics::new("-"));
 
 /// Registers every metric now, so a scrape shows each one (at 0) before its first event.
@@ -199,4 +208,5 @@ pub fn register_all() {
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&LEDGER_DURATION);
     LazyLock::force(&UNROUTED);
+    LazyLock::force(&ADMIN_REQUESTS);
 }

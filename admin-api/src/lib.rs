@@ -140,8 +140,26 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
         .fallback(|| async { ApiError::new(404, "not-found", "Not found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(count));
     (router, api)
+}
+
+/// Counts every answer in `tollgate_admin_requests_total`.
+async fn count(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    tollgate::metrics::ADMIN_REQUESTS
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    response
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.

@@ -46,7 +46,7 @@ pub async fn wait_until(what: &str, deadline: Duration, mut ready: impl AsyncFnM
     }
 }
 
-fn wait_for_port(what: &str, port: u16, child: &mut Child) {
+pub fn wait_for_port(what: &str, port: u16, child: &mut Child) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
