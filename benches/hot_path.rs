@@ -120,6 +120,7 @@ fn ledger(c: &mut Criterion) {
                 cost: 1,
                 charge_id: &ids[i],
                 idempotency_key: None,
+                threshold: 100,
             };
             runtime.block_on(ledger.charge(black_box(&charge)))
         })

@@ -3,6 +3,7 @@
 # nothing that is already there:
 #   cmake         pingora-core's zlib-ng (libz-ng-sys) builds with it
 #   redis-server  the integration tests start private instances (--tests, --loadtest)
+#   mosquitto     the alert tests start private MQTT brokers (--tests)
 #   wrk, sqlite3  the load tests' generator and the soak's store lock (--loadtest)
 # Usage: scripts/ensure-deps.sh [--tests | --loadtest]
 set -euo pipefail
@@ -12,6 +13,9 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v cc >/dev/null || need+=(build-essential)
 if [[ ${1:-} == --tests || ${1:-} == --loadtest ]]; then
   command -v redis-server >/dev/null || need+=(redis-server)
+fi
+if [[ ${1:-} == --tests ]]; then
+  command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
 fi
 if [[ ${1:-} == --loadtest ]]; then
   command -v wrk >/dev/null || need+=(wrk)

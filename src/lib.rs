@@ -4,6 +4,7 @@
 //! `usage`), tied together by the one `ProxyHttp` implementation in [`proxy`] and wired into
 //! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
 
+pub mod alerts;
 pub mod auth;
 pub mod catalog;
 pub mod config;

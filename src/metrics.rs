@@ -187,6 +187,25 @@ impl ServiceMetrics {
 }
 
 /// Counters for requests that matched no service (label `service="-"`).
+/// Alerts handed to the MQTT client, by kind (`warning`, `credit-success`; never the
+/// tenant: cardinality).
+pub static ALERTS_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_alerts_published_total",
+        "Alerts handed to the MQTT client, by topic kind",
+        &["topic"],
+    )
+});
+
+/// Alerts lost because the queue in front of a slow or absent broker was full.
+pub static ALERTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_alerts_dropped_total",
+        "Alerts dropped because the alert queue was full, by topic kind",
+        &["topic"],
+    )
+});
+
 /// Admin API requests by route template (bounded: never a raw path), method and status.
 pub static ADMIN_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -209,4 +228,8 @@ pub fn register_all() {
     LazyLock::force(&LEDGER_DURATION);
     LazyLock::force(&UNROUTED);
     LazyLock::force(&ADMIN_REQUESTS);
+    for topic in ["warning", "credit-success"] {
+        ALERTS_PUBLISHED.with_label_values(&[topic]);
+        ALERTS_DROPPED.with_label_values(&[topic]);
+    }
 }

@@ -3,6 +3,7 @@
 //! the demo upstream. The control plane (admin API, scheduler) lives in another crate and
 //! joins through the hook of [`run`], with the [`Handles`] it shares with the gateway.
 
+use crate::alerts::{AlertPublisher, AlertSink, Alerts, MqttTarget};
 use crate::auth::Verifier;
 use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
@@ -37,6 +38,12 @@ pub enum StartError {
     DataDir {
         what: &'static str,
         path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} cannot listen on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
 }
@@ -116,6 +123,42 @@ pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
     })
 }
 
+/// The alert queue and its MQTT publisher; starts the in-process broker when no broker URL
+/// is configured.
+pub fn open_alerts(
+    config: &Config,
+    store: Arc<dyn Store>,
+) -> Result<(Arc<dyn AlertSink>, AlertPublisher), StartError> {
+    let alerts = &config.alerts;
+    let target = match &alerts.mqtt_url {
+        Some(url) => MqttTarget::parse(url)
+            .map_err(|message| crate::config::ConfigError::invalid("alerts.mqtt_url", message))?,
+        None => {
+            let listen =
+                crate::config::parse_addr("alerts.embedded_listen", &alerts.embedded_listen)?;
+            crate::alerts::broker::start(listen).map_err(|source| StartError::Listen {
+                what: "the embedded MQTT broker (alerts.embedded_listen)",
+                addr: listen,
+                source,
+            })?;
+            MqttTarget {
+                host: listen.ip().to_string(),
+                port: listen.port(),
+                username: None,
+                password: None,
+                tls: false,
+            }
+        }
+    };
+    let sample = if alerts.credit_success {
+        alerts.credit_success_sample
+    } else {
+        0.0
+    };
+    let (sink, publisher) = Alerts::new(alerts.queue_capacity, sample, target, store);
+    Ok((Arc::new(sink), publisher))
+}
+
 /// Builds and runs the server until shutdown; returns once everything has stopped.
 /// `control_plane` adds the services that share the gateway's [`Handles`].
 pub fn run(
@@ -148,11 +191,13 @@ pub fn run(
         Arc::clone(&usage),
         Duration::from_millis(config.ledger.timeout_ms),
     ));
+    let (alerts, publisher) = open_alerts(&config, Arc::clone(&store))?;
     let backends = Backends {
         ledger: Arc::clone(&ledger),
         voids,
         usage: Arc::clone(&usage),
         hydrator: Arc::clone(&hydrator),
+        alerts,
     };
     let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends);
     let handles = Handles {
@@ -185,6 +230,7 @@ pub fn run(
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
+    server.add_service(background_service("alerts", publisher));
     let watcher = CatalogWatcher {
         catalog,
         ledger: Arc::clone(&ledger),
@@ -236,8 +282,5 @@ pub fn run(
 fn warn_about_modes(config: &Config) {
     if config.auth.secret == DEMO_JWT_SECRET {
         tracing::warn!("using the shipped demo JWT secret: fine for the embedded quickstart, never for production (set TOLLGATE_JWT_SECRET)");
-    }
-    if config.alerts.mqtt_url.is_some() {
-        tracing::warn!("TOLLGATE_MQTT_URL is set, but this build does not publish alerts yet");
     }
 }

@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::ledger::{AdjustOutcome, Adjustment, Change, LedgerError, MAX_BALANCE};
-use tollgate::store::NewTransaction;
+use tollgate::store::{NewTransaction, TenantRecord};
 use utoipa::ToSchema;
 
 /// Tries of one ledger operation after timeouts (same op id: applied at most once).
@@ -54,16 +54,18 @@ async fn adjust_once(state: &AdminState, adjustment: &Adjustment<'_>) -> ApiResu
 /// Applies `change` to the live ledger and records it; also used by subscriptions.
 pub async fn apply(
     state: &AdminState,
-    tenant_id: &str,
+    tenant: &TenantRecord,
     change: Change,
     reason: &str,
     actor: &str,
 ) -> ApiResult<CreditsView> {
+    let tenant_id = tenant.id.as_str();
     let op_id = uuid::Uuid::now_v7().to_string();
     let adjustment = Adjustment {
         tenant_id,
         op_id: &op_id,
         change,
+        threshold: tenant.low_credit_threshold,
     };
     let (amount, balance) = match adjust_once(state, &adjustment).await? {
         AdjustOutcome::Applied { amount, balance } => (amount, balance),
@@ -110,6 +112,7 @@ pub async fn apply(
                 tenant_id,
                 op_id: &undo_id,
                 change: Change::Add(-amount),
+                threshold: tenant.low_credit_threshold,
             };
             if let Err(undo_error) = adjust_once(state, &undo).await {
                 tracing::error!(%tenant_id, amount, error = %undo_error.detail, "credit change could not be undone after the store failed: reconciliation will report it");
@@ -149,10 +152,17 @@ pub async fn add(
         ));
     }
     check_reason(&body.reason)?;
-    existing(&state, &id).await?;
+    let tenant = existing(&state, &id).await?;
     let reason = body.reason.trim();
     Ok(Json(
-        apply(&state, &id, Change::Add(body.amount), reason, &admin.sub).await?,
+        apply(
+            &state,
+            &tenant,
+            Change::Add(body.amount),
+            reason,
+            &admin.sub,
+        )
+        .await?,
     ))
 }
 
@@ -179,10 +189,17 @@ pub async fn set(
         return Err(ApiError::invalid("balance", format!("0 to {MAX_BALANCE}")));
     }
     check_reason(&body.reason)?;
-    existing(&state, &id).await?;
+    let tenant = existing(&state, &id).await?;
     let reason = body.reason.trim();
     Ok(Json(
-        apply(&state, &id, Change::Set(body.balance), reason, &admin.sub).await?,
+        apply(
+            &state,
+            &tenant,
+            Change::Set(body.balance),
+            reason,
+            &admin.sub,
+        )
+        .await?,
     ))
 }
 

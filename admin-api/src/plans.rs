@@ -277,9 +277,9 @@ pub async fn subscribe(
     Admin(admin): Admin,
     Body(body): Body<NewSubscription>,
 ) -> ApiResult<(StatusCode, Json<Subscription>)> {
-    if state.store.tenant(&body.tenant_id).await?.is_none() {
+    let Some(tenant) = state.store.tenant(&body.tenant_id).await? else {
         return Err(ApiError::invalid("tenant_id", "no such tenant"));
-    }
+    };
     let Some(plan_doc) = state.store.doc(Kind::Plans, &body.plan_id).await? else {
         return Err(ApiError::invalid("plan_id", "no such plan"));
     };
@@ -331,7 +331,7 @@ pub async fn subscribe(
         );
         credits::apply(
             &state,
-            &body.tenant_id,
+            &tenant,
             Change::Add(plan.monthly_credits),
             &reason,
             &admin.sub,

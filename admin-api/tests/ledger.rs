@@ -6,7 +6,14 @@ mod common;
 use common::RedisServer;
 use tollgate::config::LedgerConfig;
 use tollgate::ledger::{
-    Charge, ChargeOutcome, EmbeddedLedger, Ledger, RedisLedger, Void, VoidOutcome,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, EmbeddedLedger, Ledger, RedisLedger,
+    Void, VoidOutcome, Warnings, MAX_BALANCE,
+};
+
+const NONE: Warnings = Warnings::NONE;
+const EXHAUSTED: Warnings = Warnings {
+    low: false,
+    exhausted: true,
 };
 
 fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> Charge<'a> {
@@ -15,6 +22,7 @@ fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> 
         cost,
         charge_id: id,
         idempotency_key: key,
+        threshold: -1,
     }
 }
 
@@ -46,11 +54,17 @@ async fn contract(l: &dyn Ledger) {
     // Check-and-decrement, never below zero.
     assert_eq!(
         l.charge(&charge("t", "c1", 7, None)).await.unwrap(),
-        ChargeOutcome::Charged { balance: 3 }
+        ChargeOutcome::Charged {
+            balance: 3,
+            warnings: NONE
+        }
     );
     assert_eq!(
         l.charge(&charge("t", "c2", 4, None)).await.unwrap(),
-        ChargeOutcome::Insufficient { balance: 3 }
+        ChargeOutcome::Insufficient {
+            balance: 3,
+            warnings: EXHAUSTED
+        }
     );
 
     // A refund of a charge seen applied happens once.
@@ -78,7 +92,10 @@ async fn contract(l: &dyn Ledger) {
     // Idempotency keys: paid once, per tenant; a refund frees the key for a fresh charge.
     assert_eq!(
         l.charge(&charge("t", "a", 2, Some("k"))).await.unwrap(),
-        ChargeOutcome::Charged { balance: 8 }
+        ChargeOutcome::Charged {
+            balance: 8,
+            warnings: NONE
+        }
     );
     assert_eq!(
         l.charge(&charge("t", "b", 2, Some("k"))).await.unwrap(),
@@ -87,18 +104,141 @@ async fn contract(l: &dyn Ledger) {
     l.seed("u", 5).await.unwrap();
     assert_eq!(
         l.charge(&charge("u", "a2", 2, Some("k"))).await.unwrap(),
-        ChargeOutcome::Charged { balance: 3 }
+        ChargeOutcome::Charged {
+            balance: 3,
+            warnings: NONE
+        }
     );
     l.void(&void("t", "a", Some(2), Some("k"))).await.unwrap();
     assert_eq!(
         l.charge(&charge("t", "c", 2, Some("k"))).await.unwrap(),
-        ChargeOutcome::Charged { balance: 8 }
+        ChargeOutcome::Charged {
+            balance: 8,
+            warnings: NONE
+        }
     );
 }
 
 #[tokio::test]
 async fn embedded_ledger_keeps_the_contract() {
-    contract(&EmbeddedLedger::in_memory(&LedgerConfig::default())).await;
+    let ledger = EmbeddedLedger::in_memory(&LedgerConfig::default());
+    contract(&ledger).await;
+    adjustments(&ledger).await;
+    warnings(&ledger).await;
+}
+
+fn adjustment(op: &str, change: Change) -> Adjustment<'_> {
+    Adjustment {
+        tenant_id: "a",
+        op_id: op,
+        change,
+        threshold: 100,
+    }
+}
+
+/// Top-ups, corrections and set-balance: atomic, bounded, once per operation id.
+async fn adjustments(l: &dyn Ledger) {
+    let add = |op, amount| adjustment(op, Change::Add(amount));
+    assert_eq!(
+        l.adjust(&add("o1", 5)).await.unwrap(),
+        AdjustOutcome::NoBalance
+    );
+    l.seed("a", 10).await.unwrap();
+    let applied = |amount, balance| AdjustOutcome::Applied { amount, balance };
+    assert_eq!(l.adjust(&add("o1", 5)).await.unwrap(), applied(5, 15));
+    assert_eq!(
+        l.adjust(&add("o1", 5)).await.unwrap(),
+        applied(5, 15),
+        "replay"
+    );
+    assert_eq!(l.adjust(&add("o2", -15)).await.unwrap(), applied(-15, 0));
+    assert_eq!(
+        l.adjust(&add("o3", -1)).await.unwrap(),
+        AdjustOutcome::OutOfRange {
+            amount: -1,
+            balance: 0
+        }
+    );
+    let set = |op, balance| adjustment(op, Change::Set(balance));
+    assert_eq!(l.adjust(&set("o4", 42)).await.unwrap(), applied(42, 42));
+    assert_eq!(l.adjust(&set("o5", 40)).await.unwrap(), applied(-2, 40));
+    let huge = MAX_BALANCE;
+    assert_eq!(
+        l.adjust(&set("o6", huge)).await.unwrap(),
+        applied(huge - 40, huge)
+    );
+    assert!(matches!(
+        l.adjust(&add("o7", 1)).await.unwrap(),
+        AdjustOutcome::OutOfRange { .. }
+    ));
+    assert_eq!(l.balance("a").await.unwrap(), Some(huge), "exact at 10^15");
+    assert_eq!(l.adjust(&set("o8", 0)).await.unwrap(), applied(-huge, 0));
+}
+
+/// SPEC §5: `low` once when a charge crosses the threshold, `exhausted` once at 0 (or on a
+/// refusal), both re-armed by a top-up above the threshold.
+async fn warnings(l: &dyn Ledger) {
+    l.seed("w", 250).await.unwrap();
+    let mut seen = Vec::new();
+    let drain = async |seen: &mut Vec<(i64, Warnings)>, round: &str| {
+        for i in 0..60 {
+            let id = format!("{round}-{i}");
+            let c = Charge {
+                tenant_id: "w",
+                cost: 10,
+                charge_id: &id,
+                idempotency_key: None,
+                threshold: 100,
+            };
+            match l.charge(&c).await.unwrap() {
+                ChargeOutcome::Charged { balance, warnings }
+                | ChargeOutcome::Insufficient { balance, warnings } => {
+                    if warnings.any() {
+                        seen.push((balance, warnings));
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    drain(&mut seen, "a").await;
+    let low = Warnings {
+        low: true,
+        exhausted: false,
+    };
+    assert_eq!(seen, vec![(100, low), (0, EXHAUSTED)]);
+    // A top-up that stays at or below the threshold re-arms `exhausted` only.
+    let topup = |op, amount| Adjustment {
+        tenant_id: "w",
+        op_id: op,
+        change: Change::Add(amount),
+        threshold: 100,
+    };
+    l.adjust(&topup("t1", 30)).await.unwrap();
+    seen.clear();
+    drain(&mut seen, "b").await;
+    assert_eq!(seen, vec![(0, EXHAUSTED)]);
+    l.adjust(&topup("t2", 500)).await.unwrap();
+    seen.clear();
+    drain(&mut seen, "c").await;
+    assert_eq!(seen, vec![(100, low), (0, EXHAUSTED)]);
+    // A refusal while credits remain is `exhausted` too.
+    l.adjust(&topup("t3", 205)).await.unwrap();
+    seen.clear();
+    let c = Charge {
+        tenant_id: "w",
+        cost: 300,
+        charge_id: "big",
+        idempotency_key: None,
+        threshold: 100,
+    };
+    assert_eq!(
+        l.charge(&c).await.unwrap(),
+        ChargeOutcome::Insufficient {
+            balance: 205,
+            warnings: EXHAUSTED
+        }
+    );
 }
 
 #[tokio::test]
@@ -106,10 +246,15 @@ async fn redis_ledger_keeps_the_contract() {
     let redis = RedisServer::start();
     let ledger = RedisLedger::new(&redis.url(), &LedgerConfig::default()).unwrap();
     contract(&ledger).await;
+    adjustments(&ledger).await;
+    warnings(&ledger).await;
     // A charge that applied but whose answer was lost (timeout) is found by its record.
     assert_eq!(
         ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
-        ChargeOutcome::Charged { balance: 5 }
+        ChargeOutcome::Charged {
+            balance: 5,
+            warnings: NONE
+        }
     );
     assert_eq!(
         ledger.void(&void("t", "lost", None, None)).await.unwrap(),
@@ -123,8 +268,9 @@ async fn redis_ledger_keeps_the_contract() {
         .await
         .unwrap();
     assert!(
-        keys.iter()
-            .all(|k| k.starts_with("tg:{t}:") || k.starts_with("tg:{u}:")),
+        keys.iter().all(|k| ["t", "u", "a", "w"]
+            .iter()
+            .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
     );
 }

@@ -369,6 +369,11 @@ async fn a_graceful_upgrade_under_load_loses_nothing() {
             format!("127.0.0.1:{}", common::free_port()),
         )
         .env("TOLLGATE_DATA_DIR", old.dir.join("data-new"))
+        // The same in-process broker port: the new process waits for the old one's.
+        .env(
+            "TOLLGATE_MQTT_EMBEDDED_LISTEN",
+            format!("127.0.0.1:{}", old.mqtt_port),
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info,tollgate=debug")
         .stderr(log)

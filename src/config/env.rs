@@ -36,6 +36,14 @@ impl Config {
         if let Some(v) = get("TOLLGATE_MONGODB_DB") {
             self.store.mongodb_db = v;
         }
+        if let Some(v) = get("TOLLGATE_MQTT_EMBEDDED_LISTEN") {
+            self.alerts.embedded_listen = v;
+        }
+        if let Some(v) = get("TOLLGATE_SUMMARY_INTERVAL_SECS") {
+            self.scheduler.interval_secs = v.parse().map_err(|_| {
+                ConfigError::invalid("TOLLGATE_SUMMARY_INTERVAL_SECS", "a number of seconds")
+            })?;
+        }
         if let Some(v) = lookup("TOLLGATE_MQTT_URL") {
             self.alerts.mqtt_url = Some(v).filter(|v| !v.is_empty());
         }

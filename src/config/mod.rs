@@ -75,6 +75,7 @@ pub struct Config {
     pub reconcile_interval_secs: u64,
     pub alerts: AlertsConfig,
     pub admin: AdminConfig,
+    pub scheduler: SchedulerConfig,
     /// An in-process echo upstream for the quickstart; off unless configured.
     pub demo_upstream: Option<DemoUpstreamConfig>,
     pub services: Vec<ServiceConfig>,
@@ -98,6 +99,7 @@ impl Default for Config {
             reconcile_interval_secs: 300,
             alerts: AlertsConfig::default(),
             admin: AdminConfig::default(),
+            scheduler: SchedulerConfig::default(),
             demo_upstream: None,
             services: Vec::new(),
             tenants: Vec::new(),
@@ -215,11 +217,53 @@ impl Default for UsageConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// MQTT alerts (SPEC §5).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// MQTT broker URL (`TOLLGATE_MQTT_URL`); alerts are not in this build yet.
+    /// `mqtt[s]://[user[:password]@]host[:port]` (`TOLLGATE_MQTT_URL`); unset: the
+    /// in-process broker.
     pub mqtt_url: Option<String>,
+    /// Where the in-process broker listens (`TOLLGATE_MQTT_EMBEDDED_LISTEN`).
+    pub embedded_listen: String,
+    /// Publish `tenant/{id}/credit-success` for charges.
+    pub credit_success: bool,
+    /// The fraction of charges that get a credit-success notice (1 = every one).
+    pub credit_success_sample: f64,
+    /// Alerts waiting for the broker, per kind; past it they are counted and dropped.
+    pub queue_capacity: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            mqtt_url: None,
+            embedded_listen: "127.0.0.1:11883".into(),
+            credit_success: true,
+            credit_success_sample: 1.0,
+            queue_capacity: 10_000,
+        }
+    }
+}
+
+/// The control plane's periodic work (SPEC §6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Run the scheduler in this process (`tollgate run`, `tollgate admin`).
+    pub enabled: bool,
+    /// Length of a usage-summary window and the run interval
+    /// (`TOLLGATE_SUMMARY_INTERVAL_SECS`).
+    pub interval_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            enabled: true,
+            interval_secs: 300,
+        }
+    }
 }
 
 /// The admin API (control plane).
@@ -324,6 +368,13 @@ impl Config {
             parse_addr("demo_upstream.listen", &demo.listen)?;
         }
         self.validate_auth()?;
+        self.validate_alerts()?;
+        if self.scheduler.interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "scheduler.interval_secs",
+                "must be above 0",
+            ));
+        }
         if self.ledger.timeout_ms == 0 {
             return Err(ConfigError::invalid("ledger.timeout_ms", "must be above 0"));
         }
@@ -384,6 +435,32 @@ impl Config {
                     format!("duplicate tenant id `{}`", tenant.id),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let alerts = &self.alerts;
+        match &alerts.mqtt_url {
+            Some(url) => {
+                crate::alerts::MqttTarget::parse(url)
+                    .map_err(|m| ConfigError::invalid("alerts.mqtt_url", m))?;
+            }
+            None => {
+                parse_addr("alerts.embedded_listen", &alerts.embedded_listen)?;
+            }
+        }
+        if !(0.0..=1.0).contains(&alerts.credit_success_sample) {
+            return Err(ConfigError::invalid(
+                "alerts.credit_success_sample",
+                "a fraction from 0 to 1",
+            ));
+        }
+        if alerts.queue_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "alerts.queue_capacity",
+                "must be above 0",
+            ));
         }
         Ok(())
     }

@@ -2,8 +2,9 @@
 -- with respect to concurrent charges, once per operation id.
 -- KEYS[1] balance    tg:{tenant}:bal
 -- KEYS[2] operation  tg:{tenant}:adj:{op_id}   (the amount applied, while it lives)
+-- KEYS[3] warnings   tg:{tenant}:warn           (see charge.lua)
 -- ARGV[1] 'add' or 'set', ARGV[2] amount (add) or new balance (set), ARGV[3] highest
--- balance allowed, ARGV[4] operation ttl ms
+-- balance allowed, ARGV[4] operation ttl ms, ARGV[5] the low-credit threshold
 -- Returns {code, amount, balance}: 0 applied, 1 applied before (replay), 2 no balance
 -- (hydrate and retry), 3 refused: the balance would leave 0..=max.
 -- Values go to Redis as the caller's strings: Lua prints numbers above 1e14 as 1e+15.
@@ -33,4 +34,10 @@ else
   redis.call('INCRBY', KEYS[1], ARGV[2])
 end
 redis.call('SET', KEYS[2], string.format('%d', amount), 'PX', ARGV[4])
+-- Re-arm the warnings the new balance is clear of.
+if after > tonumber(ARGV[5]) then
+  redis.call('DEL', KEYS[3])
+elseif after > 0 then
+  redis.call('HDEL', KEYS[3], 'exhausted')
+end
 return {0, amount, after}

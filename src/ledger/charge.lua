@@ -1,28 +1,45 @@
 -- Tollgate: take a charge atomically. One round trip per metered request.
 -- KEYS[1] balance   tg:{tenant}:bal
 -- KEYS[2] charge    tg:{tenant}:ch:{charge_id}   (cost while live, "void" once voided)
--- KEYS[3] idem key  tg:{tenant}:idem:{key}       (optional)
--- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms
--- Returns {code, balance}: 0 charged, 1 replayed (idempotency key already paid),
--- 2 insufficient, 3 no balance (hydrate and retry), 4 charge id already used or voided.
+-- KEYS[3] warnings  tg:{tenant}:warn             (hash: which warnings were announced)
+-- KEYS[4] idem key  tg:{tenant}:idem:{key}       (optional)
+-- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
+-- ARGV[5] the tenant's low-credit threshold
+-- Returns {code, balance, warnings}: code 0 charged, 1 replayed (idempotency key already
+-- paid), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id already used or
+-- voided. warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
+-- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
+-- balance before and after is seen atomically, until a top-up re-arms it (adjust.lua), so
+-- any number of replicas announce a crossing once.
 local balance = redis.call('GET', KEYS[1])
 if not balance then
-  return {3, 0}
+  return {3, 0, 0}
 end
 balance = tonumber(balance)
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {4, balance}
+  return {4, balance, 0}
 end
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-  return {1, balance}
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  return {1, balance, 0}
 end
 local cost = tonumber(ARGV[1])
 if balance < cost then
-  return {2, balance}
+  if redis.call('HSETNX', KEYS[3], 'exhausted', 1) == 1 then
+    return {2, balance, 2}
+  end
+  return {2, balance, 0}
 end
-balance = redis.call('DECRBY', KEYS[1], cost)
+local after = redis.call('DECRBY', KEYS[1], cost)
 redis.call('SET', KEYS[2], cost, 'PX', ARGV[3])
-if KEYS[3] then
-  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[4])
 end
-return {0, balance}
+local warnings = 0
+local threshold = tonumber(ARGV[5])
+if balance > threshold and after <= threshold then
+  warnings = warnings + redis.call('HSETNX', KEYS[3], 'low', 1)
+end
+if after == 0 then
+  warnings = warnings + 2 * redis.call('HSETNX', KEYS[3], 'exhausted', 1)
+end
+return {0, after, warnings}

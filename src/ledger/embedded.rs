@@ -11,7 +11,7 @@ use super::expiring::ExpiringMap;
 use super::journal::{read_state, Journal, Record, Restored};
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
-    VoidOutcome, MAX_BALANCE,
+    VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
@@ -39,6 +39,9 @@ struct Book {
     idempotency: ExpiringMap<String>,
     /// Adjustment op id → the amount it applied (retries of an adjustment).
     adjusted: ExpiringMap<i64>,
+    /// Warnings announced and not yet re-armed by a top-up (charge.lua's `warn` hash; in
+    /// memory only: a restart may announce a standing warning again).
+    announced: Warnings,
 }
 
 fn now_ms() -> u64 {
@@ -130,10 +133,24 @@ impl Ledger for EmbeddedLedger {
                 return ChargeOutcome::Replayed { balance };
             }
             if balance < charge.cost {
-                return ChargeOutcome::Insufficient { balance };
+                let warnings = Warnings {
+                    low: false,
+                    exhausted: !book.announced.exhausted,
+                };
+                book.announced.exhausted = true;
+                return ChargeOutcome::Insufficient { balance, warnings };
             }
+            let before = balance;
             let balance = balance - charge.cost;
             book.balance = Some(balance);
+            let warnings = Warnings {
+                low: before > charge.threshold
+                    && balance <= charge.threshold
+                    && !book.announced.low,
+                exhausted: balance == 0 && !book.announced.exhausted,
+            };
+            book.announced.low |= warnings.low;
+            book.announced.exhausted |= warnings.exhausted;
             let tenant = charge.tenant_id.to_owned();
             if let Some(key) = key {
                 let expires = now + self.idempotency_ttl_ms;
@@ -147,7 +164,7 @@ impl Ledger for EmbeddedLedger {
                 });
             }
             self.log(Record::Balance { tenant, balance });
-            ChargeOutcome::Charged { balance }
+            ChargeOutcome::Charged { balance, warnings }
         }))
     }
 
@@ -200,6 +217,11 @@ impl Ledger for EmbeddedLedger {
                 return AdjustOutcome::OutOfRange { amount, balance };
             };
             book.balance = Some(after);
+            if after > adjustment.threshold {
+                book.announced = Warnings::NONE;
+            } else if after > 0 {
+                book.announced.exhausted = false;
+            }
             let expires = now + self.charge_ttl_ms;
             book.adjusted
                 .insert(adjustment.op_id.to_owned(), amount, expires);

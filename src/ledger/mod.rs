@@ -26,16 +26,47 @@ pub struct Charge<'a> {
     pub charge_id: &'a str,
     /// With a key, the tenant pays once per key while the key lives (SPEC §2: 24 h).
     pub idempotency_key: Option<&'a str>,
+    /// The tenant's low-credit threshold: a charge crossing it announces a warning.
+    pub threshold: i64,
+}
+
+/// The warnings (SPEC §5) a ledger operation decided to announce: each fires once per
+/// crossing, decided atomically with the balance change, and is re-armed by a top-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Warnings {
+    /// The balance went from above the threshold to at or below it.
+    pub low: bool,
+    /// The balance reached 0, or a charge was refused for lack of credits.
+    pub exhausted: bool,
+}
+
+impl Warnings {
+    pub const NONE: Warnings = Warnings {
+        low: false,
+        exhausted: false,
+    };
+
+    /// From the scripts' bit set: 1 low, 2 exhausted.
+    pub fn from_bits(bits: i64) -> Warnings {
+        Warnings {
+            low: bits & 1 != 0,
+            exhausted: bits & 2 != 0,
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.low || self.exhausted
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChargeOutcome {
     /// The cost was taken; `balance` is what remains.
-    Charged { balance: i64 },
+    Charged { balance: i64, warnings: Warnings },
     /// The idempotency key was already paid for: forward without charging.
     Replayed { balance: i64 },
     /// Not enough credits; nothing was taken.
-    Insufficient { balance: i64 },
+    Insufficient { balance: i64, warnings: Warnings },
     /// The ledger holds no balance for the tenant: hydrate it, then charge again.
     NoBalance,
     /// This charge id was already used or voided: nothing was taken.
@@ -74,6 +105,8 @@ pub struct Adjustment<'a> {
     pub tenant_id: &'a str,
     pub op_id: &'a str,
     pub change: Change,
+    /// The tenant's low-credit threshold: a balance left above it re-arms the warnings.
+    pub threshold: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
-    VoidOutcome, MAX_BALANCE,
+    VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
@@ -91,22 +91,29 @@ impl Ledger for RedisLedger {
         self.bounded(async {
             let mut conn = self.conn().await?;
             let mut invocation = self.charge.prepare_invoke();
-            for key in keys(charge.tenant_id, charge.charge_id, charge.idempotency_key)
-                .into_iter()
-                .flatten()
-            {
-                invocation.key(key);
+            let tenant = charge.tenant_id;
+            invocation
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(format!("tg:{{{tenant}}}:ch:{}", charge.charge_id))
+                .key(format!("tg:{{{tenant}}}:warn"));
+            if let Some(key) = charge.idempotency_key {
+                invocation.key(format!("tg:{{{tenant}}}:idem:{key}"));
             }
             invocation
                 .arg(charge.cost)
                 .arg(charge.charge_id)
                 .arg(self.charge_ttl_ms)
-                .arg(self.idempotency_ttl_ms);
-            let (code, balance) = reply(invocation.invoke_async(&mut conn).await?)?;
+                .arg(self.idempotency_ttl_ms)
+                .arg(charge.threshold);
+            let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            let [code, balance, warnings] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            let warnings = Warnings::from_bits(warnings);
             Ok(match code {
-                0 => ChargeOutcome::Charged { balance },
+                0 => ChargeOutcome::Charged { balance, warnings },
                 1 => ChargeOutcome::Replayed { balance },
-                2 => ChargeOutcome::Insufficient { balance },
+                2 => ChargeOutcome::Insufficient { balance, warnings },
                 3 => ChargeOutcome::NoBalance,
                 4 => ChargeOutcome::Void,
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
@@ -153,10 +160,12 @@ impl Ledger for RedisLedger {
                 .adjust
                 .key(format!("tg:{{{tenant}}}:bal"))
                 .key(format!("tg:{{{tenant}}}:adj:{}", adjustment.op_id))
+                .key(format!("tg:{{{tenant}}}:warn"))
                 .arg(mode)
                 .arg(value.to_string())
                 .arg(MAX_BALANCE.to_string())
                 .arg(self.charge_ttl_ms)
+                .arg(adjustment.threshold)
                 .invoke_async(&mut conn)
                 .await?;
             let [code, amount, balance] = values[..] else {

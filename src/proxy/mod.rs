@@ -19,10 +19,11 @@ mod steps;
 
 pub use respond::Problem;
 
+use crate::alerts::{AlertSink, CreditSuccess, Level, Warning};
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue, Warnings};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
 use crate::routing::RouteMatch;
 use crate::usage::{UsageEvent, UsageSink};
@@ -49,6 +50,7 @@ pub struct Gateway {
     voids: VoidQueue,
     usage: Arc<dyn UsageSink>,
     hydrator: Arc<Hydrator>,
+    alerts: Arc<dyn AlertSink>,
 }
 
 /// The shared handles the gateway charges and records through.
@@ -59,6 +61,8 @@ pub struct Backends {
     pub usage: Arc<dyn UsageSink>,
     /// Seeds the ledger from the durable store when it has no balance for a tenant.
     pub hydrator: Arc<Hydrator>,
+    /// Where low-credit warnings and credit-success notices go (MQTT).
+    pub alerts: Arc<dyn AlertSink>,
 }
 
 /// Per-request state, filled in phase by phase.
@@ -100,6 +104,24 @@ impl Gateway {
             voids: backends.voids,
             usage: backends.usage,
             hydrator: backends.hydrator,
+            alerts: backends.alerts,
+        }
+    }
+
+    /// Step 7: the warnings the ledger decided on, handed to the alert queue.
+    fn warn(&self, tenant_id: &str, warnings: Warnings, balance: i64, threshold: i64) {
+        let levels = [
+            (warnings.low, Level::Low),
+            (warnings.exhausted, Level::Exhausted),
+        ];
+        for (_, level) in levels.into_iter().filter(|(fired, _)| *fired) {
+            self.alerts.warning(Warning {
+                tenant_id: tenant_id.to_owned(),
+                level,
+                balance,
+                threshold,
+                timestamp: crate::alerts::rfc3339_now(),
+            });
         }
     }
 }
@@ -135,10 +157,10 @@ impl ProxyHttp for Gateway {
             ctx.outcome = Some(Outcome::Forwarded);
             return Ok(false);
         }
-        let checked = self
-            .authenticate(session)
-            .and_then(|claims| Ok((claims, steps::idempotency_key(session)?)));
-        let (claims, key) = match checked {
+        let checked = self.authenticate(session).and_then(|(claims, threshold)| {
+            Ok((claims, threshold, steps::idempotency_key(session)?))
+        });
+        let (claims, threshold, key) = match checked {
             Ok(checked) => checked,
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
@@ -148,19 +170,24 @@ impl ProxyHttp for Gateway {
             cost,
             charge_id: &ctx.request_id,
             idempotency_key: key.as_deref(),
+            threshold,
         };
         let charged = match self.charge(&charge).await {
-            Ok(ChargeOutcome::Charged { balance }) => Charged {
-                cost,
-                balance,
-                refunded: false,
-            },
+            Ok(ChargeOutcome::Charged { balance, warnings }) => {
+                self.warn(tenant_id, warnings, balance, threshold);
+                Charged {
+                    cost,
+                    balance,
+                    refunded: false,
+                }
+            }
             Ok(ChargeOutcome::Replayed { balance }) => Charged {
                 cost: 0,
                 balance,
                 refunded: false,
             },
-            Ok(ChargeOutcome::Insufficient { balance }) => {
+            Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
+                self.warn(tenant_id, warnings, balance, threshold);
                 let detail = format!("this call costs {cost} credits and the balance is {balance}");
                 let problem =
                     Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
@@ -375,6 +402,16 @@ impl ProxyHttp for Gateway {
             return;
         };
         let endpoint = route.endpoint();
+        if charged.cost > 0 && !charged.refunded {
+            self.alerts.credit_success(CreditSuccess {
+                tenant_id: claims.tenant_id.clone(),
+                service: route.service.name.clone(),
+                endpoint: endpoint.path.clone(),
+                credits_used: charged.cost,
+                balance: charged.balance,
+                timestamp: crate::alerts::rfc3339_now(),
+            });
+        }
         self.usage.record(UsageEvent {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: claims.tenant_id.clone(),

@@ -30,7 +30,7 @@ impl Gateway {
     pub(super) fn authenticate(
         &self,
         session: &Session,
-    ) -> std::result::Result<Claims, Box<Problem>> {
+    ) -> std::result::Result<(Claims, i64), Box<Problem>> {
         let header = session
             .req_header()
             .headers
@@ -50,8 +50,8 @@ impl Gateway {
                         .header("www-authenticate", "Bearer error=\"invalid_token\""),
                 )
             })?;
-        match self.catalog.tenants().get(&claims.tenant_id) {
-            Some(t) if t.status == TenantStatus::Active => {}
+        let threshold = match self.catalog.tenants().get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => t.low_credit_threshold,
             Some(_) => {
                 return Err(Box::new(
                     Problem::new(
@@ -74,8 +74,8 @@ impl Gateway {
                     .with("tenant_id", claims.tenant_id.clone()),
                 ))
             }
-        }
-        Ok(claims)
+        };
+        Ok((claims, threshold))
     }
 
     /// Step 3: charge once. A ledger without a balance for the tenant is hydrated from

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod gate;
+pub mod mqtt;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -204,6 +205,8 @@ pub struct Gateway {
     pub metrics_port: u16,
     /// The admin API.
     pub admin_port: u16,
+    /// The in-process MQTT broker (when the test sets no `TOLLGATE_MQTT_URL`).
+    pub mqtt_port: u16,
     pub dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
@@ -234,6 +237,7 @@ impl Gateway {
             port: free_port(),
             metrics_port: free_port(),
             admin_port: free_port(),
+            mqtt_port: free_port(),
             dir,
             child: None,
             env,
@@ -258,9 +262,14 @@ impl Gateway {
                 "TOLLGATE_ADMIN_LISTEN",
                 format!("127.0.0.1:{}", self.admin_port),
             )
+            .env(
+                "TOLLGATE_MQTT_EMBEDDED_LISTEN",
+                format!("127.0.0.1:{}", self.mqtt_port),
+            )
             .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
             .env_remove("TOLLGATE_REDIS_URL")
             .env_remove("TOLLGATE_MONGODB_URI")
+            .env_remove("TOLLGATE_MQTT_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,tollgate=debug")
             .stdout(Stdio::null())

@@ -1,0 +1,63 @@
+//! Step 7 of the request path: real-time alerts over MQTT (SPEC §5).
+//!
+//! The ledger decides *whether* to warn (atomically with the charge, see `charge.lua`); the
+//! gateway hands the warning to an [`AlertSink`], which must return at once. The MQTT
+//! [`publisher`] drains a bounded queue in the background: a broker that is down or slow
+//! fills the queue, then further alerts are counted as dropped — never a delayed request.
+//! Without `TOLLGATE_MQTT_URL`, an in-process [`broker`] serves the quickstart.
+
+pub mod broker;
+pub mod publisher;
+
+pub use publisher::{AlertPublisher, Alerts, MqttTarget};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// The balance crossed the tenant's low-credit threshold.
+    Low,
+    /// The balance reached 0, or a charge was refused for lack of credits.
+    Exhausted,
+}
+
+/// `tenant/{tenant_id}/warning`, QoS 1, also stored in `notifications`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warning {
+    pub tenant_id: String,
+    pub level: Level,
+    pub balance: i64,
+    pub threshold: i64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+/// `tenant/{tenant_id}/credit-success`, QoS 0, per successful charge (sampled).
+#[derive(Debug, Clone, Serialize)]
+pub struct CreditSuccess {
+    pub tenant_id: String,
+    pub service: String,
+    pub endpoint: String,
+    pub credits_used: i64,
+    pub balance: i64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+/// Where the gateway hands alerts; both calls must return at once.
+pub trait AlertSink: Send + Sync + 'static {
+    fn warning(&self, warning: Warning);
+    fn credit_success(&self, _notice: CreditSuccess) {}
+}
+
+/// Alerts switched off (tests, benches).
+pub struct NoAlerts;
+
+impl AlertSink for NoAlerts {
+    fn warning(&self, _warning: Warning) {}
+}
+
+pub fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
