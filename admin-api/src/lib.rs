@@ -13,6 +13,7 @@ mod me;
 mod plans;
 mod problem;
 mod reports;
+pub mod scheduler;
 mod services;
 mod tenants;
 mod time;

@@ -11,6 +11,7 @@ use tollgate::catalog::Catalog;
 use tollgate::config::Config;
 use tollgate::hydration::Hydrator;
 use tollgate::server::{self, RunOptions};
+use tollgate_admin_api::scheduler::{Scheduler, SchedulerService};
 use tollgate_admin_api::{AdminService, AdminState};
 
 /// mimalloc instead of glibc malloc: under load glibc's arena locks and consolidation showed
@@ -163,7 +164,26 @@ async fn admin_alone(config: Config) -> Result<(), String> {
             }
         }
     };
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = config.scheduler.enabled.then(|| {
+        let scheduler = Scheduler::new(
+            state.clone(),
+            std::time::Duration::from_secs(config.scheduler.interval_secs),
+        );
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            scheduler
+                .run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
     let served = tollgate_admin_api::serve(listener, state, stop).await;
+    let _ = stopping.send(true);
+    if let Some(task) = scheduler {
+        let _ = task.await;
+    }
     ledger.close().await;
     served.map_err(|e| e.to_string())
 }
@@ -206,11 +226,20 @@ fn execute(command: Command) -> Result<(), String> {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let auth = config.auth.clone();
             let settings = config.admin.clone();
+            let schedule = config
+                .scheduler
+                .enabled
+                .then(|| std::time::Duration::from_secs(config.scheduler.interval_secs));
             let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen)
                 .map_err(|e| e.to_string())?;
             let control_plane = move |server: &mut pingora::server::Server,
                                       handles: &server::Handles| {
                 let state = AdminState::new(handles, &auth, &settings)?;
+                if let Some(interval) = schedule {
+                    let scheduler = Scheduler::new(state.clone(), interval);
+                    server
+                        .add_service(background_service("scheduler", SchedulerService(scheduler)));
+                }
                 server.add_service(background_service(
                     "admin api",
                     AdminService { listen, state },

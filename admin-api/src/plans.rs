@@ -26,14 +26,14 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
-fn to_doc<T: Serialize>(value: &T) -> Doc {
+pub fn to_doc<T: Serialize>(value: &T) -> Doc {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::Object(doc)) => doc,
         _ => Doc::new(),
     }
 }
 
-fn from_doc<T: for<'de> Deserialize<'de>>(doc: Doc) -> ApiResult<T> {
+pub fn from_doc<T: for<'de> Deserialize<'de>>(doc: Doc) -> ApiResult<T> {
     serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
         ApiError::unavailable("store", format!("a stored document does not parse: {e}"))
     })
@@ -50,12 +50,12 @@ pub struct PriceOverride {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
-    id: String,
+    pub(crate) id: String,
     name: String,
     /// Credits granted each period.
-    monthly_credits: i64,
+    pub(crate) monthly_credits: i64,
     /// Day of the month (1–28) the scheduler refills on.
-    refill_day: u32,
+    pub(crate) refill_day: u32,
     /// Per-endpoint prices for this plan's tenants (stored; the gateway charges the
     /// service's prices in this build).
     price_overrides: Vec<PriceOverride>,
@@ -229,17 +229,34 @@ pub enum SubscriptionStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Subscription {
-    id: String,
-    tenant_id: String,
-    plan_id: String,
-    status: SubscriptionStatus,
-    current_period_start: String,
-    current_period_end: String,
+    pub(crate) id: String,
+    pub(crate) tenant_id: String,
+    pub(crate) plan_id: String,
+    pub(crate) status: SubscriptionStatus,
+    pub(crate) current_period_start: String,
+    pub(crate) current_period_end: String,
     created_at: String,
+    /// The last period (`YYYY-MM`) whose credits were granted: refills happen once each.
+    #[serde(default)]
+    pub(crate) last_refill_period: Option<String>,
+}
+
+/// The billing period (`YYYY-MM`, UTC) of `ms`.
+pub fn period_of(ms: i64) -> String {
+    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+    format!("{:04}-{:02}", t.year(), t.month())
+}
+
+/// The day of the month (UTC) of `ms`.
+pub fn day_of(ms: i64) -> u32 {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .day()
 }
 
 /// The calendar month (UTC) around `now_ms`: `[start, end)`.
-fn month_of(now_ms: i64) -> (i64, i64) {
+pub fn month_of(now_ms: i64) -> (i64, i64) {
     let now = Utc
         .timestamp_millis_opt(now_ms)
         .single()
@@ -310,6 +327,7 @@ pub async fn subscribe(
         current_period_start: rfc3339(start),
         current_period_end: rfc3339(end),
         created_at: rfc3339(now),
+        last_refill_period: Some(period_of(now)),
     };
     if !state
         .store

@@ -164,6 +164,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// Announces a change of the catalog; returns the new version.
     async fn bump_catalog_version(&self) -> Result<u64, LedgerError>;
 
+    /// Takes or renews the scheduler's leader lock for `owner`, for `ttl`; true when
+    /// `owner` leads. The embedded ledger belongs to one process: it always leads.
+    async fn lead(&self, _owner: &str, _ttl: std::time::Duration) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+
     /// Answers when the ledger is reachable (`/readyz`).
     async fn ping(&self) -> Result<(), LedgerError> {
         Ok(())

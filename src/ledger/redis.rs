@@ -22,6 +22,7 @@ pub struct RedisLedger {
     charge: Script,
     void: Script,
     adjust: Script,
+    lead: Script,
     timeout: Duration,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
@@ -35,6 +36,7 @@ impl RedisLedger {
             charge: Script::new(include_str!("charge.lua")),
             void: Script::new(include_str!("void.lua")),
             adjust: Script::new(include_str!("adjust.lua")),
+            lead: Script::new(include_str!("lead.lua")),
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
@@ -177,6 +179,21 @@ impl Ledger for RedisLedger {
                 3 => AdjustOutcome::OutOfRange { amount, balance },
                 _ => return Err(LedgerError::Reply(format!("adjust code {code}"))),
             })
+        })
+        .await
+    }
+
+    async fn lead(&self, owner: &str, ttl: Duration) -> Result<bool, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let led: i64 = self
+                .lead
+                .key("tg:scheduler:leader")
+                .arg(owner)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(led == 1)
         })
         .await
     }

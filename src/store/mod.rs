@@ -272,6 +272,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a document; false when there was none.
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError>;
+
+    /// The document with the highest id (ids that sort by time: the latest).
+    async fn latest_doc(&self, kind: Kind) -> Result<Option<Doc>, StoreError>;
+
+    /// Tenants with at least one usage log in `[from_ms, to_ms)`, in id order.
+    async fn tenants_with_usage(&self, from_ms: i64, to_ms: i64)
+        -> Result<Vec<String>, StoreError>;
+}
+
+/// Writes `doc` whether or not its id exists (replace, else insert).
+pub async fn upsert_doc(store: &dyn Store, kind: Kind, doc: &Doc) -> Result<(), StoreError> {
+    if !store.replace_doc(kind, doc).await? && !store.insert_doc(kind, doc).await? {
+        // Inserted by someone else between the two calls: theirs is as new as ours.
+        store.replace_doc(kind, doc).await?;
+    }
+    Ok(())
 }
 
 /// A document's `id`, which every stored document has.

@@ -242,6 +242,11 @@ impl Store for MongoStore {
         self.coll("services")
             .create_index(index(doc! { "name": 1 }, true))
             .await?;
+        for collection in ["notifications", "subscriptions", "usage_summary"] {
+            self.coll(collection)
+                .create_index(index(doc! { "tenant_id": 1 }, false))
+                .await?;
+        }
         Ok(())
     }
 
@@ -568,5 +573,34 @@ impl Store for MongoStore {
             .delete_one(doc! { "_id": id })
             .await?;
         Ok(result.deleted_count == 1)
+    }
+
+    async fn latest_doc(&self, kind: Kind) -> Result<Option<Doc>, StoreError> {
+        let found = self
+            .coll(kind.collection())
+            .find_one(Document::new())
+            .sort(doc! { "_id": -1 })
+            .await?;
+        Ok(found.map(from_bson))
+    }
+
+    async fn tenants_with_usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let filter = doc! { "timestamp": {
+            "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms),
+        } };
+        let values = self
+            .coll("usage_logs")
+            .distinct("tenant_id", filter)
+            .await?;
+        let mut tenants: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        tenants.sort();
+        Ok(tenants)
     }
 }

@@ -577,4 +577,34 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn latest_doc(&self, kind: Kind) -> Result<Option<Doc>, StoreError> {
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT body FROM documents WHERE collection = ?1 ORDER BY id DESC LIMIT 1",
+                [kind.collection()],
+                |row| row.get(0),
+            )
+            .optional()?
+            .map(parse_doc)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn tenants_with_usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT DISTINCT tenant_id FROM usage_logs
+                 WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2 ORDER BY tenant_id",
+            )?;
+            let rows = stmt.query_map(params![from_ms, to_ms], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
 }

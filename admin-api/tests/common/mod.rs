@@ -229,8 +229,14 @@ impl Gateway {
         } else {
             "grace_period_secs: 0\n"
         };
+        // The scheduler writes summaries and invoices on its own time: only where asked.
+        let scheduler = if yaml.contains("scheduler:") {
+            ""
+        } else {
+            "scheduler:\n  enabled: false\n"
+        };
         let config = format!(
-            "{grace}threads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
+            "{grace}{scheduler}threads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
         );
         std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
