@@ -17,6 +17,7 @@ struct Setup {
     gateway: Gateway,
     upstream: Upstream,
     redis: Option<RedisServer>,
+    _closed: common::ClosedPort,
 }
 
 /// Services: `notes` (the echo upstream), `down` (a closed port), `slow` (read timeout
@@ -60,12 +61,14 @@ impl Setup {
     async fn new(backend: Backend) -> Setup {
         let upstream = Upstream::start().await;
         let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
-        let yaml = services_yaml(&upstream.url(), common::free_port());
+        let closed = common::ClosedPort::new();
+        let yaml = services_yaml(&upstream.url(), closed.port);
         let gateway = Gateway::start(&yaml, redis.as_ref().map(RedisServer::url));
         Setup {
             gateway,
             upstream,
             redis,
+            _closed: closed,
         }
     }
 

@@ -166,7 +166,8 @@ async fn every_charged_call_is_logged_once(store_kind: StoreUnderTest, requests:
     let redis = RedisServer::start();
     let mut env = store_kind.env();
     env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
-    let gateway = Gateway::start_with(&yaml(&upstream.url(), common::free_port()), env);
+    let closed = common::ClosedPort::new();
+    let gateway = Gateway::start_with(&yaml(&upstream.url(), closed.port), env);
     let statuses = traffic(&gateway, requests, 50, "once").await;
     let answered = statuses.iter().filter(|s| matches!(s, 200 | 502)).count();
     assert_eq!(answered, requests, "every call answered: {statuses:?}");
@@ -216,6 +217,7 @@ struct GatedMongo {
     redis: RedisServer,
     gateway: Gateway,
     store: Arc<dyn Store>,
+    _closed: common::ClosedPort,
 }
 
 impl GatedMongo {
@@ -231,7 +233,8 @@ impl GatedMongo {
         }
         .env();
         env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
-        let gateway = Gateway::start_with(&yaml(&upstream.url(), common::free_port()), env);
+        let closed = common::ClosedPort::new();
+        let gateway = Gateway::start_with(&yaml(&upstream.url(), closed.port), env);
         let store = StoreUnderTest::Mongo {
             uri: uri.to_owned(),
             db,
@@ -244,6 +247,7 @@ impl GatedMongo {
             redis,
             gateway,
             store,
+            _closed: closed,
         }
     }
 }
@@ -261,6 +265,7 @@ async fn a_store_outage_loses_nothing() {
         redis,
         gateway,
         store,
+        _closed,
     } = GatedMongo::start(&uri).await;
 
     assert!(traffic(&gateway, 40, 10, "before")
@@ -337,6 +342,7 @@ async fn a_crash_replays_the_journal() {
         redis,
         mut gateway,
         store,
+        _closed,
     } = GatedMongo::start(&uri).await;
 
     // Hydrate both tenants first: a fresh Redis with the store unreachable fails closed.
@@ -381,10 +387,8 @@ async fn a_crash_replays_the_journal() {
 async fn a_crash_under_load_loses_only_what_was_in_memory() {
     let upstream = Upstream::start().await;
     let redis = RedisServer::start();
-    let mut gateway = Gateway::start(
-        &yaml(&upstream.url(), common::free_port()),
-        Some(redis.url()),
-    );
+    let closed = common::ClosedPort::new();
+    let mut gateway = Gateway::start(&yaml(&upstream.url(), closed.port), Some(redis.url()));
     // The store stays up, so nothing is journaled: what the kill loses is what was in memory.
     let load = {
         let http = client();
@@ -443,10 +447,8 @@ async fn a_crash_under_load_loses_only_what_was_in_memory() {
 async fn a_flushed_redis_is_rehydrated_exactly() {
     let upstream = Upstream::start().await;
     let redis = RedisServer::start();
-    let gateway = Gateway::start(
-        &yaml(&upstream.url(), common::free_port()),
-        Some(redis.url()),
-    );
+    let closed = common::ClosedPort::new();
+    let gateway = Gateway::start(&yaml(&upstream.url(), closed.port), Some(redis.url()));
     let http = client();
     let calls = (0..600).map(|i| {
         let request = http
@@ -481,7 +483,8 @@ async fn a_flushed_redis_is_rehydrated_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconcile_command_proves_the_books() {
     let upstream = Upstream::start().await;
-    let mut gateway = Gateway::start(&yaml(&upstream.url(), common::free_port()), None);
+    let closed = common::ClosedPort::new();
+    let mut gateway = Gateway::start(&yaml(&upstream.url(), closed.port), None);
     assert!(traffic(&gateway, 200, 20, "cli")
         .await
         .iter()

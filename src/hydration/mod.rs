@@ -57,6 +57,11 @@ impl Hydrator {
         if !self.inflight.quiesce(self.ledger_timeout).await {
             tracing::warn!(%tenant_id, "hydrating while charges are still in flight: reconciliation may report them");
         }
+        // Requests that found no balance together hydrate one after another: after the
+        // first, there is nothing left to do.
+        if self.ledger.balance(tenant_id).await?.is_some() {
+            return Ok(());
+        }
         let lock = self.usage.settle_lock();
         let _settled = match &lock {
             Some(lock) => Some(

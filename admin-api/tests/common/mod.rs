@@ -450,3 +450,42 @@ pub fn tx<'a>(
         live_balance: None,
     }
 }
+
+/// A loopback TCP port that refuses connections for as long as this lives: bound, so the
+/// kernel gives it to no other socket (no `SO_REUSEADDR` here), but never listening. A port
+/// merely found free could be taken by another test's server and answer.
+pub struct ClosedPort {
+    fd: libc::c_int,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket calls on a zeroed sockaddr_in of the right size.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket");
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let raw = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(fd, raw, size), 0, "bind");
+            let mut len = size;
+            assert_eq!(libc::getsockname(fd, raw, &mut len), 0, "getsockname");
+            ClosedPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
