@@ -9,6 +9,8 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod demo_upstream;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hydration;
 pub mod ledger;
 pub mod metrics;

@@ -145,6 +145,11 @@ impl ProxyHttp for Gateway {
 
     /// Steps 1–3. Returns `Ok(true)` when the response (an error) is already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(problem) = steps::check_framing(session) {
+            // The rest of this connection's bytes cannot be trusted: close it after this.
+            session.set_keepalive(None);
+            return refuse(session, ctx, &problem).await;
+        }
         let route = match self.route(session) {
             Ok(route) => route,
             Err(problem) => return refuse(session, ctx, &problem).await,

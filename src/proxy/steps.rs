@@ -9,6 +9,72 @@ use crate::metrics::LEDGER_DURATION;
 use crate::routing::{RouteError, RouteMatch};
 use pingora::proxy::Session;
 
+/// The most request-header bytes accepted (names, values and separators): far above any
+/// real client, far below what a memory-exhaustion attempt needs.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The longest request target accepted.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Step 0: refuse a request whose size or framing a proxy must not guess at. Two parties
+/// reading `Content-Length` and `Transfer-Encoding` differently is how a request is
+/// smuggled past the charge, so anything ambiguous is refused and the connection closed.
+pub(super) fn check_framing(session: &Session) -> std::result::Result<(), Box<Problem>> {
+    let req = session.req_header();
+    let uri = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Err(Box::new(Problem::new(
+            414,
+            "uri-too-long",
+            "URI too long",
+            format!("the request target must be at most {MAX_URI_BYTES} bytes"),
+        )));
+    }
+    let bytes: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Box::new(Problem::new(
+            431,
+            "header-too-large",
+            "Request header fields too large",
+            format!("request headers must be at most {MAX_HEADER_BYTES} bytes in all"),
+        )));
+    }
+    let bad = |why: &str| {
+        Err(Box::new(
+            Problem::new(400, "bad-framing", "Bad request framing", why)
+                .header("connection", "close"),
+        ))
+    };
+    let lengths: Vec<_> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    let codings: Vec<_> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    if !codings.is_empty() && !lengths.is_empty() {
+        return bad("Content-Length and Transfer-Encoding together are refused");
+    }
+    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
+        return bad("conflicting Content-Length headers");
+    }
+    let chunked_only = codings.len() <= 1
+        && codings
+            .iter()
+            .all(|c| c.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if !chunked_only {
+        return bad("the only transfer coding accepted is `chunked`");
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
     pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Box<Problem>> {
