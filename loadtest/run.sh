@@ -8,7 +8,9 @@
 #   upstream          the echo upstream directly (`tollgate echo`)
 #   public            a public (unmetered) route through the gateway: the baseline
 #   metered-embedded  JWT + charge on the embedded ledger, usage logged to the embedded store
-#   metered-redis     JWT + one Redis Lua charge, usage logged to the embedded store
+#   metered-redis     JWT + one Redis Lua charge, usage logged to the embedded store,
+#                     a credit-success MQTT notice per charge (the default)
+#   metered-redis-quiet  the same with credit-success notices off
 #   metered-mongo     as metered-redis, usage logged to MongoDB; only when
 #                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
 # Then a moderate-load pass (4 connections) for the latency the metering adds.
@@ -20,19 +22,23 @@ secs=${1:-10} rounds=${2:-3} conns=${3:-32}
 source loadtest/common.sh
 
 declare -A url pid
-start_gateway() {  # name, extra env...
+start_gateway() {  # name, extra env... (CONFIG=file picks another config)
   local name=$1; shift
   local port mport; port=$(free_port); mport=$(free_port)
   env TOLLGATE_LISTEN=127.0.0.1:$port TOLLGATE_METRICS_LISTEN=127.0.0.1:$mport \
+    TOLLGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) TOLLGATE_MQTT_EMBEDDED_LISTEN=127.0.0.1:$(free_port) \
     TOLLGATE_DATA_DIR="$work/$name" RUST_LOG=warn "$@" \
-    $bin run --config "$work/gw.yaml" 2>"$work/$name.log" &
+    $bin run --config "${CONFIG:-$work/gw.yaml}" 2>"$work/$name.log" &
   pid[$name]=$!; pids+=($!)
   wait_port "$port"
   url[$name]="http://127.0.0.1:$port"
 }
 start_gateway embedded
 start_gateway redis TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
-order=(upstream public metered-embedded metered-redis)
+# The same without credit-success notices: what per-charge MQTT costs.
+{ cat "$work/gw.yaml"; echo "alerts: { credit_success: false }"; } > "$work/gw-quiet.yaml"
+CONFIG="$work/gw-quiet.yaml" start_gateway redis-quiet TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
+order=(upstream public metered-embedded metered-redis metered-redis-quiet)
 if [[ -n ${TOLLGATE_LOADTEST_MONGODB_URI:-} ]]; then
   start_gateway mongo TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/ TOLLGATE_MONGODB_URI="$TOLLGATE_LOADTEST_MONGODB_URI" \
     TOLLGATE_MONGODB_DB=tollgate_loadtest_$$
@@ -46,6 +52,7 @@ target_url() {
     public) echo "${url[embedded]}/api/proxy/open/x" ;;
     metered-embedded) echo "${url[embedded]}/api/proxy/echo/x" ;;
     metered-redis) echo "${url[redis]}/api/proxy/echo/x" ;;
+    metered-redis-quiet) echo "${url[redis-quiet]}/api/proxy/echo/x" ;;
     metered-mongo) echo "${url[mongo]}/api/proxy/echo/x" ;;
   esac
 }
@@ -54,6 +61,7 @@ target_pid() {
     upstream) echo "${pids[0]}" ;;
     public|metered-embedded) echo "${pid[embedded]}" ;;
     metered-redis) echo "${pid[redis]}" ;;
+    metered-redis-quiet) echo "${pid[redis-quiet]}" ;;
     metered-mongo) echo "${pid[mongo]}" ;;
   esac
 }

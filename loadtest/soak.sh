@@ -11,6 +11,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 source loadtest/common.sh
 gp=$(free_port) mp=$(free_port)
 TOLLGATE_LISTEN=127.0.0.1:$gp TOLLGATE_METRICS_LISTEN=127.0.0.1:$mp TOLLGATE_DATA_DIR="$work/data" \
+  TOLLGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) TOLLGATE_MQTT_EMBEDDED_LISTEN=127.0.0.1:$(free_port) \
   TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/ RUST_LOG=warn $bin run --config "$work/gw.yaml" 2>"$work/gw.log" &
 gw=$!; pids+=($gw)
 wait_port "$gp"

@@ -10,7 +10,32 @@ use tokio::sync::watch;
 pub struct TcpGate {
     pub addr: SocketAddr,
     open: Arc<watch::Sender<bool>>,
+    /// Milliseconds each client-to-server chunk waits before it is forwarded.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, each chunk held back by the current delay.
+async fn forward_slowly(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let delay = delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpGate {
@@ -19,25 +44,44 @@ impl TcpGate {
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(watch::Sender::new(true));
         let state = Arc::clone(&open);
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = Arc::clone(&delay_ms);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !*state.borrow() {
                     continue; // dropped: the client sees the connection close
                 }
                 let mut closed = state.subscribe();
+                let delay = Arc::clone(&delay);
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let (mut client, mut server) = (client, server);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let up = forward_slowly(client_read, server_write, delay);
+                    let down = forward_slowly(server_read, client_write, Arc::default());
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async { tokio::join!(up, down) } => {}
                         _ = closed.wait_for(|open| !*open) => {}
                     }
                 });
             }
         });
-        TcpGate { addr, open, task }
+        TcpGate {
+            addr,
+            open,
+            delay_ms,
+            task,
+        }
+    }
+
+    /// Holds every client-to-server chunk back by `delay` (zero: none): a slow server.
+    pub fn slow_down(&self, delay: std::time::Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn close(&self) {
