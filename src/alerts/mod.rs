@@ -45,9 +45,16 @@ pub struct CreditSuccess {
     pub timestamp: String,
 }
 
-/// Where the gateway hands alerts; both calls must return at once.
+/// Where the gateway hands alerts; every call must return at once.
 pub trait AlertSink: Send + Sync + 'static {
     fn warning(&self, warning: Warning);
+
+    /// Whether this charge gets a credit-success notice (sampling decides here, so the
+    /// gateway builds a notice only when one is sent).
+    fn wants_credit_success(&self) -> bool {
+        false
+    }
+
     fn credit_success(&self, _notice: CreditSuccess) {}
 }
 

@@ -407,7 +407,7 @@ impl ProxyHttp for Gateway {
             return;
         };
         let endpoint = route.endpoint();
-        if charged.cost > 0 && !charged.refunded {
+        if charged.cost > 0 && !charged.refunded && self.alerts.wants_credit_success() {
             self.alerts.credit_success(CreditSuccess {
                 tenant_id: claims.tenant_id.clone(),
                 service: route.service.name.clone(),
