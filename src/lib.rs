@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod deferred;
 pub mod demo_upstream;
 #[doc(hidden)]
 pub mod fuzzing;

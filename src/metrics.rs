@@ -44,6 +44,23 @@ pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Calls served while the ledger was unavailable (`on_ledger_error: allow`), by how their
+/// charge was settled once it answered (indexed by [`crate::deferred::Settled`]).
+pub static DEFERRED_CHARGES: LazyLock<[IntCounter; 5]> = LazyLock::new(|| {
+    let vec = counter_vec(
+        "tollgate_deferred_charges_total",
+        "Calls served while the ledger was unavailable, by how their charge was settled",
+        &["outcome"],
+    );
+    crate::deferred::Settled::ALL.map(|s| vec.with_label_values(&[s.as_str()]))
+});
+pub static DEFERRED_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "tollgate_deferred_charges_pending",
+        "Deferred charges waiting for the ledger",
+    )
+});
+
 pub static RECONCILE_MISMATCHED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "tollgate_reconcile_mismatched_tenants",
@@ -224,6 +241,8 @@ pub fn register_all() {
     LazyLock::force(&USAGE_JOURNALED);
     LazyLock::force(&USAGE_DROPPED);
     LazyLock::force(&RECONCILE_MISMATCHED);
+    LazyLock::force(&DEFERRED_CHARGES);
+    LazyLock::force(&DEFERRED_PENDING);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&LEDGER_DURATION);
     LazyLock::force(&UNROUTED);

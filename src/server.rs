@@ -7,6 +7,7 @@ use crate::alerts::{AlertPublisher, AlertSink, Alerts, MqttTarget};
 use crate::auth::Verifier;
 use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
+use crate::deferred::DeferredWorker;
 use crate::demo_upstream::DemoUpstream;
 use crate::hydration::Hydrator;
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker};
@@ -192,14 +193,22 @@ pub fn run(
         Duration::from_millis(config.ledger.timeout_ms),
     ));
     let (alerts, publisher) = open_alerts(&config, Arc::clone(&store))?;
+    let (deferred, deferred_worker) = DeferredWorker::new(
+        Arc::clone(&ledger),
+        Arc::clone(&hydrator),
+        Arc::clone(&usage),
+        Arc::clone(&alerts),
+    );
     let backends = Backends {
         ledger: Arc::clone(&ledger),
         voids,
+        deferred,
         usage: Arc::clone(&usage),
         hydrator: Arc::clone(&hydrator),
         alerts,
     };
-    let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends);
+    let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends)
+        .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms));
     let handles = Handles {
         store: Arc::clone(&store),
         ledger: Arc::clone(&ledger),
@@ -230,6 +239,7 @@ pub fn run(
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
+    server.add_service(background_service("deferred charges", deferred_worker));
     server.add_service(background_service("alerts", publisher));
     let watcher = CatalogWatcher {
         catalog,

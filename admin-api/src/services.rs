@@ -61,6 +61,8 @@ pub struct ServiceView {
     #[schema(value_type = Object)]
     timeouts: TimeoutsConfig,
     refund_on_5xx: bool,
+    #[schema(value_type = String, example = "deny")]
+    on_ledger_error: OnLedgerError,
     public: bool,
     endpoints: Vec<EndpointBody>,
 }
@@ -72,6 +74,7 @@ impl From<ServiceConfig> for ServiceView {
             upstream: s.upstream,
             timeouts: s.timeouts,
             refund_on_5xx: s.refund_on_5xx,
+            on_ledger_error: s.on_ledger_error,
             public: s.public,
             endpoints: s
                 .endpoints
@@ -138,6 +141,11 @@ pub struct NewService {
     /// Give the credits back when the upstream answers 5xx (default false).
     #[serde(default)]
     refund_on_5xx: bool,
+    /// When the ledger cannot answer: `deny` (default: 503) or `allow` (forward, charge
+    /// once it answers again).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "deny")]
+    on_ledger_error: OnLedgerError,
     /// Free and open: no token, no charge (default false).
     #[serde(default)]
     public: bool,
@@ -159,7 +167,7 @@ pub async fn create(
             t.apply(TimeoutsConfig::default())
         }),
         refund_on_5xx: body.refund_on_5xx,
-        on_ledger_error: OnLedgerError::Deny,
+        on_ledger_error: body.on_ledger_error,
         public: body.public,
         endpoints: body
             .endpoints
@@ -217,6 +225,8 @@ pub struct ServicePatch {
     upstream: Option<String>,
     timeouts: Option<TimeoutsBody>,
     refund_on_5xx: Option<bool>,
+    #[schema(value_type = Option<String>, example = "allow")]
+    on_ledger_error: Option<OnLedgerError>,
     public: Option<bool>,
     /// Replaces the whole list.
     endpoints: Option<Vec<EndpointBody>>,
@@ -242,6 +252,9 @@ pub async fn update(
     }
     if let Some(refund) = patch.refund_on_5xx {
         service.refund_on_5xx = refund;
+    }
+    if let Some(mode) = patch.on_ledger_error {
+        service.on_ledger_error = mode;
     }
     if let Some(public) = patch.public {
         service.public = public;

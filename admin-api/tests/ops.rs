@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
+use common::{client, metric_sample, token, wait_until, Gateway, RedisServer, Upstream};
 use std::time::Duration;
 
 fn yaml(upstream: &str) -> String {
@@ -25,19 +25,6 @@ tenants:
   - {{ id: load, credits: 1000000000000 }}
 "#
     )
-}
-
-/// The value of the sample of `metric` whose labels include all of `labels`.
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
 }
 
 async fn get(url: &str, bearer: Option<&str>) -> reqwest::Response {
@@ -109,7 +96,7 @@ async fn metrics_count_what_was_sent() {
     .await;
     let requests = "tollgate_requests_total";
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             requests,
             &[("service", "notes"), ("outcome", "forwarded")]
@@ -117,7 +104,7 @@ async fn metrics_count_what_was_sent() {
         5.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             requests,
             &[("service", "notes"), ("outcome", "unauthorized")]
@@ -125,7 +112,7 @@ async fn metrics_count_what_was_sent() {
         3.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             requests,
             &[("service", "notes"), ("outcome", "no_credits")]
@@ -133,7 +120,7 @@ async fn metrics_count_what_was_sent() {
         2.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             requests,
             &[("service", "-"), ("outcome", "not_found")]
@@ -141,7 +128,7 @@ async fn metrics_count_what_was_sent() {
         2.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             requests,
             &[("service", "docs"), ("outcome", "forwarded")]
@@ -149,7 +136,7 @@ async fn metrics_count_what_was_sent() {
         4.0
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &text,
             "tollgate_credits_charged_total",
             &[("service", "notes")]
@@ -157,7 +144,7 @@ async fn metrics_count_what_was_sent() {
         5.0
     );
     assert_eq!(
-        sample(&text, "tollgate_ledger_duration_seconds_count", &[]),
+        metric_sample(&text, "tollgate_ledger_duration_seconds_count", &[]),
         7.0
     );
     assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));

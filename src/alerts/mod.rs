@@ -65,6 +65,29 @@ impl AlertSink for NoAlerts {
     fn warning(&self, _warning: Warning) {}
 }
 
+/// Hands the warnings a ledger operation decided on (step 7) to `sink`.
+pub fn announce(
+    sink: &dyn AlertSink,
+    tenant_id: &str,
+    warnings: crate::ledger::Warnings,
+    balance: i64,
+    threshold: i64,
+) {
+    let levels = [
+        (warnings.low, Level::Low),
+        (warnings.exhausted, Level::Exhausted),
+    ];
+    for (_, level) in levels.into_iter().filter(|(fired, _)| *fired) {
+        sink.warning(Warning {
+            tenant_id: tenant_id.to_owned(),
+            level,
+            balance,
+            threshold,
+            timestamp: rfc3339_now(),
+        });
+    }
+}
+
 pub fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -63,6 +63,10 @@ pub struct Config {
     pub threads: usize,
     /// Seconds SIGTERM waits for in-flight requests before the process exits.
     pub grace_period_secs: u64,
+    /// Longest wait for the next bytes of a client's request body: a client that stalls
+    /// longer gets `408` (its charge refunded) and loses the connection (nginx's
+    /// `client_body_timeout`, same default).
+    pub client_read_timeout_ms: u64,
     /// The socket a graceful upgrade hands the listeners over (`tollgate run --upgrade`);
     /// default `<data_dir>/upgrade.sock`. Old and new process must name the same one.
     pub upgrade_sock: Option<PathBuf>,
@@ -91,6 +95,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             threads: 0,
             grace_period_secs: 10,
+            client_read_timeout_ms: 60_000,
             upgrade_sock: None,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
@@ -372,6 +377,12 @@ impl Config {
         if self.scheduler.interval_secs == 0 {
             return Err(ConfigError::invalid(
                 "scheduler.interval_secs",
+                "must be above 0",
+            ));
+        }
+        if self.client_read_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "client_read_timeout_ms",
                 "must be above 0",
             ));
         }

@@ -32,7 +32,8 @@ pub enum OnLedgerError {
     /// Fail closed: 503 with `Retry-After`.
     #[default]
     Deny,
-    /// Forward and apply the charge later (deferred charges); not in this build yet.
+    /// Forward, and apply the charge once the ledger answers again (see
+    /// [`crate::deferred`]); a tenant out of credits by then was served for free.
     Allow,
 }
 
@@ -77,12 +78,6 @@ impl ServiceConfig {
         }
         crate::routing::Upstream::parse(&self.upstream)
             .map_err(|msg| ConfigError::invalid(format!("{key}.upstream"), msg))?;
-        if self.on_ledger_error == OnLedgerError::Allow {
-            return Err(ConfigError::invalid(
-                format!("{key}.on_ledger_error"),
-                "`allow` (deferred charges) is not supported by this build yet; use `deny`",
-            ));
-        }
         let t = &self.timeouts;
         for (name, value) in [
             ("connect_ms", t.connect_ms),

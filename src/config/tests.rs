@@ -77,7 +77,6 @@ fn bad_values_are_refused_by_key() {
         ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: get, path: /, credits: 1 }] }\n", "services[0].endpoints[0]"),
         ("services:\n  - { name: s, upstream: 'http://x', endpoints: [] }\n", "services[0].endpoints"),
         ("services:\n  - { name: 'a/b', upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].name"),
-        ("services:\n  - { name: s, upstream: 'http://x', on_ledger_error: allow, endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].on_ledger_error"),
         ("auth:\n  algorithm: RS256\n", "auth.public_key_file"),
     ];
     for (yaml, key) in cases {
@@ -90,6 +89,18 @@ fn bad_values_are_refused_by_key() {
     }
     let err = Config::from_yaml("ledger:\n  timeout_ms: soon\n").unwrap_err();
     assert!(err.contains("timeout_ms"), "{err}");
+}
+
+#[test]
+fn on_ledger_error_is_deny_or_allow() {
+    let service = |mode: &str| {
+        format!("services:\n  - {{ name: s, upstream: 'http://x', on_ledger_error: {mode}, endpoints: [{{ method: GET, path: /, credits: 1 }}] }}\n")
+    };
+    let config = Config::from_yaml(&service("allow")).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.services[0].on_ledger_error, OnLedgerError::Allow);
+    let err = Config::from_yaml(&service("maybe")).unwrap_err();
+    assert!(err.contains("on_ledger_error"), "{err}");
 }
 
 #[test]

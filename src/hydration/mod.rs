@@ -11,7 +11,8 @@ mod inflight;
 
 pub use inflight::{InFlight, Ticket};
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError};
+use crate::metrics::LEDGER_DURATION;
 use crate::store::Store;
 use crate::usage::UsageSink;
 use std::sync::Arc;
@@ -50,6 +51,36 @@ impl Hydrator {
     /// pending in the usage sink).
     pub fn enter(&self) -> Ticket<'_> {
         self.inflight.enter()
+    }
+
+    /// Charges once, hydrating first when the ledger holds no balance for the tenant, and
+    /// counts what was taken as pending in the usage sink. The charge step of the request
+    /// path and of deferred charges.
+    pub async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
+        // Counted in flight until its credits are counted as pending (see `inflight`).
+        let ticket = self.enter();
+        let timer = LEDGER_DURATION.start_timer();
+        let result = self.ledger.charge(charge).await;
+        timer.observe_duration();
+        let outcome = match result? {
+            ChargeOutcome::NoBalance => {
+                drop(ticket);
+                self.hydrate(charge.tenant_id).await?;
+                let _ticket = self.enter();
+                let outcome = self.ledger.charge(charge).await?;
+                self.count_pending(charge, outcome);
+                return Ok(outcome);
+            }
+            outcome => outcome,
+        };
+        self.count_pending(charge, outcome);
+        Ok(outcome)
+    }
+
+    fn count_pending(&self, charge: &Charge<'_>, outcome: ChargeOutcome) {
+        if let ChargeOutcome::Charged { .. } | ChargeOutcome::AlreadyCharged { .. } = outcome {
+            self.usage.charged(charge.tenant_id, charge.cost);
+        }
     }
 
     /// Seeds the tenant's ledger balance if the ledger has none.

@@ -6,8 +6,8 @@
 -- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
 -- ARGV[5] the tenant's low-credit threshold
 -- Returns {code, balance, warnings}: code 0 charged, 1 replayed (idempotency key already
--- paid), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id already used or
--- voided. warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
+-- paid), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
+-- already applied (a retry of a charge whose answer was lost: nothing taken twice). warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
 -- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
 -- balance before and after is seen atomically, until a top-up re-arms it (adjust.lua), so
 -- any number of replicas announce a crossing once.
@@ -16,8 +16,12 @@ if not balance then
   return {3, 0, 0}
 end
 balance = tonumber(balance)
-if redis.call('EXISTS', KEYS[2]) == 1 then
+local record = redis.call('GET', KEYS[2])
+if record == 'void' then
   return {4, balance, 0}
+end
+if record then
+  return {5, balance, 0}
 end
 if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
   return {1, balance, 0}

@@ -69,8 +69,12 @@ pub enum ChargeOutcome {
     Insufficient { balance: i64, warnings: Warnings },
     /// The ledger holds no balance for the tenant: hydrate it, then charge again.
     NoBalance,
-    /// This charge id was already used or voided: nothing was taken.
+    /// This charge id was voided: nothing was taken.
     Void,
+    /// This charge id was already applied by an earlier try whose answer was lost (a
+    /// deferred charge retried): nothing more was taken. Only a ledger that keeps a record
+    /// per charge can tell; the embedded one never loses an answer, so never says this.
+    AlreadyCharged { balance: i64 },
 }
 
 /// Gives a charge back by id.

@@ -118,6 +118,7 @@ impl Ledger for RedisLedger {
                 2 => ChargeOutcome::Insufficient { balance, warnings },
                 3 => ChargeOutcome::NoBalance,
                 4 => ChargeOutcome::Void,
+                5 => ChargeOutcome::AlreadyCharged { balance },
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
             })
         })

@@ -6,6 +6,7 @@
 //!             1 route    (routing)  400 bad path · 404 unknown           │ service's base URL only
 //!             2 auth     (auth)     401 bad token · 403 suspended        ▼
 //!             3 charge   (ledger)   402 no credits · 503 ledger down   upstream_request_filter
+//!                        (deferred) ledger down + `allow`: forward, charge later
 //!                                                                       4 rewrite path + headers
 //!  client ◄── response_filter ◄──────────────────────────────────────── upstream
 //!             5 X-Credits-* (refund on 5xx if configured)
@@ -19,11 +20,13 @@ mod steps;
 
 pub use respond::Problem;
 
-use crate::alerts::{AlertSink, CreditSuccess, Level, Warning};
+use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
+use crate::config::OnLedgerError;
+use crate::deferred::{DeferredCharge, DeferredQueue, Reservation};
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue, Warnings};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
 use crate::routing::RouteMatch;
 use crate::usage::{UsageEvent, UsageSink};
@@ -48,16 +51,24 @@ pub struct Gateway {
     verifier: Verifier,
     ledger: Arc<dyn Ledger>,
     voids: VoidQueue,
+    deferred: DeferredQueue,
     usage: Arc<dyn UsageSink>,
     hydrator: Arc<Hydrator>,
     alerts: Arc<dyn AlertSink>,
+    /// Longest wait for the next bytes of a request body (`client_read_timeout_ms`).
+    client_read_timeout: Duration,
 }
+
+/// Pingora's own per-read default, kept until configured otherwise.
+const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The shared handles the gateway charges and records through.
 pub struct Backends {
     pub ledger: Arc<dyn Ledger>,
     /// Voids the request path could not do itself (ledger timeouts, deferred refunds).
     pub voids: VoidQueue,
+    /// Charges of calls served while the ledger was down (`on_ledger_error: allow`).
+    pub deferred: DeferredQueue,
     pub usage: Arc<dyn UsageSink>,
     /// Seeds the ledger from the durable store when it has no balance for a tenant.
     pub hydrator: Arc<Hydrator>,
@@ -73,6 +84,9 @@ pub struct RequestCtx {
     claims: Option<Claims>,
     idempotency_key: Option<String>,
     charge: Option<Charged>,
+    /// A deferred charge's place in the queue and the tenant's threshold, held from the
+    /// forward to the hand-over in `logging`.
+    deferred: Option<(Reservation, i64)>,
     /// The upstream's status, once its response header arrived.
     upstream_status: Option<u16>,
     /// How the request ended, for `tollgate_requests_total`.
@@ -89,10 +103,33 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) 
 /// What the ledger did for this request.
 #[derive(Debug, Clone, Copy)]
 struct Charged {
-    /// Credits taken by this request (0 on an idempotent replay).
+    /// Credits taken by this request (0 on an idempotent replay); when deferred, the
+    /// credits it will be charged once the ledger answers.
     cost: i64,
-    balance: i64,
+    /// The balance after the charge; unknown (`None`) while it is deferred.
+    balance: Option<i64>,
     refunded: bool,
+}
+
+impl Charged {
+    fn now(cost: i64, balance: i64) -> Charged {
+        Charged {
+            cost,
+            balance: Some(balance),
+            refunded: false,
+        }
+    }
+
+    /// Step 5's headers: what this call costs and what remains. A deferred charge has no
+    /// balance to tell yet, and says so instead.
+    fn headers(&self) -> [(&'static str, String); 2] {
+        let cost = if self.refunded { 0 } else { self.cost };
+        let remaining = match self.balance {
+            Some(balance) => ("x-credits-remaining", balance.to_string()),
+            None => ("x-credits-deferred", "true".to_owned()),
+        };
+        [("x-credits-cost", cost.to_string()), remaining]
+    }
 }
 
 impl Gateway {
@@ -102,26 +139,18 @@ impl Gateway {
             verifier,
             ledger: backends.ledger,
             voids: backends.voids,
+            deferred: backends.deferred,
             usage: backends.usage,
             hydrator: backends.hydrator,
             alerts: backends.alerts,
+            client_read_timeout: DEFAULT_CLIENT_READ_TIMEOUT,
         }
     }
 
-    /// Step 7: the warnings the ledger decided on, handed to the alert queue.
-    fn warn(&self, tenant_id: &str, warnings: Warnings, balance: i64, threshold: i64) {
-        let levels = [
-            (warnings.low, Level::Low),
-            (warnings.exhausted, Level::Exhausted),
-        ];
-        for (_, level) in levels.into_iter().filter(|(fired, _)| *fired) {
-            self.alerts.warning(Warning {
-                tenant_id: tenant_id.to_owned(),
-                level,
-                balance,
-                threshold,
-                timestamp: crate::alerts::rfc3339_now(),
-            });
+    pub fn with_client_read_timeout(self, timeout: Duration) -> Gateway {
+        Gateway {
+            client_read_timeout: timeout,
+            ..self
         }
     }
 }
@@ -138,6 +167,7 @@ impl ProxyHttp for Gateway {
             claims: None,
             idempotency_key: None,
             charge: None,
+            deferred: None,
             upstream_status: None,
             outcome: None,
         }
@@ -145,6 +175,9 @@ impl ProxyHttp for Gateway {
 
     /// Steps 1–3. Returns `Ok(true)` when the response (an error) is already written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // A client that stalls mid-body must not hold its connection (and its upstream's)
+        // open: each read of the body waits this long at most.
+        session.set_read_timeout(Some(self.client_read_timeout));
         if let Err(problem) = steps::check_framing(session) {
             // The rest of this connection's bytes cannot be trusted: close it after this.
             session.set_keepalive(None);
@@ -177,22 +210,14 @@ impl ProxyHttp for Gateway {
             idempotency_key: key.as_deref(),
             threshold,
         };
-        let charged = match self.charge(&charge).await {
+        let charged = match self.hydrator.charge(&charge).await {
             Ok(ChargeOutcome::Charged { balance, warnings }) => {
-                self.warn(tenant_id, warnings, balance, threshold);
-                Charged {
-                    cost,
-                    balance,
-                    refunded: false,
-                }
+                alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
+                Charged::now(cost, balance)
             }
-            Ok(ChargeOutcome::Replayed { balance }) => Charged {
-                cost: 0,
-                balance,
-                refunded: false,
-            },
+            Ok(ChargeOutcome::Replayed { balance }) => Charged::now(0, balance),
             Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
-                self.warn(tenant_id, warnings, balance, threshold);
+                alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 let detail = format!("this call costs {cost} credits and the balance is {balance}");
                 let problem =
                     Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
@@ -204,10 +229,31 @@ impl ProxyHttp for Gateway {
                 return refuse(session, ctx, &problem).await;
             }
             outcome => {
-                // The charge may still land (a stalled Redis resuming): void it by id.
                 if let Err(e) = &outcome {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
                 }
+                let lenient = ctx
+                    .route
+                    .as_ref()
+                    .is_some_and(|r| r.service.on_ledger_error == OnLedgerError::Allow);
+                // Served on credit: the deferred worker charges this id (finding it if the
+                // timed-out try landed after all) once the ledger answers.
+                if let (true, Err(_)) = (lenient, &outcome) {
+                    if let Some(reservation) = self.deferred.reserve() {
+                        ctx.deferred = Some((reservation, threshold));
+                        ctx.claims = Some(claims);
+                        ctx.idempotency_key = key;
+                        ctx.charge = Some(Charged {
+                            cost,
+                            balance: None,
+                            refunded: false,
+                        });
+                        ctx.outcome = Some(Outcome::Forwarded);
+                        return Ok(false);
+                    }
+                    tracing::warn!(request_id = %ctx.request_id, "deferred charges queue full: failing closed");
+                }
+                // The charge may still land (a stalled Redis resuming): void it by id.
                 self.voids.push(PendingVoid {
                     tenant_id: tenant_id.to_owned(),
                     charge_id: ctx.request_id.clone(),
@@ -302,9 +348,9 @@ impl ProxyHttp for Gateway {
             self.refund(ctx).await;
         }
         if let Some(charged) = &ctx.charge {
-            let cost = if charged.refunded { 0 } else { charged.cost };
-            response.insert_header("x-credits-cost", cost)?;
-            response.insert_header("x-credits-remaining", charged.balance)?;
+            for (name, value) in charged.headers() {
+                response.insert_header(name, value)?;
+            }
         }
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
@@ -324,17 +370,21 @@ impl ProxyHttp for Gateway {
         let code = match (e.esource(), e.etype()) {
             (_, HTTPStatus(code)) => *code,
             (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => 0,
+            (ErrorSource::Downstream, ReadTimedout) => 408,
             (ErrorSource::Downstream, _) => 400,
             (ErrorSource::Upstream, _) if timed_out => 504,
             (ErrorSource::Upstream, _) => 502,
             _ if timed_out => 504,
             _ => 500,
         };
-        if (code == 502 || code == 504) && ctx.upstream_status.is_none() {
+        // Not served: the upstream was not reached, or never had the whole request.
+        if matches!(code, 408 | 502 | 504) && ctx.upstream_status.is_none() {
             self.refund(ctx).await;
         }
         if code >= 500 {
             ctx.outcome = Some(Outcome::UpstreamError);
+        } else if code >= 400 {
+            ctx.outcome = Some(Outcome::BadRequest);
         }
         if code > 0 && session.response_written().is_none() {
             // Pingora closes the connection after a failed proxy: say so, or a client
@@ -353,6 +403,12 @@ impl ProxyHttp for Gateway {
                     "Gateway timeout",
                     "the upstream did not answer in time",
                 ),
+                408 => Problem::new(
+                    408,
+                    "client-timeout",
+                    "Request timeout",
+                    "the request body did not arrive in time",
+                ),
                 400 => Problem::new(
                     400,
                     "bad-request",
@@ -367,9 +423,10 @@ impl ProxyHttp for Gateway {
                 ),
             };
             let problem = match &ctx.charge {
-                Some(c) => problem
-                    .header("x-credits-cost", if c.refunded { 0 } else { c.cost })
-                    .header("x-credits-remaining", c.balance),
+                Some(c) => c
+                    .headers()
+                    .into_iter()
+                    .fold(problem, |p, (name, value)| p.header(name, value)),
                 None => problem,
             };
             if let Err(write_error) = problem.send(session, &ctx.request_id).await {
@@ -398,7 +455,12 @@ impl ProxyHttp for Gateway {
         if let Some(outcome) = ctx.outcome {
             metrics.request(outcome);
         }
-        if let Some(charged) = ctx.charge.as_ref().filter(|c| !c.refunded) {
+        // A deferred charge is counted by the worker, once the ledger took it.
+        if let Some(charged) = ctx
+            .charge
+            .as_ref()
+            .filter(|c| !c.refunded && c.balance.is_some())
+        {
             metrics.charged(charged.cost);
         }
         tracing::debug!(request_id = %ctx.request_id, status, latency_ms, path = %session.req_header().uri.path(), "request");
@@ -407,17 +469,19 @@ impl ProxyHttp for Gateway {
             return;
         };
         let endpoint = route.endpoint();
-        if charged.cost > 0 && !charged.refunded && self.alerts.wants_credit_success() {
-            self.alerts.credit_success(CreditSuccess {
-                tenant_id: claims.tenant_id.clone(),
-                service: route.service.name.clone(),
-                endpoint: endpoint.path.clone(),
-                credits_used: charged.cost,
-                balance: charged.balance,
-                timestamp: crate::alerts::rfc3339_now(),
-            });
+        if let (Some(balance), true) = (charged.balance, charged.cost > 0 && !charged.refunded) {
+            if self.alerts.wants_credit_success() {
+                self.alerts.credit_success(CreditSuccess {
+                    tenant_id: claims.tenant_id.clone(),
+                    service: route.service.name.clone(),
+                    endpoint: endpoint.path.clone(),
+                    credits_used: charged.cost,
+                    balance,
+                    timestamp: alerts::rfc3339_now(),
+                });
+            }
         }
-        self.usage.record(UsageEvent {
+        let event = UsageEvent {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: claims.tenant_id.clone(),
             user_id: claims.sub.clone(),
@@ -425,13 +489,22 @@ impl ProxyHttp for Gateway {
             endpoint: endpoint.path.clone(),
             method: session.req_header().method.to_string(),
             credits_used: charged.cost,
-            balance_after: charged.balance,
+            // A deferred charge's balance is filled in once the ledger took it.
+            balance_after: charged.balance.unwrap_or(0),
             status,
             latency_ms,
             request_id: ctx.request_id.clone(),
             idempotency_key: ctx.idempotency_key.clone(),
             refunded: charged.refunded,
             timestamp_ms: crate::store::now_ms(),
-        });
+        };
+        match ctx.deferred.take() {
+            Some((reservation, threshold)) => reservation.send(DeferredCharge {
+                service: Arc::clone(&route.service),
+                threshold,
+                event,
+            }),
+            None => self.usage.record(event),
+        }
     }
 }

@@ -4,8 +4,7 @@
 use super::{Gateway, Problem, RequestCtx, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::auth::{AuthError, Claims};
 use crate::config::TenantStatus;
-use crate::ledger::{Charge, ChargeOutcome, LedgerError, PendingVoid, Void, VoidOutcome};
-use crate::metrics::LEDGER_DURATION;
+use crate::ledger::{PendingVoid, Void, VoidOutcome};
 use crate::routing::{RouteError, RouteMatch};
 use pingora::proxy::Session;
 
@@ -144,38 +143,6 @@ impl Gateway {
         Ok((claims, threshold))
     }
 
-    /// Step 3: charge once. A ledger without a balance for the tenant is hydrated from
-    /// the store first (see [`crate::hydration`]).
-    pub(super) async fn charge(
-        &self,
-        charge: &Charge<'_>,
-    ) -> std::result::Result<ChargeOutcome, LedgerError> {
-        // Counted in flight until its credits are counted as pending (see `hydration`).
-        let ticket = self.hydrator.enter();
-        let timer = LEDGER_DURATION.start_timer();
-        let result = self.ledger.charge(charge).await;
-        timer.observe_duration();
-        let outcome = match result? {
-            ChargeOutcome::NoBalance => {
-                drop(ticket);
-                self.hydrator.hydrate(charge.tenant_id).await?;
-                let _ticket = self.hydrator.enter();
-                let outcome = self.ledger.charge(charge).await?;
-                self.count_pending(charge, outcome);
-                return Ok(outcome);
-            }
-            outcome => outcome,
-        };
-        self.count_pending(charge, outcome);
-        Ok(outcome)
-    }
-
-    fn count_pending(&self, charge: &Charge<'_>, outcome: ChargeOutcome) {
-        if let ChargeOutcome::Charged { .. } = outcome {
-            self.usage.charged(charge.tenant_id, charge.cost);
-        }
-    }
-
     /// Gives this request's credits back (upstream unreachable, or 5xx when configured).
     pub(super) async fn refund(&self, ctx: &mut RequestCtx) {
         let (Some(claims), Some(charged)) = (&ctx.claims, &mut ctx.charge) else {
@@ -185,6 +152,10 @@ impl Gateway {
             return;
         }
         charged.refunded = true;
+        if charged.balance.is_none() {
+            // Deferred: nothing was taken yet; the deferred worker voids the id instead.
+            return;
+        }
         self.usage.refunded(&claims.tenant_id, charged.cost);
         let void = Void {
             tenant_id: &claims.tenant_id,
@@ -193,11 +164,11 @@ impl Gateway {
             applied_cost: Some(charged.cost),
         };
         match self.ledger.void(&void).await {
-            Ok(VoidOutcome::Refunded { balance }) => charged.balance = balance,
+            Ok(VoidOutcome::Refunded { balance }) => charged.balance = Some(balance),
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "refund deferred: ledger unavailable");
-                charged.balance += charged.cost;
+                charged.balance = charged.balance.map(|b| b + charged.cost);
                 self.voids.push(PendingVoid {
                     tenant_id: claims.tenant_id.clone(),
                     charge_id: ctx.request_id.clone(),

@@ -397,6 +397,20 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The value of the sample of `metric` whose labels include all of `labels`, in a
+/// Prometheus text page.
+pub fn metric_sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
+}
+
 /// Reads a response header as an integer.
 pub fn header_i64(response: &reqwest::Response, name: &str) -> Option<i64> {
     response.headers().get(name)?.to_str().ok()?.parse().ok()
