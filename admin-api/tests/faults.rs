@@ -1,6 +1,7 @@
 //! Faults the gateway must ride out with the books intact: a slow Redis (fail closed within
 //! the timeout, nothing charged once it recovers), upstreams that reset or answer garbage
-//! (a refunded 502), and a 200 MB upload (streamed: the gateway's memory stays flat).
+//! (a refunded 502), a client that stalls mid-body (a refunded 408, its connection closed),
+//! and a 200 MB upload (streamed: the gateway's memory stays flat).
 
 mod common;
 
@@ -78,6 +79,50 @@ async fn a_slow_redis_fails_closed_in_time_and_costs_nothing_once_it_recovers() 
         1 + served,
         "no 503 was forwarded"
     );
+}
+
+/// Headers and 10 bytes of a 1,000-byte body, then silence: after the client read timeout
+/// the gateway answers 408, closes the connection and gives the credits back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_body_is_timed_out_and_refunded() {
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let config = format!(
+        "client_read_timeout_ms: 1000\n{}",
+        yaml(&upstream.url(), &upstream.url())
+    );
+    let gateway = Gateway::start(&config, Some(redis.url()));
+    assert_eq!(call(&gateway, "/api/proxy/notes/x").await.status(), 200);
+    assert_eq!(redis.balance("acme").await, Some(995));
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/proxy/notes/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 1000\r\n\r\n0123456789",
+        token("acme", "alice")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut reply))
+        .await
+        .expect("the gateway closes a stalled connection")
+        .unwrap();
+    let elapsed = started.elapsed();
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(reply.starts_with("http/1.1 408"), "{reply}");
+    assert!(reply.contains("application/problem+json"), "{reply}");
+    assert!(reply.contains("x-credits-cost: 0"), "{reply}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "timed out early: {elapsed:?}"
+    );
+    wait_until("the refund", Duration::from_secs(10), async || {
+        redis.balance("acme").await == Some(995)
+    })
+    .await;
 }
 
 /// A TCP server that answers every connection with `reply` (nothing: a reset).

@@ -6,15 +6,13 @@
 
 mod common;
 
-use common::gate::TcpGate;
+use common::store::{all_logs, wait_for_logs, GatedMongo, StoreUnderTest};
 use common::{client, token, tx, wait_until, Gateway, RedisServer, Upstream};
 use std::collections::HashSet;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate::config::LedgerConfig;
 use tollgate::ledger::RedisLedger;
-use tollgate::store::{MongoStore, SqliteStore, Store, UsageQuery};
+use tollgate::store::{SqliteStore, Store};
 use tollgate::usage::UsageEvent;
 
 const INITIAL: i64 = 1_000_000;
@@ -38,57 +36,6 @@ tenants:
   - {{ id: zeta, name: Zeta, credits: {INITIAL} }}
 "#
     )
-}
-
-/// The store a gateway writes to, opened from the test.
-enum StoreUnderTest {
-    Sqlite,
-    Mongo { uri: String, db: String },
-}
-
-impl StoreUnderTest {
-    fn env(&self) -> Vec<(String, String)> {
-        match self {
-            StoreUnderTest::Sqlite => vec![],
-            StoreUnderTest::Mongo { uri, db } => vec![
-                ("TOLLGATE_MONGODB_URI".into(), uri.clone()),
-                ("TOLLGATE_MONGODB_DB".into(), db.clone()),
-            ],
-        }
-    }
-
-    async fn open(&self, data_dir: &Path) -> Arc<dyn Store> {
-        match self {
-            StoreUnderTest::Sqlite => Arc::new(SqliteStore::open(data_dir).unwrap()),
-            StoreUnderTest::Mongo { uri, db } => {
-                Arc::new(MongoStore::connect(uri, db).await.unwrap())
-            }
-        }
-    }
-}
-
-async fn all_logs(store: &dyn Store) -> Vec<UsageEvent> {
-    let mut logs = Vec::new();
-    let mut query = UsageQuery {
-        limit: 1000,
-        ..Default::default()
-    };
-    loop {
-        let page = store.usage_logs(&query).await.unwrap();
-        let Some(last) = page.last() else { return logs };
-        query.after = Some((last.timestamp_ms, last.id.clone()));
-        logs.extend(page);
-    }
-}
-
-async fn wait_for_logs(store: &dyn Store, count: usize, deadline: Duration) -> Vec<UsageEvent> {
-    let mut logs = Vec::new();
-    wait_until(&format!("{count} usage logs"), deadline, async || {
-        logs = all_logs(store).await;
-        logs.len() >= count
-    })
-    .await;
-    logs
 }
 
 /// Sends `n` requests, `concurrency` at a time, in a mix: cheap and expensive calls for two
@@ -209,49 +156,6 @@ async fn every_charged_call_is_logged_once_in_mongodb() {
     .await;
 }
 
-/// A gateway on Redis and on MongoDB reached through a [`TcpGate`], and the store opened
-/// directly (not through the gate) for the test's own reads.
-struct GatedMongo {
-    gate: TcpGate,
-    upstream: Upstream,
-    redis: RedisServer,
-    gateway: Gateway,
-    store: Arc<dyn Store>,
-    _closed: common::ClosedPort,
-}
-
-impl GatedMongo {
-    async fn start(uri: &str) -> GatedMongo {
-        let gate = TcpGate::start(common::mongo_addr(uri)).await;
-        let db = common::unique_db();
-        let gated = format!("mongodb://{}/?directConnection=true", gate.addr);
-        let upstream = Upstream::start().await;
-        let redis = RedisServer::start();
-        let mut env = StoreUnderTest::Mongo {
-            uri: gated,
-            db: db.clone(),
-        }
-        .env();
-        env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
-        let closed = common::ClosedPort::new();
-        let gateway = Gateway::start_with(&yaml(&upstream.url(), closed.port), env);
-        let store = StoreUnderTest::Mongo {
-            uri: uri.to_owned(),
-            db,
-        }
-        .open(Path::new(""))
-        .await;
-        GatedMongo {
-            gate,
-            upstream,
-            redis,
-            gateway,
-            store,
-            _closed: closed,
-        }
-    }
-}
-
 /// MongoDB behind a gate the test cuts: requests keep their speed, events wait in the
 /// journal, and all of them arrive once the store is back, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +170,7 @@ async fn a_store_outage_loses_nothing() {
         gateway,
         store,
         _closed,
-    } = GatedMongo::start(&uri).await;
+    } = GatedMongo::start(&uri, yaml).await;
 
     assert!(traffic(&gateway, 40, 10, "before")
         .await
@@ -343,7 +247,7 @@ async fn a_crash_replays_the_journal() {
         mut gateway,
         store,
         _closed,
-    } = GatedMongo::start(&uri).await;
+    } = GatedMongo::start(&uri, yaml).await;
 
     // Hydrate both tenants first: a fresh Redis with the store unreachable fails closed.
     assert!(traffic(&gateway, 10, 2, "warm")

@@ -12,6 +12,7 @@
 pub mod gate;
 pub mod mqtt;
 pub mod raw;
+pub mod store;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
