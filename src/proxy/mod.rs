@@ -20,6 +20,8 @@ mod steps;
 
 pub use respond::Problem;
 
+use steps::Charged;
+
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
@@ -40,10 +42,6 @@ use std::time::{Duration, Instant};
 
 /// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
-
-/// `Retry-After` on a 503 from an unavailable ledger: a retry a second later usually
-/// finds Redis failed over or reconnected.
-const LEDGER_RETRY_AFTER_SECS: u32 = 1;
 
 pub struct Gateway {
     /// Services and tenants, swapped in whole when the admin API changes them.
@@ -98,38 +96,6 @@ async fn refuse(session: &mut Session, ctx: &mut RequestCtx, problem: &Problem) 
     ctx.outcome = Some(Outcome::for_status(problem.status));
     problem.send(session, &ctx.request_id).await?;
     Ok(true)
-}
-
-/// What the ledger did for this request.
-#[derive(Debug, Clone, Copy)]
-struct Charged {
-    /// Credits taken by this request (0 on an idempotent replay); when deferred, the
-    /// credits it will be charged once the ledger answers.
-    cost: i64,
-    /// The balance after the charge; unknown (`None`) while it is deferred.
-    balance: Option<i64>,
-    refunded: bool,
-}
-
-impl Charged {
-    fn now(cost: i64, balance: i64) -> Charged {
-        Charged {
-            cost,
-            balance: Some(balance),
-            refunded: false,
-        }
-    }
-
-    /// Step 5's headers: what this call costs and what remains. A deferred charge has no
-    /// balance to tell yet, and says so instead.
-    fn headers(&self) -> [(&'static str, String); 2] {
-        let cost = if self.refunded { 0 } else { self.cost };
-        let remaining = match self.balance {
-            Some(balance) => ("x-credits-remaining", balance.to_string()),
-            None => ("x-credits-deferred", "true".to_owned()),
-        };
-        [("x-credits-cost", cost.to_string()), remaining]
-    }
 }
 
 impl Gateway {
@@ -218,14 +184,7 @@ impl ProxyHttp for Gateway {
             Ok(ChargeOutcome::Replayed { balance }) => Charged::now(0, balance),
             Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
-                let detail = format!("this call costs {cost} credits and the balance is {balance}");
-                let problem =
-                    Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
-                        .with("tenant_id", tenant_id)
-                        .with("balance", balance)
-                        .with("cost", cost)
-                        .header("x-credits-cost", cost)
-                        .header("x-credits-remaining", balance);
+                let problem = Problem::insufficient_credits(tenant_id, cost, balance);
                 return refuse(session, ctx, &problem).await;
             }
             outcome => {
@@ -260,14 +219,7 @@ impl ProxyHttp for Gateway {
                     idempotency_key: key.clone(),
                     applied_cost: None,
                 });
-                let problem = Problem::new(
-                    503,
-                    "ledger-unavailable",
-                    "Service unavailable",
-                    "the credit ledger is unavailable; retry shortly",
-                )
-                .header("retry-after", LEDGER_RETRY_AFTER_SECS);
-                return refuse(session, ctx, &problem).await;
+                return refuse(session, ctx, &Problem::ledger_unavailable()).await;
             }
         };
         ctx.claims = Some(claims);
@@ -390,38 +342,7 @@ impl ProxyHttp for Gateway {
             // Pingora closes the connection after a failed proxy: say so, or a client
             // would send its next request down a connection about to close.
             session.set_keepalive(None);
-            let problem = match code {
-                502 => Problem::new(
-                    502,
-                    "upstream-unreachable",
-                    "Bad gateway",
-                    "the upstream could not be reached",
-                ),
-                504 => Problem::new(
-                    504,
-                    "upstream-timeout",
-                    "Gateway timeout",
-                    "the upstream did not answer in time",
-                ),
-                408 => Problem::new(
-                    408,
-                    "client-timeout",
-                    "Request timeout",
-                    "the request body did not arrive in time",
-                ),
-                400 => Problem::new(
-                    400,
-                    "bad-request",
-                    "Bad request",
-                    "the request could not be read",
-                ),
-                _ => Problem::new(
-                    code,
-                    "internal",
-                    "Gateway error",
-                    "the gateway could not complete the request",
-                ),
-            };
+            let problem = Problem::for_proxy_error(code);
             let problem = match &ctx.charge {
                 Some(c) => c
                     .headers()

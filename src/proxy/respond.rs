@@ -9,6 +9,10 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{json, Map, Value};
 
+/// `Retry-After` on a 503 from an unavailable ledger: a retry a second later usually
+/// finds Redis failed over or reconnected.
+const LEDGER_RETRY_AFTER_SECS: u32 = 1;
+
 /// A problem document (RFC 9457) plus the headers that go with it.
 #[derive(Debug)]
 pub struct Problem {
@@ -36,6 +40,64 @@ impl Problem {
             detail: detail.into(),
             extra: Map::new(),
             headers: Vec::new(),
+        }
+    }
+
+    /// Step 3's `402`: what the call costs and what the tenant has.
+    pub fn insufficient_credits(tenant_id: &str, cost: i64, balance: i64) -> Self {
+        let detail = format!("this call costs {cost} credits and the balance is {balance}");
+        Problem::new(402, "insufficient-credits", "Insufficient credits", detail)
+            .with("tenant_id", tenant_id)
+            .with("balance", balance)
+            .with("cost", cost)
+            .header("x-credits-cost", cost)
+            .header("x-credits-remaining", balance)
+    }
+
+    /// Step 3's `503`: the ledger did not answer in time (fail closed).
+    pub fn ledger_unavailable() -> Self {
+        Problem::new(
+            503,
+            "ledger-unavailable",
+            "Service unavailable",
+            "the credit ledger is unavailable; retry shortly",
+        )
+        .header("retry-after", LEDGER_RETRY_AFTER_SECS)
+    }
+
+    /// The answer to a proxy error that `fail_to_proxy` mapped to `code`.
+    pub fn for_proxy_error(code: u16) -> Self {
+        match code {
+            502 => Problem::new(
+                502,
+                "upstream-unreachable",
+                "Bad gateway",
+                "the upstream could not be reached",
+            ),
+            504 => Problem::new(
+                504,
+                "upstream-timeout",
+                "Gateway timeout",
+                "the upstream did not answer in time",
+            ),
+            408 => Problem::new(
+                408,
+                "client-timeout",
+                "Request timeout",
+                "the request body did not arrive in time",
+            ),
+            400 => Problem::new(
+                400,
+                "bad-request",
+                "Bad request",
+                "the request could not be read",
+            ),
+            _ => Problem::new(
+                code,
+                "internal",
+                "Gateway error",
+                "the gateway could not complete the request",
+            ),
         }
     }
 

@@ -74,6 +74,38 @@ pub(super) fn check_framing(session: &Session) -> std::result::Result<(), Box<Pr
     Ok(())
 }
 
+/// What the ledger did for this request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Charged {
+    /// Credits taken by this request (0 on an idempotent replay); when deferred, the
+    /// credits it will be charged once the ledger answers.
+    pub(super) cost: i64,
+    /// The balance after the charge; unknown (`None`) while it is deferred.
+    pub(super) balance: Option<i64>,
+    pub(super) refunded: bool,
+}
+
+impl Charged {
+    pub(super) fn now(cost: i64, balance: i64) -> Charged {
+        Charged {
+            cost,
+            balance: Some(balance),
+            refunded: false,
+        }
+    }
+
+    /// Step 5's headers: what this call costs and what remains. A deferred charge has no
+    /// balance to tell yet, and says so instead.
+    pub(super) fn headers(&self) -> [(&'static str, String); 2] {
+        let cost = if self.refunded { 0 } else { self.cost };
+        let remaining = match self.balance {
+            Some(balance) => ("x-credits-remaining", balance.to_string()),
+            None => ("x-credits-deferred", "true".to_owned()),
+        };
+        [("x-credits-cost", cost.to_string()), remaining]
+    }
+}
+
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
     pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Box<Problem>> {

@@ -18,7 +18,7 @@
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError, Void};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError, Void, Warnings};
 use crate::metrics::{DEFERRED_CHARGES, DEFERRED_PENDING};
 use crate::routing::Service;
 use crate::usage::{UsageEvent, UsageSink};
@@ -135,8 +135,13 @@ impl DeferredWorker {
     }
 
     /// Settles one deferred charge: asks the ledger until it answers (or, once `stop`
-    /// turns true, once more), then records the usage event with what was taken.
-    async fn settle(&self, mut deferred: DeferredCharge, stop: &mut ShutdownWatch) -> Settled {
+    /// turns true, once more; `None`: not at all), then records the usage event with what
+    /// was taken.
+    async fn settle(
+        &self,
+        mut deferred: DeferredCharge,
+        stop: Option<&mut ShutdownWatch>,
+    ) -> Settled {
         let event = &mut deferred.event;
         let cost = event.credits_used;
         let settled = if event.refunded {
@@ -158,40 +163,37 @@ impl DeferredWorker {
                 idempotency_key: event.idempotency_key.as_deref(),
                 threshold: deferred.threshold,
             };
-            match retry(stop, || self.hydrator.charge(&charge)).await {
-                Some(ChargeOutcome::Charged { balance, warnings }) => {
-                    alerts::announce(
-                        &*self.alerts,
-                        &event.tenant_id,
-                        warnings,
-                        balance,
-                        deferred.threshold,
-                    );
-                    event.balance_after = balance;
-                    Settled::Charged
-                }
-                Some(ChargeOutcome::AlreadyCharged { balance }) => {
-                    event.balance_after = balance;
-                    Settled::Charged
-                }
-                Some(ChargeOutcome::Replayed { balance }) => {
-                    event.balance_after = balance;
-                    Settled::Replayed
-                }
-                Some(ChargeOutcome::Insufficient { balance, warnings }) => {
-                    alerts::announce(
-                        &*self.alerts,
-                        &event.tenant_id,
-                        warnings,
-                        balance,
-                        deferred.threshold,
-                    );
-                    event.balance_after = balance;
-                    Settled::Uncollected
-                }
-                Some(ChargeOutcome::NoBalance | ChargeOutcome::Void) => Settled::Uncollected,
-                None => Settled::Lost,
+            let (settled, balance, warnings) =
+                match retry(stop, || self.hydrator.charge(&charge)).await {
+                    Some(ChargeOutcome::Charged { balance, warnings }) => {
+                        (Settled::Charged, Some(balance), warnings)
+                    }
+                    Some(ChargeOutcome::AlreadyCharged { balance }) => {
+                        (Settled::Charged, Some(balance), Warnings::NONE)
+                    }
+                    Some(ChargeOutcome::Replayed { balance }) => {
+                        (Settled::Replayed, Some(balance), Warnings::NONE)
+                    }
+                    Some(ChargeOutcome::Insufficient { balance, warnings }) => {
+                        (Settled::Uncollected, Some(balance), warnings)
+                    }
+                    Some(ChargeOutcome::NoBalance | ChargeOutcome::Void) => {
+                        (Settled::Uncollected, None, Warnings::NONE)
+                    }
+                    None => (Settled::Lost, None, Warnings::NONE),
+                };
+            if let Some(balance) = balance {
+                event.balance_after = balance;
+                let tenant_id = &event.tenant_id;
+                alerts::announce(
+                    &*self.alerts,
+                    tenant_id,
+                    warnings,
+                    balance,
+                    deferred.threshold,
+                );
             }
+            settled
         };
         if settled == Settled::Charged {
             deferred.service.metrics.charged(cost);
@@ -205,8 +207,9 @@ impl DeferredWorker {
                     timestamp: alerts::rfc3339_now(),
                 });
             }
-        } else {
-            // The log must say what the ledger took: nothing.
+        } else if !event.refunded {
+            // The log must say what the ledger took: nothing. (A failed call's log keeps
+            // its cost beside `refunded`, as every refunded log does.)
             event.credits_used = 0;
         }
         if matches!(settled, Settled::Uncollected | Settled::Lost) {
@@ -226,12 +229,14 @@ impl DeferredWorker {
 }
 
 /// Calls `op` until it succeeds, backing off, or until `stop` turns true: then one last
-/// try (each try is bounded by the ledger's own timeout). `None` when it gave up.
-async fn retry<T, F, Fut>(stop: &mut ShutdownWatch, mut op: F) -> Option<T>
+/// try (each try is bounded by the ledger's own timeout). `None` when it gave up, or when
+/// there is no `stop` to watch: no try at all.
+async fn retry<T, F, Fut>(stop: Option<&mut ShutdownWatch>, mut op: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, LedgerError>>,
 {
+    let stop = stop?;
     let mut delay = RETRY_MIN;
     loop {
         // A dropped sender (the server gone) counts as stop too.
@@ -258,18 +263,22 @@ impl BackgroundService for DeferredWorker {
         let mut lost = 0usize;
         let mut closing = false;
         loop {
+            // Read the state, not the change: `settle` may have seen the change first.
+            if !closing && (*shutdown.borrow() || shutdown.has_changed().is_err()) {
+                // Requests still finishing hold reservations: take what they send (one
+                // last try each) until the last reservation is gone.
+                closing = true;
+                rx.close();
+            }
             let next = tokio::select! {
                 next = rx.recv() => next,
-                _ = shutdown.changed(), if !closing => {
-                    // Requests still finishing hold reservations: take what they send
-                    // (one last try each) until the last reservation is gone.
-                    closing = true;
-                    rx.close();
-                    continue;
-                }
+                _ = shutdown.changed(), if !closing => continue,
             };
             let Some(deferred) = next else { break };
-            if self.settle(deferred, &mut shutdown).await == Settled::Lost {
+            // Shutting down with the ledger down: one failed last try says enough; the rest
+            // are given up at once rather than each waiting out the ledger timeout.
+            let stop = (lost == 0 || !closing).then_some(&mut shutdown);
+            if self.settle(deferred, stop).await == Settled::Lost {
                 lost += 1;
             }
         }
@@ -281,3 +290,6 @@ impl BackgroundService for DeferredWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

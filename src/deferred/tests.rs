@@ -1,0 +1,252 @@
+//! The deferred worker against a ledger that fails a set number of times, in paused time
+//! (the backoff sleeps are skipped, not waited for).
+
+use super::*;
+use crate::config::{EndpointConfig, LedgerConfig, ServiceConfig};
+use crate::ledger::{AdjustOutcome, Adjustment, EmbeddedLedger, VoidOutcome};
+use crate::routing::Router;
+use crate::store::SqliteStore;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// The embedded ledger, but `charge` and `void` time out while `failures` lasts.
+struct Flaky {
+    inner: EmbeddedLedger,
+    failures: AtomicU32,
+    calls: AtomicU32,
+}
+
+impl Flaky {
+    fn fail(&self) -> Result<(), LedgerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(LedgerError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for Flaky {
+    async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
+        self.fail()?;
+        self.inner.charge(charge).await
+    }
+    async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
+        self.fail()?;
+        self.inner.void(void).await
+    }
+    async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
+        self.inner.seed(tenant_id, balance).await
+    }
+    async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError> {
+        self.inner.balance(tenant_id).await
+    }
+    async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
+        self.inner.adjust(adjustment).await
+    }
+    async fn catalog_version(&self) -> Result<u64, LedgerError> {
+        self.inner.catalog_version().await
+    }
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
+        self.inner.bump_catalog_version().await
+    }
+}
+
+#[derive(Default)]
+struct Recorded(Mutex<Vec<UsageEvent>>);
+
+impl UsageSink for Recorded {
+    fn record(&self, event: UsageEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+struct Setup {
+    ledger: Arc<Flaky>,
+    usage: Arc<Recorded>,
+    worker: DeferredWorker,
+    queue: DeferredQueue,
+    service: Arc<Service>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn setup(balance: i64, failures: u32) -> Setup {
+    let ledger = Arc::new(Flaky {
+        inner: EmbeddedLedger::in_memory(&LedgerConfig::default()),
+        failures: AtomicU32::new(failures),
+        calls: AtomicU32::new(0),
+    });
+    ledger.seed("acme", balance).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
+    let store = Arc::new(SqliteStore::open(&dir).unwrap());
+    let usage = Arc::new(Recorded::default());
+    let hydrator = Arc::new(Hydrator::new(
+        ledger.clone(),
+        store,
+        usage.clone(),
+        Duration::from_millis(250),
+    ));
+    let (queue, worker) = DeferredWorker::new(
+        ledger.clone(),
+        hydrator,
+        usage.clone(),
+        Arc::new(crate::alerts::NoAlerts),
+    );
+    let config = ServiceConfig {
+        name: "notes".into(),
+        upstream: "http://127.0.0.1:9/".into(),
+        timeouts: Default::default(),
+        refund_on_5xx: false,
+        on_ledger_error: crate::config::OnLedgerError::Allow,
+        public: false,
+        endpoints: vec![EndpointConfig {
+            method: "ANY".into(),
+            path: "/*".into(),
+            credits: 5,
+        }],
+    };
+    let service = Router::new(&[config])
+        .unwrap()
+        .route("GET", "/api/proxy/notes/x", None)
+        .unwrap()
+        .service;
+    Setup {
+        ledger,
+        usage,
+        worker,
+        queue,
+        service,
+        dir,
+    }
+}
+
+fn deferred(s: &Setup, refunded: bool) -> DeferredCharge {
+    DeferredCharge {
+        service: Arc::clone(&s.service),
+        threshold: 0,
+        event: UsageEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: "acme".into(),
+            user_id: "u1".into(),
+            service: "notes".into(),
+            endpoint: "/*".into(),
+            method: "GET".into(),
+            credits_used: 5,
+            balance_after: 0,
+            status: if refunded { 502 } else { 200 },
+            latency_ms: 1.0,
+            request_id: uuid::Uuid::now_v7().to_string(),
+            idempotency_key: None,
+            refunded,
+            timestamp_ms: 0,
+        },
+    }
+}
+
+fn running() -> (watch::Sender<bool>, ShutdownWatch) {
+    watch::channel(false)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_charge_waits_for_the_ledger_then_logs_what_it_took() {
+    let s = setup(100, 3).await;
+    let (_tx, mut stop) = running();
+    let settled = s.worker.settle(deferred(&s, false), Some(&mut stop)).await;
+    assert_eq!(settled, Settled::Charged);
+    assert_eq!(
+        s.ledger.calls.load(Ordering::SeqCst),
+        4,
+        "3 failures, then it"
+    );
+    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(95));
+    let events = s.usage.0.lock().unwrap();
+    assert_eq!((events[0].credits_used, events[0].balance_after), (5, 95));
+}
+
+/// A call voided (its upstream failed) spends its charge id: a charge with it takes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_voided_charge_id_is_never_charged_afterwards() {
+    let s = setup(100, 0).await;
+    let (_tx, mut stop) = running();
+    let voided = deferred(&s, true);
+    let same_id = DeferredCharge {
+        service: Arc::clone(&s.service),
+        threshold: 0,
+        event: UsageEvent {
+            refunded: false,
+            ..voided.event.clone()
+        },
+    };
+    assert_eq!(
+        s.worker.settle(voided, Some(&mut stop)).await,
+        Settled::Voided
+    );
+    assert_eq!(
+        s.worker.settle(same_id, Some(&mut stop)).await,
+        Settled::Uncollected
+    );
+    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_credits_is_uncollected_and_logged_at_zero() {
+    let s = setup(3, 0).await;
+    let (_tx, mut stop) = running();
+    let settled = s.worker.settle(deferred(&s, false), Some(&mut stop)).await;
+    assert_eq!(settled, Settled::Uncollected);
+    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(3));
+    let events = s.usage.0.lock().unwrap();
+    assert_eq!((events[0].credits_used, events[0].balance_after), (0, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_call_is_voided_and_keeps_its_refunded_log() {
+    let s = setup(100, 2).await;
+    let (_tx, mut stop) = running();
+    let settled = s.worker.settle(deferred(&s, true), Some(&mut stop)).await;
+    assert_eq!(settled, Settled::Voided);
+    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
+    let events = s.usage.0.lock().unwrap();
+    assert!(events[0].refunded);
+    assert_eq!(events[0].credits_used, 5, "as every refunded log");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
+    let s = setup(100, u32::MAX).await;
+    let (tx, stop) = running();
+    for _ in 0..3 {
+        s.queue.reserve().unwrap().send(deferred(&s, false));
+    }
+    let queue = s.queue.clone();
+    let worker = async {
+        s.worker.start(stop).await;
+    };
+    let stopper = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let before = s.ledger.calls.load(Ordering::SeqCst);
+        tx.send(true).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // One last try for the first; the other two are given up without waiting.
+        assert_eq!(s.ledger.calls.load(Ordering::SeqCst), before + 1);
+        assert!(queue.reserve().is_none(), "a closed queue fails closed");
+    };
+    tokio::join!(worker, stopper);
+    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
+    let events = s.usage.0.lock().unwrap();
+    assert_eq!(events.len(), 3, "the calls are still logged");
+    assert!(
+        events.iter().all(|e| e.credits_used == 0),
+        "at what the ledger took"
+    );
+}
