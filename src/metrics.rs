@@ -57,7 +57,7 @@ pub static DEFERRED_CHARGES: LazyLock<[IntCounter; 5]> = LazyLock::new(|| {
 pub static DEFERRED_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "tollgate_deferred_charges_pending",
-        "Deferred charges waiting for the ledger",
+        "Calls served on credit (on_ledger_error: allow) whose charge is not settled yet",
     )
 });
 

@@ -2,7 +2,9 @@
 //! such a service's calls are served while the ledger is down, and once it is back each is
 //! charged exactly once (a timed-out try that landed late is found, not repeated), a call
 //! the upstream failed is never charged, a tenant out of credits by then is served for free
-//! and counted, and the usage logs still add up to what the ledger took.
+//! and counted, and the usage logs still add up to what the ledger took. A call still running
+//! long after the ledger is back is charged once too: its charge is taken as soon as the
+//! ledger answers, while the late-landed try's record still lives.
 
 mod common;
 
@@ -17,6 +19,7 @@ fn yaml(upstream: &str, closed_port: u16) -> String {
     format!(
         "ledger:
   timeout_ms: 250
+  charge_ttl_secs: 5
 services:
   - name: lenient
     upstream: {upstream}
@@ -37,6 +40,7 @@ tenants:
   - {{ id: lean, credits: 25 }}
   - {{ id: other, credits: 100 }}
   - {{ id: third, credits: 50 }}
+  - {{ id: patient, credits: 20 }}
 "
     )
 }
@@ -115,13 +119,20 @@ async fn calls_served_while_the_ledger_is_down_are_charged_once_it_is_back() {
     let closed = ClosedPort::new();
     let gateway = Gateway::start(&yaml(&upstream.url(), closed.port), Some(redis.url()));
     // Balances seeded into Redis before the outage.
-    for tenant in ["lean", "other", "third"] {
+    for tenant in ["lean", "other", "third", "patient"] {
         let (status, ..) = call(&gateway, tenant, "/api/proxy/lenient/warm", None).await;
         assert_eq!(status, 200);
     }
     assert_eq!(redis.balance("lean").await, Some(20));
 
     redis.pause();
+    // patient: one call that outlives the charge record of its late-landed first try
+    // (9 s against a 5 s record), were its charge only taken when the call ends.
+    let slow = {
+        let url = gateway.url("/api/proxy/lenient/slow?delay_ms=9000");
+        let request = client().get(url).bearer_auth(token("patient", "u1"));
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    };
     // lean: 10 calls of 5 on a balance of 20, all served on credit.
     let lean = (0..10).map(|i| {
         let path = format!("/api/proxy/lenient/item/{i}");
@@ -154,8 +165,13 @@ async fn calls_served_while_the_ledger_is_down_are_charged_once_it_is_back() {
         let (status, ..) = call(&gateway, "third", "/api/proxy/strict/x", None).await;
         assert_eq!(status, 503);
     }
-    assert_eq!(upstream.requests(), 3 + 10 + 2, "503s are never forwarded");
     redis.resume();
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        upstream.requests(),
+        4 + 10 + 2 + 1,
+        "503s are never forwarded"
+    );
 
     wait_until(
         "every deferred charge to be settled",
@@ -167,19 +183,20 @@ async fn calls_served_while_the_ledger_is_down_are_charged_once_it_is_back() {
                     .iter()
                     .map(|o| deferred(&text, o))
                     .sum::<f64>()
-                    == 15.0
+                    == 16.0
         },
     )
     .await;
     let text = metrics(&gateway).await;
     // lean could pay for 4 of its 10 calls (the tries that timed out landed when Redis
     // resumed: found by their charge id, not taken again); `other` paid for one keyed call.
-    assert_eq!(deferred(&text, "charged"), 5.0, "{text}");
+    assert_eq!(deferred(&text, "charged"), 6.0, "{text}");
     assert_eq!(deferred(&text, "replayed"), 1.0);
     assert_eq!(deferred(&text, "uncollected"), 6.0);
     assert_eq!(deferred(&text, "voided"), 3.0);
     assert_eq!(deferred(&text, "lost"), 0.0);
     assert_eq!(redis.balance("lean").await, Some(0));
+    assert_eq!(redis.balance("patient").await, Some(10), "charged once");
     wait_until(
         "the 503s to be voided",
         Duration::from_secs(20),

@@ -1,87 +1,133 @@
 //! Deferred charges (SPEC §2, `on_ledger_error: allow`): a call to such a service that
 //! finds the ledger unavailable is forwarded anyway, and its charge is applied here, in the
-//! background, once the ledger answers again.
+//! background, as soon as the ledger answers again.
 //!
-//! The gateway reserves a place in a bounded queue before it forwards (no place: the call
-//! fails closed, `503`, as under `deny`), and hands the call's usage event over at the end
-//! of the request. The worker then charges with the request's own charge id, retrying until
-//! the ledger answers. A charge that timed out may have landed after all (a stalled Redis
-//! resuming): the retry finds its record and takes nothing twice. A call the upstream failed
-//! owes nothing; its charge id is voided instead, giving back a charge that landed late.
-//! Only then is the usage event recorded, carrying what the ledger really took, so the books
-//! (SPEC §4: logs = ledger) stay exact. A tenant without enough credits by then was served
-//! for free: the event records 0 credits, and the call is counted as `uncollected`.
+//! Each such call takes two places in a bounded queue before it is forwarded (none left:
+//! the call fails closed, `503`, as under `deny`). The first carries its charge at once, so
+//! the worker takes it the moment the ledger is back, whatever the upstream is doing: a
+//! charge that timed out may have landed after all (a stalled Redis resuming), and only
+//! while its record lives (`ledger.charge_ttl_secs`) does a retry by the same charge id find
+//! it instead of taking the cost twice. The second place is kept for the call's end: its
+//! usage event, recorded with what the ledger really took, so the books (SPEC §4: logs =
+//! ledger) stay exact. A call the upstream failed owes nothing: what was taken is given back.
+//! A tenant without enough credits by then was served for free: logged at 0 credits and
+//! counted as `uncollected`.
 //!
-//! The queue lives in memory: a gateway killed during an outage forgets its deferred
-//! charges (the tenant is not charged for them; reconciliation sees no difference, as
-//! nothing was taken or logged). A clean shutdown gives the ledger a short chance first.
+//! The queue lives in memory. A gateway killed during an outage forgets its deferred
+//! charges; a clean shutdown gives the ledger one last try and logs the rest at 0 (`lost`).
+//! Either way a first try that landed unseen is the one loss reconciliation will report.
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError, Void, Warnings};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
 use crate::metrics::{DEFERRED_CHARGES, DEFERRED_PENDING};
 use crate::routing::Service;
 use crate::usage::{UsageEvent, UsageSink};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Calls served on credit at once, per gateway. At ~1 KB each (the usage event) this bounds
-/// the queue to ~50 MB; at 5,000 deferred calls/s it covers ten seconds of a full outage,
-/// after which calls fail closed rather than pile up unpaid.
+/// Calls served on credit at once, per gateway (each holds two places in the queue). At
+/// ~1 KB each (the usage event) this bounds the queue to ~50 MB, and its charges drain in
+/// seconds once the ledger answers (one round trip each), well inside the charge records'
+/// 60 s default lifetime; past it calls fail closed rather than pile up unpaid.
 pub const DEFERRED_CAPACITY: usize = 50_000;
 
 /// Retry delays while the ledger is down: start fast (a blip), cap low (recover quickly).
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// One call served while the ledger was unavailable.
+/// The charge of one call served while the ledger was unavailable.
+#[derive(Debug, Clone)]
 pub struct DeferredCharge {
     pub service: Arc<Service>,
+    pub tenant_id: String,
+    pub cost: i64,
+    /// The request id: the charge's id in the ledger.
+    pub charge_id: String,
+    pub idempotency_key: Option<String>,
     /// The tenant's low-credit threshold when the call was made.
     pub threshold: i64,
-    /// The call's usage event: `credits_used` is the endpoint's cost, `request_id` the
-    /// charge id, `refunded` whether the upstream failed it. Recorded once settled.
-    pub event: UsageEvent,
 }
 
-/// A place in the queue, reserved before the call is forwarded.
-pub struct Reservation(mpsc::OwnedPermit<DeferredCharge>);
+/// What the worker is handed: a call's charge when it is forwarded, and the call's end.
+pub enum Job {
+    Charge(DeferredCharge),
+    /// The call ended; `None`: without a usage event (its context was dropped).
+    Done {
+        charge_id: String,
+        event: Option<UsageEvent>,
+    },
+}
+
+/// A deferred call's place for its end, held by the request until `logging`.
+pub struct Reservation {
+    place: Option<mpsc::OwnedPermit<Job>>,
+    charge_id: String,
+}
 
 impl Reservation {
-    pub fn send(self, charge: DeferredCharge) {
-        DEFERRED_PENDING.inc();
-        self.0.send(charge);
+    /// Hands over the call's usage event (`credits_used` the cost, `refunded` whether the
+    /// upstream failed it); the worker records it once it knows what was taken.
+    pub fn finish(mut self, event: UsageEvent) {
+        if let Some(place) = self.place.take() {
+            place.send(Job::Done {
+                charge_id: std::mem::take(&mut self.charge_id),
+                event: Some(event),
+            });
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // Never finished: the worker must still close the books on the charge.
+        if let Some(place) = self.place.take() {
+            place.send(Job::Done {
+                charge_id: std::mem::take(&mut self.charge_id),
+                event: None,
+            });
+        }
     }
 }
 
 /// The request path's handle: never blocks.
 #[derive(Clone)]
 pub struct DeferredQueue {
-    tx: mpsc::Sender<DeferredCharge>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl DeferredQueue {
-    /// A place for one more deferred charge, or `None` when the queue is full (or the
-    /// gateway is shutting down): then the call must fail closed.
-    pub fn reserve(&self) -> Option<Reservation> {
-        self.tx.clone().try_reserve_owned().ok().map(Reservation)
+    /// Queues `charge` and keeps a place for its call's end; `None` when the queue is full
+    /// (or the gateway is shutting down): then the call must fail closed.
+    pub fn defer(&self, charge: DeferredCharge) -> Option<Reservation> {
+        let charge_place = self.tx.clone().try_reserve_owned().ok()?;
+        let end_place = self.tx.clone().try_reserve_owned().ok()?;
+        let charge_id = charge.charge_id.clone();
+        DEFERRED_PENDING.inc();
+        charge_place.send(Job::Charge(charge));
+        Some(Reservation {
+            place: Some(end_place),
+            charge_id,
+        })
     }
 }
 
-/// How a deferred charge ended (the `outcome` label of `tollgate_deferred_charges_total`).
+/// How a deferred call's charge ended (the `outcome` label of
+/// `tollgate_deferred_charges_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
-    /// The cost was taken (now, or by the first try whose answer was lost).
+    /// The cost was taken (by the worker, or by the first try whose answer was lost).
     Charged,
     /// Its idempotency key had been paid for by another call.
     Replayed,
     /// The tenant no longer had the credits: served for free.
     Uncollected,
-    /// The upstream failed the call: nothing owed, the charge id voided.
+    /// The upstream failed the call: nothing owed, anything taken given back.
     Voided,
     /// Shutdown came before the ledger did.
     Lost,
@@ -107,13 +153,42 @@ impl Settled {
     }
 }
 
-/// The background side: settles deferred charges in order.
+/// What the ledger did with a deferred charge, kept until its call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Charged {
+        balance: i64,
+    },
+    Replayed {
+        balance: i64,
+    },
+    Refused {
+        balance: Option<i64>,
+    },
+    /// Given up at shutdown: the ledger never answered.
+    Unknown,
+}
+
+impl Taken {
+    fn balance(self) -> Option<i64> {
+        match self {
+            Taken::Charged { balance } | Taken::Replayed { balance } => Some(balance),
+            Taken::Refused { balance } => balance,
+            Taken::Unknown => None,
+        }
+    }
+}
+
+/// Charges taken (or tried) whose calls have not ended yet, by charge id.
+type Open = HashMap<String, (DeferredCharge, Taken)>;
+
+/// The background side: takes deferred charges in order and closes each call's books.
 pub struct DeferredWorker {
     ledger: Arc<dyn Ledger>,
     hydrator: Arc<Hydrator>,
     usage: Arc<dyn UsageSink>,
     alerts: Arc<dyn AlertSink>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<DeferredCharge>>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
 }
 
 impl DeferredWorker {
@@ -123,7 +198,7 @@ impl DeferredWorker {
         usage: Arc<dyn UsageSink>,
         alerts: Arc<dyn AlertSink>,
     ) -> (DeferredQueue, DeferredWorker) {
-        let (tx, rx) = mpsc::channel(DEFERRED_CAPACITY);
+        let (tx, rx) = mpsc::channel(2 * DEFERRED_CAPACITY);
         let worker = DeferredWorker {
             ledger,
             hydrator,
@@ -134,70 +209,124 @@ impl DeferredWorker {
         (DeferredQueue { tx }, worker)
     }
 
-    /// Settles one deferred charge: asks the ledger until it answers (or, once `stop`
-    /// turns true, once more; `None`: not at all), then records the usage event with what
-    /// was taken.
-    async fn settle(
+    /// Takes the charge, asking the ledger until it answers (or, once `stop` turns true,
+    /// once more; with no `stop`, not at all). False when it gave up.
+    async fn charge(
         &self,
-        mut deferred: DeferredCharge,
+        charge: DeferredCharge,
         stop: Option<&mut ShutdownWatch>,
-    ) -> Settled {
-        let event = &mut deferred.event;
-        let cost = event.credits_used;
-        let settled = if event.refunded {
-            let void = Void {
-                tenant_id: &event.tenant_id,
-                charge_id: &event.request_id,
-                idempotency_key: event.idempotency_key.as_deref(),
-                applied_cost: None,
-            };
-            match retry(stop, || self.ledger.void(&void)).await {
-                Some(_) => Settled::Voided,
-                None => Settled::Lost,
-            }
-        } else {
-            let charge = Charge {
-                tenant_id: &event.tenant_id,
-                cost,
-                charge_id: &event.request_id,
-                idempotency_key: event.idempotency_key.as_deref(),
-                threshold: deferred.threshold,
-            };
-            let (settled, balance, warnings) =
-                match retry(stop, || self.hydrator.charge(&charge)).await {
-                    Some(ChargeOutcome::Charged { balance, warnings }) => {
-                        (Settled::Charged, Some(balance), warnings)
-                    }
-                    Some(ChargeOutcome::AlreadyCharged { balance }) => {
-                        (Settled::Charged, Some(balance), Warnings::NONE)
-                    }
-                    Some(ChargeOutcome::Replayed { balance }) => {
-                        (Settled::Replayed, Some(balance), Warnings::NONE)
-                    }
-                    Some(ChargeOutcome::Insufficient { balance, warnings }) => {
-                        (Settled::Uncollected, Some(balance), warnings)
-                    }
-                    Some(ChargeOutcome::NoBalance | ChargeOutcome::Void) => {
-                        (Settled::Uncollected, None, Warnings::NONE)
-                    }
-                    None => (Settled::Lost, None, Warnings::NONE),
-                };
-            if let Some(balance) = balance {
-                event.balance_after = balance;
-                let tenant_id = &event.tenant_id;
-                alerts::announce(
-                    &*self.alerts,
-                    tenant_id,
-                    warnings,
-                    balance,
-                    deferred.threshold,
-                );
-            }
-            settled
+        open: &mut Open,
+    ) -> bool {
+        let attempt = Charge {
+            tenant_id: &charge.tenant_id,
+            cost: charge.cost,
+            charge_id: &charge.charge_id,
+            idempotency_key: charge.idempotency_key.as_deref(),
+            threshold: charge.threshold,
         };
-        if settled == Settled::Charged {
-            deferred.service.metrics.charged(cost);
-            if self.alerts.wants_credit_success() {
+        let outcome = retry(stop, || self.hydrator.charge(&attempt)).await;
+        let announce = |warnings, balance| {
+            let (tenant, threshold) = (&charge.tenant_id, charge.threshold);
+            alerts::announce(&*self.alerts, tenant, warnings, balance, threshold);
+        };
+        let taken = match outcome {
+            Some(ChargeOutcome::Charged { balance, warnings }) => {
+                announce(warnings, balance);
+                Taken::Charged { balance }
+            }
+            Some(ChargeOutcome::AlreadyCharged { balance }) => Taken::Charged { balance },
+            Some(ChargeOutcome::Replayed { balance }) => Taken::Replayed { balance },
+            Some(ChargeOutcome::Insufficient { balance, warnings }) => {
+                announce(warnings, balance);
+                Taken::Refused {
+                    balance: Some(balance),
+                }
+            }
+            Some(ChargeOutcome::NoBalance | ChargeOutcome::Void) => {
+                Taken::Refused { balance: None }
+            }
+            None => Taken::Unknown,
+        };
+        open.insert(charge.charge_id.clone(), (charge, taken));
+        taken != Taken::Unknown
+    }
+
+    /// Gives back a charge taken for a call that owes nothing; `None` if the ledger never
+    /// answered, else the balance after (when the refund moved it).
+    async fn give_back(
+        &self,
+        charge: &DeferredCharge,
+        stop: Option<&mut ShutdownWatch>,
+    ) -> Option<Option<i64>> {
+        let void = Void {
+            tenant_id: &charge.tenant_id,
+            charge_id: &charge.charge_id,
+            idempotency_key: charge.idempotency_key.as_deref(),
+            applied_cost: Some(charge.cost),
+        };
+        let outcome = retry(stop, || self.ledger.void(&void)).await?;
+        self.usage.refunded(&charge.tenant_id, charge.cost);
+        Some(match outcome {
+            VoidOutcome::Refunded { balance } => Some(balance),
+            VoidOutcome::NotApplied | VoidOutcome::AlreadyVoided => None,
+        })
+    }
+
+    /// Closes the books on a call that ended: gives back what a failed call was charged,
+    /// then records its usage event with what the ledger kept.
+    async fn done(
+        &self,
+        charge_id: &str,
+        event: Option<UsageEvent>,
+        stop: Option<&mut ShutdownWatch>,
+        open: &mut Open,
+    ) -> Option<Settled> {
+        let Some((charge, taken)) = open.remove(charge_id) else {
+            tracing::error!(%charge_id, "a deferred call ended without its charge");
+            return None;
+        };
+        let cost = charge.cost;
+        let owes_nothing = event.as_ref().is_none_or(|e| e.refunded);
+        let mut balance = taken.balance();
+        let mut kept = matches!(taken, Taken::Charged { .. });
+        let settled = match (owes_nothing, taken) {
+            (true, Taken::Charged { .. }) => match self.give_back(&charge, stop).await {
+                Some(after) => {
+                    kept = false;
+                    balance = after.or(balance);
+                    Settled::Voided
+                }
+                None => Settled::Lost,
+            },
+            (true, _) => Settled::Voided,
+            (false, Taken::Charged { .. }) => Settled::Charged,
+            (false, Taken::Replayed { .. }) => Settled::Replayed,
+            (false, Taken::Refused { .. }) => Settled::Uncollected,
+            (false, Taken::Unknown) => Settled::Lost,
+        };
+        DEFERRED_PENDING.dec();
+        DEFERRED_CHARGES[settled as usize].inc();
+        if matches!(settled, Settled::Uncollected | Settled::Lost) {
+            tracing::warn!(
+                tenant_id = %charge.tenant_id,
+                %charge_id,
+                cost,
+                outcome = settled.as_str(),
+                "a call served while the ledger was unavailable was not paid for as it should be"
+            );
+        }
+        let Some(mut event) = event else {
+            tracing::error!(%charge_id, kept, "a deferred call ended without a usage event");
+            return Some(settled);
+        };
+        event.balance_after = balance.unwrap_or(0);
+        if kept {
+            // The log says what the ledger kept, even for a failed call whose refund the
+            // ledger never took (the client was told 0; the books must not lie).
+            event.refunded = false;
+            event.credits_used = cost;
+            charge.service.metrics.charged(cost);
+            if settled == Settled::Charged && self.alerts.wants_credit_success() {
                 self.alerts.credit_success(CreditSuccess {
                     tenant_id: event.tenant_id.clone(),
                     service: event.service.clone(),
@@ -208,23 +337,22 @@ impl DeferredWorker {
                 });
             }
         } else if !event.refunded {
-            // The log must say what the ledger took: nothing. (A failed call's log keeps
-            // its cost beside `refunded`, as every refunded log does.)
+            // Nothing was taken; a failed call's log keeps its cost beside `refunded`, as
+            // every refunded log does.
             event.credits_used = 0;
         }
-        if matches!(settled, Settled::Uncollected | Settled::Lost) {
-            tracing::warn!(
-                tenant_id = %event.tenant_id,
-                request_id = %event.request_id,
-                cost,
-                outcome = settled.as_str(),
-                "a call served while the ledger was unavailable was not paid for"
-            );
+        self.usage.record(event);
+        Some(settled)
+    }
+
+    /// One job; false when the ledger was given up on (shutdown with the ledger down).
+    async fn handle(&self, job: Job, stop: Option<&mut ShutdownWatch>, open: &mut Open) -> bool {
+        match job {
+            Job::Charge(charge) => self.charge(charge, stop, open).await,
+            Job::Done { charge_id, event } => {
+                self.done(&charge_id, event, stop, open).await != Some(Settled::Lost)
+            }
         }
-        DEFERRED_PENDING.dec();
-        DEFERRED_CHARGES[settled as usize].inc();
-        self.usage.record(deferred.event);
-        settled
     }
 }
 
@@ -260,10 +388,11 @@ where
 impl BackgroundService for DeferredWorker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut rx = self.rx.lock().await;
-        let mut lost = 0usize;
+        let mut open = Open::new();
+        let mut given_up = false;
         let mut closing = false;
         loop {
-            // Read the state, not the change: `settle` may have seen the change first.
+            // Read the state, not the change: `retry` may have seen the change first.
             if !closing && (*shutdown.borrow() || shutdown.has_changed().is_err()) {
                 // Requests still finishing hold reservations: take what they send (one
                 // last try each) until the last reservation is gone.
@@ -274,19 +403,16 @@ impl BackgroundService for DeferredWorker {
                 next = rx.recv() => next,
                 _ = shutdown.changed(), if !closing => continue,
             };
-            let Some(deferred) = next else { break };
+            let Some(job) = next else { break };
             // Shutting down with the ledger down: one failed last try says enough; the rest
             // are given up at once rather than each waiting out the ledger timeout.
-            let stop = (lost == 0 || !closing).then_some(&mut shutdown);
-            if self.settle(deferred, stop).await == Settled::Lost {
-                lost += 1;
+            let stop = (!given_up || !closing).then_some(&mut shutdown);
+            if !self.handle(job, stop, &mut open).await {
+                given_up = true;
             }
         }
-        if lost > 0 {
-            tracing::error!(
-                lost,
-                "shut down with deferred charges the ledger could not take"
-            );
+        if given_up {
+            tracing::error!("shut down with deferred charges the ledger could not take");
         }
     }
 }

@@ -130,108 +130,159 @@ async fn setup(balance: i64, failures: u32) -> Setup {
     }
 }
 
-fn deferred(s: &Setup, refunded: bool) -> DeferredCharge {
+fn charge(s: &Setup) -> DeferredCharge {
     DeferredCharge {
         service: Arc::clone(&s.service),
+        tenant_id: "acme".into(),
+        cost: 5,
+        charge_id: uuid::Uuid::now_v7().to_string(),
+        idempotency_key: None,
         threshold: 0,
-        event: UsageEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: "acme".into(),
-            user_id: "u1".into(),
-            service: "notes".into(),
-            endpoint: "/*".into(),
-            method: "GET".into(),
-            credits_used: 5,
-            balance_after: 0,
-            status: if refunded { 502 } else { 200 },
-            latency_ms: 1.0,
-            request_id: uuid::Uuid::now_v7().to_string(),
-            idempotency_key: None,
-            refunded,
-            timestamp_ms: 0,
-        },
     }
 }
 
-fn running() -> (watch::Sender<bool>, ShutdownWatch) {
-    watch::channel(false)
+/// The call's usage event as the gateway hands it over: the cost, and whether it failed.
+fn event(charge: &DeferredCharge, refunded: bool) -> UsageEvent {
+    UsageEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: charge.tenant_id.clone(),
+        user_id: "u1".into(),
+        service: "notes".into(),
+        endpoint: "/*".into(),
+        method: "GET".into(),
+        credits_used: charge.cost,
+        balance_after: 0,
+        status: if refunded { 502 } else { 200 },
+        latency_ms: 1.0,
+        request_id: charge.charge_id.clone(),
+        idempotency_key: None,
+        refunded,
+        timestamp_ms: 0,
+    }
+}
+
+impl Setup {
+    fn recorded(&self) -> Vec<UsageEvent> {
+        self.usage.0.lock().unwrap().clone()
+    }
+
+    async fn balance(&self) -> i64 {
+        self.ledger.balance("acme").await.unwrap().unwrap_or(-1)
+    }
+
+    /// Runs the worker while `work` runs, then until `done` holds (paused time: the waits
+    /// cost nothing), then shuts it down.
+    async fn drive(&self, work: impl Future<Output = ()>, done: impl AsyncFn() -> bool) {
+        let (tx, stop) = watch::channel(false);
+        let driver = async {
+            work.await;
+            while !done().await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tx.send(true).unwrap();
+        };
+        tokio::join!(self.worker.start(stop), driver);
+    }
+
+    async fn until(&self, what: impl AsyncFn() -> bool) {
+        while !what().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_charge_waits_for_the_ledger_then_logs_what_it_took() {
     let s = setup(100, 3).await;
-    let (_tx, mut stop) = running();
-    let settled = s.worker.settle(deferred(&s, false), Some(&mut stop)).await;
-    assert_eq!(settled, Settled::Charged);
+    let c = charge(&s);
+    let e = event(&c, false);
+    let r = s.queue.defer(c).unwrap();
+    s.drive(async { r.finish(e) }, async || s.recorded().len() == 1)
+        .await;
     assert_eq!(
         s.ledger.calls.load(Ordering::SeqCst),
         4,
         "3 failures, then it"
     );
-    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(95));
-    let events = s.usage.0.lock().unwrap();
+    assert_eq!(s.balance().await, 95);
+    let events = s.recorded();
     assert_eq!((events[0].credits_used, events[0].balance_after), (5, 95));
 }
 
-/// A call voided (its upstream failed) spends its charge id: a charge with it takes nothing.
+/// The charge is taken as soon as the ledger answers, not when the call ends: only then
+/// does a late-landed first try still have the record that stops a second charge.
 #[tokio::test(start_paused = true)]
-async fn a_voided_charge_id_is_never_charged_afterwards() {
-    let s = setup(100, 0).await;
-    let (_tx, mut stop) = running();
-    let voided = deferred(&s, true);
-    let same_id = DeferredCharge {
-        service: Arc::clone(&s.service),
-        threshold: 0,
-        event: UsageEvent {
-            refunded: false,
-            ..voided.event.clone()
-        },
+async fn the_charge_is_taken_before_the_call_ends() {
+    let s = setup(100, 2).await;
+    let c = charge(&s);
+    let e = event(&c, false);
+    let r = s.queue.defer(c).unwrap();
+    let work = async {
+        s.until(async || s.balance().await == 95).await;
+        assert!(s.recorded().is_empty(), "logged only once the call ends");
+        r.finish(e);
     };
-    assert_eq!(
-        s.worker.settle(voided, Some(&mut stop)).await,
-        Settled::Voided
-    );
-    assert_eq!(
-        s.worker.settle(same_id, Some(&mut stop)).await,
-        Settled::Uncollected
-    );
-    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
+    s.drive(work, async || s.recorded().len() == 1).await;
+    assert_eq!(s.recorded()[0].credits_used, 5);
 }
 
 #[tokio::test(start_paused = true)]
 async fn out_of_credits_is_uncollected_and_logged_at_zero() {
     let s = setup(3, 0).await;
-    let (_tx, mut stop) = running();
-    let settled = s.worker.settle(deferred(&s, false), Some(&mut stop)).await;
-    assert_eq!(settled, Settled::Uncollected);
-    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(3));
-    let events = s.usage.0.lock().unwrap();
+    let c = charge(&s);
+    let e = event(&c, false);
+    let r = s.queue.defer(c).unwrap();
+    s.drive(async { r.finish(e) }, async || s.recorded().len() == 1)
+        .await;
+    assert_eq!(s.balance().await, 3);
+    let events = s.recorded();
     assert_eq!((events[0].credits_used, events[0].balance_after), (0, 3));
 }
 
+/// The upstream failed the call after its charge was taken: the charge is given back and
+/// the log is a refunded one.
 #[tokio::test(start_paused = true)]
-async fn a_failed_call_is_voided_and_keeps_its_refunded_log() {
-    let s = setup(100, 2).await;
-    let (_tx, mut stop) = running();
-    let settled = s.worker.settle(deferred(&s, true), Some(&mut stop)).await;
-    assert_eq!(settled, Settled::Voided);
-    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
-    let events = s.usage.0.lock().unwrap();
+async fn a_failed_call_gets_back_what_it_was_charged() {
+    let s = setup(100, 0).await;
+    let c = charge(&s);
+    let e = event(&c, true);
+    let r = s.queue.defer(c).unwrap();
+    let work = async {
+        s.until(async || s.balance().await == 95).await;
+        r.finish(e);
+    };
+    s.drive(work, async || s.recorded().len() == 1).await;
+    assert_eq!(s.balance().await, 100);
+    let events = s.recorded();
     assert!(events[0].refunded);
     assert_eq!(events[0].credits_used, 5, "as every refunded log");
+    assert_eq!(events[0].balance_after, 100);
+}
+
+/// A call that ends without handing over its usage event (its context dropped) is not
+/// charged: there would be no log to bill it by.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_call_gets_its_charge_back() {
+    let s = setup(100, 0).await;
+    let r = s.queue.defer(charge(&s)).unwrap();
+    let work = async {
+        s.until(async || s.balance().await == 95).await;
+        drop(r);
+    };
+    s.drive(work, async || s.balance().await == 100).await;
+    assert!(s.recorded().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
     let s = setup(100, u32::MAX).await;
-    let (tx, stop) = running();
+    let (tx, stop) = watch::channel(false);
     for _ in 0..3 {
-        s.queue.reserve().unwrap().send(deferred(&s, false));
+        let c = charge(&s);
+        let e = event(&c, false);
+        s.queue.defer(c).unwrap().finish(e);
     }
     let queue = s.queue.clone();
-    let worker = async {
-        s.worker.start(stop).await;
-    };
     let stopper = async {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let before = s.ledger.calls.load(Ordering::SeqCst);
@@ -239,11 +290,14 @@ async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         // One last try for the first; the other two are given up without waiting.
         assert_eq!(s.ledger.calls.load(Ordering::SeqCst), before + 1);
-        assert!(queue.reserve().is_none(), "a closed queue fails closed");
+        assert!(
+            queue.defer(charge(&s)).is_none(),
+            "a closed queue fails closed"
+        );
     };
-    tokio::join!(worker, stopper);
-    assert_eq!(s.ledger.balance("acme").await.unwrap(), Some(100));
-    let events = s.usage.0.lock().unwrap();
+    tokio::join!(s.worker.start(stop), stopper);
+    assert_eq!(s.balance().await, 100);
+    let events = s.recorded();
     assert_eq!(events.len(), 3, "the calls are still logged");
     assert!(
         events.iter().all(|e| e.credits_used == 0),

@@ -109,13 +109,22 @@ impl BackgroundService for VoidWorker {
                 _ = shutdown.changed() => break,
             }
         }
-        // Flush what the ledger can still take; never hold shutdown for a dead ledger.
+        // Flush what the ledger can still take; never hold shutdown for a dead ledger: after
+        // one failed try, the rest are reported, not each tried for `RETRY_MAX`.
+        let mut unvoided = 0usize;
         while let Ok(void) = rx.try_recv() {
-            let void_ref = void.as_void();
-            let attempt = self.ledger.void(&void_ref);
-            if !matches!(tokio::time::timeout(RETRY_MAX, attempt).await, Ok(Ok(_))) {
-                tracing::error!(charge_id = %void.charge_id, "shutting down with a charge not voided");
+            if unvoided == 0 {
+                let void_ref = void.as_void();
+                let attempt = self.ledger.void(&void_ref);
+                if matches!(tokio::time::timeout(RETRY_MAX, attempt).await, Ok(Ok(_))) {
+                    continue;
+                }
             }
+            unvoided += 1;
+            tracing::error!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, "shutting down with a charge not voided");
+        }
+        if unvoided > 0 {
+            tracing::error!(unvoided, "shut down with charges the ledger could not void");
         }
     }
 }

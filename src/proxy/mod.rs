@@ -82,9 +82,8 @@ pub struct RequestCtx {
     claims: Option<Claims>,
     idempotency_key: Option<String>,
     charge: Option<Charged>,
-    /// A deferred charge's place in the queue and the tenant's threshold, held from the
-    /// forward to the hand-over in `logging`.
-    deferred: Option<(Reservation, i64)>,
+    /// A deferred charge's place for the call's end, held from the forward to `logging`.
+    deferred: Option<Reservation>,
     /// The upstream's status, once its response header arrived.
     upstream_status: Option<u16>,
     /// How the request ended, for `tollgate_requests_total`.
@@ -182,6 +181,8 @@ impl ProxyHttp for Gateway {
                 Charged::now(cost, balance)
             }
             Ok(ChargeOutcome::Replayed { balance }) => Charged::now(0, balance),
+            // Not for a fresh request id; counted as pending like a charge, so treated as one.
+            Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
             Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 let problem = Problem::insufficient_credits(tenant_id, cost, balance);
@@ -191,15 +192,24 @@ impl ProxyHttp for Gateway {
                 if let Err(e) = &outcome {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
                 }
+                // Served on credit: the deferred worker charges this id (finding it if the
+                // timed-out try landed after all) as soon as the ledger answers.
                 let lenient = ctx
                     .route
                     .as_ref()
-                    .is_some_and(|r| r.service.on_ledger_error == OnLedgerError::Allow);
-                // Served on credit: the deferred worker charges this id (finding it if the
-                // timed-out try landed after all) once the ledger answers.
-                if let (true, Err(_)) = (lenient, &outcome) {
-                    if let Some(reservation) = self.deferred.reserve() {
-                        ctx.deferred = Some((reservation, threshold));
+                    .filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)
+                    .filter(|_| outcome.is_err());
+                if let Some(route) = lenient {
+                    let deferred = DeferredCharge {
+                        service: Arc::clone(&route.service),
+                        tenant_id: tenant_id.to_owned(),
+                        cost,
+                        charge_id: ctx.request_id.clone(),
+                        idempotency_key: key.clone(),
+                        threshold,
+                    };
+                    if let Some(reservation) = self.deferred.defer(deferred) {
+                        ctx.deferred = Some(reservation);
                         ctx.claims = Some(claims);
                         ctx.idempotency_key = key;
                         ctx.charge = Some(Charged {
@@ -420,11 +430,7 @@ impl ProxyHttp for Gateway {
             timestamp_ms: crate::store::now_ms(),
         };
         match ctx.deferred.take() {
-            Some((reservation, threshold)) => reservation.send(DeferredCharge {
-                service: Arc::clone(&route.service),
-                threshold,
-                event,
-            }),
+            Some(reservation) => reservation.finish(event),
             None => self.usage.record(event),
         }
     }
