@@ -37,6 +37,14 @@ pub static USAGE_JOURNALED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Usage events written to the disk journal",
     )
 });
+/// The usage journal's size: grows while the store is down, back to 0 once replayed; at
+/// `usage.journal_max_mb` events start to be dropped.
+pub static USAGE_JOURNAL_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "tollgate_usage_journal_bytes",
+        "Bytes of usage events waiting in the disk journal for the store",
+    )
+});
 pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "tollgate_usage_dropped_total",
@@ -239,6 +247,7 @@ pub fn register_all() {
     LazyLock::force(&USAGE_QUEUE_DEPTH);
     LazyLock::force(&USAGE_FLUSHED);
     LazyLock::force(&USAGE_JOURNALED);
+    LazyLock::force(&USAGE_JOURNAL_BYTES);
     LazyLock::force(&USAGE_DROPPED);
     LazyLock::force(&RECONCILE_MISMATCHED);
     LazyLock::force(&DEFERRED_CHARGES);

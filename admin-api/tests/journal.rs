@@ -46,7 +46,7 @@ async fn traffic(gateway: &Gateway, n: usize) {
     assert_eq!(served, n, "every call is served whatever the journal does");
 }
 
-async fn counter(gateway: &Gateway, metric: &str) -> i64 {
+async fn metric(gateway: &Gateway, name: &str) -> i64 {
     let text = client()
         .get(gateway.metrics_url("/metrics"))
         .send()
@@ -55,7 +55,7 @@ async fn counter(gateway: &Gateway, metric: &str) -> i64 {
         .text()
         .await
         .unwrap();
-    metric_sample(&text, metric, &[]) as i64
+    metric_sample(&text, name, &[]) as i64
 }
 
 /// Reconciliation's verdict on acme once everything that can arrive has: the ledger is
@@ -88,19 +88,24 @@ async fn a_journal_at_its_bound_drops_loudly_and_replays_what_it_kept() {
         "every event journaled or dropped",
         Duration::from_secs(60),
         async || {
-            counter(&g.gateway, "tollgate_usage_journaled_total").await
-                + counter(&g.gateway, "tollgate_usage_dropped_total").await
+            metric(&g.gateway, "tollgate_usage_journaled_total").await
+                + metric(&g.gateway, "tollgate_usage_dropped_total").await
                 == DOWN as i64
         },
     )
     .await;
-    let journaled = counter(&g.gateway, "tollgate_usage_journaled_total").await;
-    let dropped = counter(&g.gateway, "tollgate_usage_dropped_total").await;
+    let journaled = metric(&g.gateway, "tollgate_usage_journaled_total").await;
+    let dropped = metric(&g.gateway, "tollgate_usage_dropped_total").await;
     eprintln!("journal bound: {journaled} journaled, {dropped} dropped");
     assert!(dropped > 0, "4,000 events do not fit in 1 MiB");
     let journal = g.gateway.data_dir().join("usage.journal");
     let size = std::fs::metadata(&journal).unwrap().len();
     assert!(size <= 1024 * 1024, "the journal grew to {size} bytes");
+    assert_eq!(
+        metric(&g.gateway, "tollgate_usage_journal_bytes").await,
+        size as i64,
+        "the gauge shows the journal's size"
+    );
     assert!(g.gateway.log().contains("usage events LOST"));
 
     g.gate.open();
@@ -108,6 +113,7 @@ async fn a_journal_at_its_bound_drops_loudly_and_replays_what_it_kept() {
     assert_eq!(logs.len(), 10 + journaled as usize, "replayed exactly once");
     wait_until("the journal emptied", Duration::from_secs(30), async || {
         std::fs::metadata(&journal).is_ok_and(|m| m.len() == 0)
+            && metric(&g.gateway, "tollgate_usage_journal_bytes").await == 0
     })
     .await;
     assert_eq!(
@@ -142,7 +148,7 @@ async fn a_full_disk_under_the_journal_costs_requests_nothing() {
     wait_until(
         "the lost events to be counted",
         Duration::from_secs(60),
-        async || counter(&g.gateway, "tollgate_usage_dropped_total").await == 60,
+        async || metric(&g.gateway, "tollgate_usage_dropped_total").await == 60,
     )
     .await;
     let log = g.gateway.log();
