@@ -83,7 +83,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The verified token of the caller (any role).
+/// The verified token of the caller (any role), still true of its user: when the token
+/// names a stored user, that user is not disabled and still has the token's role and
+/// tenant. So disabling, demoting or moving a user ends the admin API's trust in the tokens
+/// issued before, at once (tokens the operator mints for ids with no account,
+/// `tollgate token`, stand on their signature alone).
 pub struct Caller(pub Claims);
 
 impl FromRequestParts<AdminState> for Caller {
@@ -91,18 +95,25 @@ impl FromRequestParts<AdminState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        state
-            .verifier
-            .verify_header(header)
-            .map(Caller)
-            .map_err(|e| {
-                ApiError::unauthorized(match e {
-                    AuthError::Missing => "missing bearer token".to_owned(),
-                    AuthError::Malformed => "malformed Authorization header".to_owned(),
-                    AuthError::Invalid(why) => format!("invalid token: {why}"),
-                    AuthError::Key(_) => "invalid token".to_owned(),
-                })
+        let claims = state.verifier.verify_header(header).map_err(|e| {
+            ApiError::unauthorized(match e {
+                AuthError::Missing => "missing bearer token".to_owned(),
+                AuthError::Malformed => "malformed Authorization header".to_owned(),
+                AuthError::Invalid(why) => format!("invalid token: {why}"),
+                AuthError::Key(_) => "invalid token".to_owned(),
             })
+        })?;
+        if let Some(user) = crate::users::user(state, &claims.sub).await? {
+            if user.disabled {
+                return Err(ApiError::unauthorized("this user is disabled"));
+            }
+            if user.role != claims.role || user.tenant_id != claims.tenant_id {
+                return Err(ApiError::unauthorized(
+                    "this token predates a change of its user's role or tenant; log in again",
+                ));
+            }
+        }
+        Ok(Caller(claims))
     }
 }
 

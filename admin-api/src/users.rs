@@ -134,7 +134,8 @@ pub struct UserPatch {
     disabled: Option<bool>,
 }
 
-/// Changes a user's role, tenant or disabled flag. Tokens already issued keep their claims
+/// Changes a user's role, tenant or disabled flag. The admin API stops honouring the
+/// user's earlier tokens at once (see [`crate::extract::Caller`]); the gateway honours them
 /// until they expire.
 #[utoipa::path(patch, path = "/admin/users/{id}", tag = "users",
     params(("id" = String, Path, description = "user id")), request_body = UserPatch,
