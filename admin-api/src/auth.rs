@@ -1,7 +1,8 @@
 //! Sign-up and log-in. Passwords are hashed with argon2id (the `argon2` crate's defaults:
 //! 19 MiB, 2 passes, OWASP's recommendation); a failed login is one 401 whatever was wrong,
 //! costs the same time whether the email exists or not, and after [`FREE_FAILURES`]
-//! failures an account is locked for a time that doubles with each further failure.
+//! failures an account is locked for a time that doubles with each further failure, counted
+//! across every control-plane replica when the ledger is Redis ([`Throttle`]).
 
 use crate::extract::Body;
 use crate::problem::{ApiError, ApiResult};
@@ -15,10 +16,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tollgate::auth::Role;
 use tollgate::config::TenantStatus;
+use tollgate::ledger::{Ledger, LoginOp, LoginPolicy};
 use tollgate::store::{Kind, NewTenant, Store};
 use utoipa::ToSchema;
 
@@ -32,6 +34,12 @@ const FREE_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 const FIRST_LOCK: Duration = Duration::from_secs(30);
 const LONGEST_LOCK: Duration = Duration::from_secs(15 * 60);
+const POLICY: LoginPolicy = LoginPolicy {
+    free: FREE_FAILURES,
+    window: FAILURE_WINDOW,
+    first_lock: FIRST_LOCK,
+    longest_lock: LONGEST_LOCK,
+};
 
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
@@ -104,9 +112,57 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Failed logins per account (this process's view; each replica keeps its own).
-#[derive(Default)]
+/// Failed logins per account: counted in the ledger when it is shared (Redis: every
+/// control-plane replica sees the same count, so N replicas do not give N times the
+/// guesses), else, or while the ledger cannot answer, in this process.
 pub struct Throttle {
+    ledger: Arc<dyn Ledger>,
+    local: LocalThrottle,
+}
+
+impl Throttle {
+    pub fn new(ledger: Arc<dyn Ledger>) -> Throttle {
+        Throttle {
+            ledger,
+            local: LocalThrottle::default(),
+        }
+    }
+
+    /// Applies `op` to the shared count; `None` when there is none to use right now.
+    async fn shared(&self, email: &str, op: LoginOp) -> Option<Duration> {
+        match self.ledger.login_attempts(email, op, &POLICY).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                tracing::warn!(error = %e, "login throttle: the ledger did not answer; counting in this process");
+                None
+            }
+        }
+    }
+
+    /// Seconds until `email` may try again, if it is locked.
+    async fn locked(&self, email: &str) -> Option<u64> {
+        match self.shared(email, LoginOp::Check).await {
+            Some(locked) if locked.is_zero() => None,
+            Some(locked) => Some(locked.as_secs().max(1)),
+            None => self.local.locked(email),
+        }
+    }
+
+    async fn failed(&self, email: &str) {
+        if self.shared(email, LoginOp::Fail).await.is_none() {
+            self.local.failed(email);
+        }
+    }
+
+    async fn succeeded(&self, email: &str) {
+        self.shared(email, LoginOp::Reset).await;
+        self.local.succeeded(email);
+    }
+}
+
+/// This process's count of failed logins per account.
+#[derive(Default)]
+struct LocalThrottle {
     accounts: Mutex<HashMap<String, Failures>>,
 }
 
@@ -116,8 +172,7 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
-impl Throttle {
-    /// Seconds until `email` may try again, if it is locked.
+impl LocalThrottle {
     fn locked(&self, email: &str) -> Option<u64> {
         let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let until = accounts.get(email)?.locked_until?;
@@ -280,7 +335,7 @@ pub async fn login(
     Body(body): Body<Login>,
 ) -> ApiResult<Json<TokenResponse>> {
     let email = normalize_email(&body.email);
-    if let Some(retry_after) = state.throttle.locked(&email) {
+    if let Some(retry_after) = state.throttle.locked(&email).await {
         return Err(ApiError::too_many(retry_after));
     }
     let user = match state.store.find_doc(Kind::Users, "email", &email).await? {
@@ -295,10 +350,10 @@ pub async fn login(
         .await
         .map_err(|e| ApiError::unavailable("password hasher", e))?;
     let Some(mut user) = user.filter(|u| matches && !u.disabled) else {
-        state.throttle.failed(&email);
+        state.throttle.failed(&email).await;
         return Err(ApiError::unauthorized("invalid email or password"));
     };
-    state.throttle.succeeded(&email);
+    state.throttle.succeeded(&email).await;
     user.last_login_at_ms = Some(crate::time::now_ms());
     if let Err(e) = state.store.replace_doc(Kind::Users, &user.to_doc()).await {
         tracing::warn!(user_id = %user.id, error = %e, "last_login_at not recorded");

@@ -67,7 +67,7 @@ impl AdminState {
             verifier: Arc::new(Verifier::new(auth)?),
             auth: Arc::new(auth.clone()),
             settings: Arc::new(settings.clone()),
-            throttle: Arc::default(),
+            throttle: Arc::new(auth::Throttle::new(Arc::clone(&handles.ledger))),
         })
     }
 

@@ -256,9 +256,19 @@ async fn redis_ledger_keeps_the_contract() {
             warnings: NONE
         }
     );
+    // Retried by the same id (a deferred charge): found applied, not taken again.
+    assert_eq!(
+        ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
+        ChargeOutcome::AlreadyCharged { balance: 5 }
+    );
     assert_eq!(
         ledger.void(&void("t", "lost", None, None)).await.unwrap(),
         VoidOutcome::Refunded { balance: 8 }
+    );
+    // Voided, the id is spent: a late charge with it takes nothing, and says so.
+    assert_eq!(
+        ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
+        ChargeOutcome::Void
     );
     // Keys carry the tenant's hash tag.
     let mut conn = redis.connection().await;
@@ -273,6 +283,46 @@ async fn redis_ledger_keeps_the_contract() {
             .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
     );
+    login_attempts(&ledger).await;
+}
+
+/// The shared failed-login count: free failures, then a lock that doubles; a success
+/// forgets it; accounts are apart.
+async fn login_attempts(ledger: &RedisLedger) {
+    use std::time::Duration;
+    use tollgate::ledger::{LoginOp, LoginPolicy};
+    let policy = LoginPolicy {
+        free: 3,
+        window: Duration::from_secs(900),
+        first_lock: Duration::from_secs(30),
+        longest_lock: Duration::from_secs(100),
+    };
+    let op = async |account: &str, op| {
+        ledger
+            .login_attempts(account, op, &policy)
+            .await
+            .unwrap()
+            .unwrap()
+            .as_secs()
+    };
+    assert_eq!(op("a@x", LoginOp::Fail).await, 0);
+    assert_eq!(op("a@x", LoginOp::Fail).await, 0);
+    assert!(
+        (29..=30).contains(&op("a@x", LoginOp::Fail).await),
+        "the 3rd failure locks"
+    );
+    assert!((29..=30).contains(&op("a@x", LoginOp::Check).await));
+    assert_eq!(op("b@x", LoginOp::Check).await, 0, "per account");
+    assert!(
+        (59..=60).contains(&op("a@x", LoginOp::Fail).await),
+        "doubled"
+    );
+    assert!(
+        (99..=100).contains(&op("a@x", LoginOp::Fail).await),
+        "capped"
+    );
+    assert_eq!(op("a@x", LoginOp::Reset).await, 0);
+    assert_eq!(op("a@x", LoginOp::Check).await, 0, "a success forgets");
 }
 
 #[tokio::test]

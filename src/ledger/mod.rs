@@ -130,6 +130,27 @@ pub enum AdjustOutcome {
     OutOfRange { amount: i64, balance: i64 },
 }
 
+/// What a login attempt tells the shared failed-login count (see [`Ledger::login_attempts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOp {
+    /// Only ask whether the account is locked.
+    Check,
+    /// Count a failure.
+    Fail,
+    /// A success: forget the failures.
+    Reset,
+}
+
+/// How failed logins lock an account: after `free` failures within `window`, a lock of
+/// `first_lock`, doubling with each further failure up to `longest_lock`.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginPolicy {
+    pub free: u32,
+    pub window: std::time::Duration,
+    pub first_lock: std::time::Duration,
+    pub longest_lock: std::time::Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger timed out")]
@@ -172,6 +193,18 @@ pub trait Ledger: Send + Sync + 'static {
     /// `owner` leads. The embedded ledger belongs to one process: it always leads.
     async fn lead(&self, _owner: &str, _ttl: std::time::Duration) -> Result<bool, LedgerError> {
         Ok(true)
+    }
+
+    /// Applies `op` to the failed-login count of `account`, shared by every process on this
+    /// ledger, and returns how long the account stays locked. `None`: this ledger shares
+    /// nothing (the embedded one serves one process), and the caller counts in memory.
+    async fn login_attempts(
+        &self,
+        _account: &str,
+        _op: LoginOp,
+        _policy: &LoginPolicy,
+    ) -> Result<Option<std::time::Duration>, LedgerError> {
+        Ok(None)
     }
 
     /// Answers when the ledger is reachable (`/readyz`).

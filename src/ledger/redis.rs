@@ -3,8 +3,8 @@
 //! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
 
 use super::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
-    VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, LoginOp,
+    LoginPolicy, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ pub struct RedisLedger {
     void: Script,
     adjust: Script,
     lead: Script,
+    login: Script,
     timeout: Duration,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
@@ -37,6 +38,7 @@ impl RedisLedger {
             void: Script::new(include_str!("void.lua")),
             adjust: Script::new(include_str!("adjust.lua")),
             lead: Script::new(include_str!("lead.lua")),
+            login: Script::new(include_str!("login.lua")),
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
@@ -195,6 +197,38 @@ impl Ledger for RedisLedger {
                 .invoke_async(&mut conn)
                 .await?;
             Ok(led == 1)
+        })
+        .await
+    }
+
+    async fn login_attempts(
+        &self,
+        account: &str,
+        op: LoginOp,
+        policy: &LoginPolicy,
+    ) -> Result<Option<Duration>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let op = match op {
+                LoginOp::Check => "check",
+                LoginOp::Fail => "fail",
+                LoginOp::Reset => "reset",
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let locked_ms: u64 = self
+                .login
+                .key(format!("tg:login:{account}"))
+                .arg(op)
+                .arg(now_ms)
+                .arg(policy.free)
+                .arg(policy.window.as_millis() as u64)
+                .arg(policy.first_lock.as_millis() as u64)
+                .arg(policy.longest_lock.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(Some(Duration::from_millis(locked_ms)))
         })
         .await
     }

@@ -1,22 +1,40 @@
-//! A user's tokens speak for them only while they still match the account: once an operator
-//! promotes, demotes, moves or disables the user, the admin API refuses every token issued
-//! before, at once (a demoted admin keeps no admin power until the token expires).
+//! Accounts under attack. A user's tokens speak for them only while they still match the
+//! account: once an operator promotes, demotes, moves or disables the user, the admin API
+//! refuses every token issued before, at once (a demoted admin keeps no admin power until
+//! the token expires). And failed logins are counted across control-plane replicas sharing
+//! a Redis, so more replicas do not mean more guesses.
 
 mod common;
 
-use common::{admin_token, client, Gateway};
+use common::{admin_token, client, Gateway, RedisServer};
 use serde_json::{json, Value};
 
+const PASSWORD: &str = "a long password";
+
 async fn login(gateway: &Gateway, email: &str) -> (u16, Option<String>) {
+    login_with(gateway, email, PASSWORD).await
+}
+
+async fn login_with(gateway: &Gateway, email: &str, password: &str) -> (u16, Option<String>) {
     let r = client()
         .post(gateway.admin_url("/auth/login"))
-        .json(&json!({"email": email, "password": "a long password"}))
+        .json(&json!({"email": email, "password": password}))
         .send()
         .await
         .unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
     (status, body["access_token"].as_str().map(str::to_owned))
+}
+
+async fn register(gateway: &Gateway, email: &str) {
+    let r = client()
+        .post(gateway.admin_url("/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD, "tenant_name": "M"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 }
 
 async fn get(gateway: &Gateway, path: &str, token: &str) -> u16 {
@@ -48,13 +66,7 @@ async fn changing_a_user_ends_the_tokens_issued_before() {
         None,
     );
     let email = "mallory@example.com";
-    let r = client()
-        .post(gateway.admin_url("/auth/register"))
-        .json(&json!({"email": email, "password": "a long password", "tenant_name": "M"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    register(&gateway, email).await;
     let (_, user_token) = login(&gateway, email).await;
     let user_token = user_token.unwrap();
     let me: Value = client()
@@ -95,4 +107,34 @@ async fn changing_a_user_ends_the_tokens_issued_before() {
     patch_user(&gateway, &id, json!({"disabled": true})).await;
     assert_eq!(get(&gateway, "/me", &last).await, 401);
     assert_eq!(login(&gateway, email).await.0, 401);
+}
+
+/// Two control planes on one Redis, each with its own store: 3 wrong guesses on one and 2 on
+/// the other lock the account on both, even against the right password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_across_replicas() {
+    let redis = RedisServer::start();
+    let yaml = "tenants:\n  - { id: ops, name: Operators }\n";
+    let first = Gateway::start(yaml, Some(redis.url()));
+    let second = Gateway::start(yaml, Some(redis.url()));
+    let email = "victim@example.com";
+    register(&first, email).await;
+    register(&second, email).await;
+    for (replica, guesses) in [(&first, 3), (&second, 2)] {
+        for _ in 0..guesses {
+            assert_eq!(login_with(replica, email, "a wrong guess").await.0, 401);
+        }
+    }
+    for replica in [&first, &second] {
+        assert_eq!(
+            login(replica, email).await.0,
+            429,
+            "5 failures across replicas lock the account everywhere"
+        );
+    }
+    assert_eq!(
+        login(&first, "someone.else@example.com").await.0,
+        401,
+        "the lock is per account"
+    );
 }
