@@ -291,6 +291,7 @@ pub async fn register(
         disabled: false,
         created_at_ms: crate::time::now_ms(),
         last_login_at_ms: None,
+        tokens_valid_after: None,
     };
     if !state.store.insert_doc(Kind::Users, &user.to_doc()).await? {
         return Err(ApiError::conflict(
@@ -349,13 +350,16 @@ pub async fn login(
     let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
         .map_err(|e| ApiError::unavailable("password hasher", e))?;
-    let Some(mut user) = user.filter(|u| matches && !u.disabled) else {
+    let Some(user) = user.filter(|u| matches && !u.disabled) else {
         state.throttle.failed(&email).await;
         return Err(ApiError::unauthorized("invalid email or password"));
     };
     state.throttle.succeeded(&email).await;
-    user.last_login_at_ms = Some(crate::time::now_ms());
-    if let Err(e) = state.store.replace_doc(Kind::Users, &user.to_doc()).await {
+    // Only this field: a whole-document write would undo an operator's change (disabled,
+    // role, tenant) made while the password was being checked.
+    let mut seen = tollgate::store::Doc::new();
+    seen.insert("last_login_at_ms".into(), crate::time::now_ms().into());
+    if let Err(e) = state.store.update_doc(Kind::Users, &user.id, &seen).await {
         tracing::warn!(user_id = %user.id, error = %e, "last_login_at not recorded");
     }
     let ttl = state.settings.token_ttl_secs;
@@ -402,6 +406,7 @@ pub async fn create_admin(
         disabled: false,
         created_at_ms: crate::time::now_ms(),
         last_login_at_ms: None,
+        tokens_valid_after: None,
     };
     if !store
         .insert_doc(Kind::Users, &user.to_doc())

@@ -84,10 +84,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The verified token of the caller (any role), still true of its user: when the token
-/// names a stored user, that user is not disabled and still has the token's role and
-/// tenant. So disabling, demoting or moving a user ends the admin API's trust in the tokens
-/// issued before, at once (tokens the operator mints for ids with no account,
-/// `tollgate token`, stand on their signature alone).
+/// names a stored user, that user is not disabled, still has the token's role and tenant,
+/// and was not changed after the token was issued. So disabling, demoting or moving a user
+/// ends the admin API's trust in the tokens issued before, at once and for good (tokens the
+/// operator mints for ids with no account, `tollgate token`, stand on their signature
+/// alone). Every authenticated route therefore reads the store: while it is down they
+/// answer `503`.
 pub struct Caller(pub Claims);
 
 impl FromRequestParts<AdminState> for Caller {
@@ -107,7 +109,10 @@ impl FromRequestParts<AdminState> for Caller {
             if user.disabled {
                 return Err(ApiError::unauthorized("this user is disabled"));
             }
-            if user.role != claims.role || user.tenant_id != claims.tenant_id {
+            let stale = user
+                .tokens_valid_after
+                .is_some_and(|after| claims.iat.unwrap_or(0) < after);
+            if stale || user.role != claims.role || user.tenant_id != claims.tenant_id {
                 return Err(ApiError::unauthorized(
                     "this token predates a change of its user's role or tenant; log in again",
                 ));

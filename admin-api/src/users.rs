@@ -26,6 +26,10 @@ pub struct UserDoc {
     pub created_at_ms: i64,
     #[serde(default)]
     pub last_login_at_ms: Option<i64>,
+    /// Unix seconds of the last change of role, tenant or disabled flag: tokens issued
+    /// before it no longer speak for the user (even once the change is undone).
+    #[serde(default)]
+    pub tokens_valid_after: Option<u64>,
 }
 
 impl UserDoc {
@@ -149,6 +153,7 @@ pub async fn update(
     let mut user = user(&state, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    let before = (user.tenant_id.clone(), user.role, user.disabled);
     if let Some(tenant) = &patch.tenant_id {
         if state.store.tenant(tenant).await?.is_none() {
             return Err(ApiError::invalid("tenant_id", "no such tenant"));
@@ -161,7 +166,18 @@ pub async fn update(
     if let Some(disabled) = patch.disabled {
         user.disabled = disabled;
     }
-    if !state.store.replace_doc(Kind::Users, &user.to_doc()).await? {
+    // A change ends every token issued before it.
+    if before != (user.tenant_id.clone(), user.role, user.disabled) {
+        user.tokens_valid_after = Some(crate::time::now_ms().max(0) as u64 / 1000);
+    }
+    // Only the fields this PATCH owns: a login writing `last_login_at` at the same time
+    // must not be undone, nor undo it.
+    let all = user.to_doc();
+    let fields: Doc = ["tenant_id", "role", "disabled", "tokens_valid_after"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), all.get(k).filter(|v| !v.is_null())?.clone())))
+        .collect();
+    if !state.store.update_doc(Kind::Users, &id, &fields).await? {
         return Err(ApiError::not_found("user"));
     }
     Ok(Json(UserView::from(&user)))

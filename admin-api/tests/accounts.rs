@@ -104,9 +104,35 @@ async fn changing_a_user_ends_the_tokens_issued_before() {
     let (_, last) = login(&gateway, email).await;
     let last = last.unwrap();
     assert_eq!(get(&gateway, "/me", &last).await, 200);
+    // Tokens carry their issue time in whole seconds: change the user in a later one.
+    next_second().await;
     patch_user(&gateway, &id, json!({"disabled": true})).await;
     assert_eq!(get(&gateway, "/me", &last).await, 401);
     assert_eq!(login(&gateway, email).await.0, 401);
+
+    // Enabled again: the old token stays dead; a new login works.
+    patch_user(&gateway, &id, json!({"disabled": false})).await;
+    assert_eq!(get(&gateway, "/me", &last).await, 401, "not revived");
+    let (status, fresh) = login(&gateway, email).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&gateway, "/me", &fresh.unwrap()).await, 200);
+}
+
+/// Waits for the wall clock to enter the next second (JWT times are whole seconds).
+async fn next_second() {
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let start = secs();
+    common::wait_until(
+        "the next second",
+        std::time::Duration::from_secs(3),
+        async || secs() > start,
+    )
+    .await;
 }
 
 /// Two control planes on one Redis, each with its own store: 3 wrong guesses on one and 2 on

@@ -287,9 +287,32 @@ async fn documents(store: &dyn Store) {
     let mut changed = ada.clone();
     changed.insert("n".into(), json!(10));
     assert!(store.replace_doc(Kind::Users, &changed).await.unwrap());
-    assert_eq!(store.doc(Kind::Users, "u1").await.unwrap(), Some(changed));
+    assert_eq!(
+        store.doc(Kind::Users, "u1").await.unwrap(),
+        Some(changed.clone())
+    );
     let ghost = doc(json!({"id": "ghost", "email": "g@example.com"}));
     assert!(!store.replace_doc(Kind::Users, &ghost).await.unwrap());
+    // A field-level update sets what it names and keeps the rest.
+    let fields = doc(json!({"n": 11, "role": "admin"}));
+    assert!(store.update_doc(Kind::Users, "u1", &fields).await.unwrap());
+    let mut updated = changed.clone();
+    updated.insert("n".into(), json!(11));
+    updated.insert("role".into(), json!("admin"));
+    assert_eq!(
+        store.doc(Kind::Users, "u1").await.unwrap(),
+        Some(updated.clone())
+    );
+    assert!(!store
+        .update_doc(Kind::Users, "ghost", &fields)
+        .await
+        .unwrap());
+    let moving_id = doc(json!({"id": "u9"}));
+    assert!(store
+        .update_doc(Kind::Users, "u1", &moving_id)
+        .await
+        .is_err());
+    assert!(store.replace_doc(Kind::Users, &changed).await.unwrap());
     assert!(store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert!(!store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert_eq!(store.docs(Kind::Users, None).await.unwrap().len(), 1);

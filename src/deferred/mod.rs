@@ -282,21 +282,17 @@ impl DeferredWorker {
     /// then records its usage event with what the ledger kept.
     async fn done(
         &self,
-        charge_id: &str,
+        charge: DeferredCharge,
+        taken: Taken,
         event: Option<UsageEvent>,
-        stop: Option<&mut ShutdownWatch>,
-        open: &mut Open,
-    ) -> Option<Settled> {
-        let Some((charge, taken)) = open.remove(charge_id) else {
-            tracing::error!(%charge_id, "a deferred call ended without its charge");
-            return None;
-        };
-        let cost = charge.cost;
+        mut stop: Option<ShutdownWatch>,
+    ) -> Settled {
+        let (charge_id, cost) = (&charge.charge_id, charge.cost);
         let owes_nothing = event.as_ref().is_none_or(|e| e.refunded);
         let mut balance = taken.balance();
         let mut kept = matches!(taken, Taken::Charged { .. });
         let settled = match (owes_nothing, taken) {
-            (true, Taken::Charged { .. }) => match self.give_back(&charge, stop).await {
+            (true, Taken::Charged { .. }) => match self.give_back(&charge, stop.as_mut()).await {
                 Some(after) => {
                     kept = false;
                     balance = after.or(balance);
@@ -323,7 +319,7 @@ impl DeferredWorker {
         }
         let Some(mut event) = event else {
             tracing::error!(%charge_id, kept, "a deferred call ended without a usage event");
-            return Some(settled);
+            return settled;
         };
         event.balance_after = balance.unwrap_or(0);
         if kept {
@@ -348,7 +344,7 @@ impl DeferredWorker {
             event.credits_used = 0;
         }
         self.usage.record(event);
-        Some(settled)
+        settled
     }
 }
 
@@ -384,7 +380,11 @@ where
 impl BackgroundService for DeferredWorker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut rx = self.rx.lock().await;
+        // Charges being asked of the ledger, and ended calls whose books are being closed
+        // (a failed call's refund asks the ledger too): both polled side by side, so a
+        // slow refund never holds the charges up.
         let mut asking = FuturesUnordered::new();
+        let mut closing_books = FuturesUnordered::new();
         let mut open = Open::new();
         // Calls that ended while their charge was still being asked for.
         let mut ended: HashMap<String, Option<UsageEvent>> = HashMap::new();
@@ -397,42 +397,47 @@ impl BackgroundService for DeferredWorker {
                 closing = true;
                 rx.close();
             }
-            if drained && asking.is_empty() {
+            if drained && asking.is_empty() && closing_books.is_empty() {
                 break;
             }
             // Shutting down with the ledger down: one failed last try says enough; the rest
             // are given up at once rather than each waiting out the ledger timeout.
-            let patient = !given_up || !closing;
+            let stop = (!given_up || !closing).then(|| shutdown.clone());
+            let room = asking.len() + closing_books.len() < CONCURRENT_CHARGES;
             tokio::select! {
-                job = rx.recv(), if !drained && asking.len() < CONCURRENT_CHARGES => match job {
+                job = rx.recv(), if !drained && room => match job {
                     None => drained = true,
-                    Some(Job::Charge(charge)) => {
-                        asking.push(self.charge(charge, patient.then(|| shutdown.clone())));
-                    }
-                    Some(Job::Done { charge_id, event }) if open.contains_key(&charge_id) => {
-                        let stop = patient.then_some(&mut shutdown);
-                        given_up |= self.done(&charge_id, event, stop, &mut open).await
-                            == Some(Settled::Lost);
-                    }
-                    Some(Job::Done { charge_id, event }) => {
-                        ended.insert(charge_id, event);
-                    }
+                    Some(Job::Charge(charge)) => asking.push(self.charge(charge, stop)),
+                    Some(Job::Done { charge_id, event }) => match open.remove(&charge_id) {
+                        Some((charge, taken)) => {
+                            closing_books.push(self.done(charge, taken, event, stop));
+                        }
+                        None => {
+                            ended.insert(charge_id, event);
+                        }
+                    },
                 },
                 Some((charge, taken)) = asking.next(), if !asking.is_empty() => {
                     given_up |= taken == Taken::Unknown;
-                    let charge_id = charge.charge_id.clone();
-                    open.insert(charge_id.clone(), (charge, taken));
-                    if let Some(event) = ended.remove(&charge_id) {
-                        let stop = patient.then_some(&mut shutdown);
-                        given_up |= self.done(&charge_id, event, stop, &mut open).await
-                            == Some(Settled::Lost);
+                    match ended.remove(&charge.charge_id) {
+                        Some(event) => closing_books.push(self.done(charge, taken, event, stop)),
+                        None => {
+                            open.insert(charge.charge_id.clone(), (charge, taken));
+                        }
                     }
+                }
+                Some(settled) = closing_books.next(), if !closing_books.is_empty() => {
+                    given_up |= settled == Settled::Lost;
                 }
                 _ = shutdown.changed(), if !closing => {}
             }
         }
         if given_up {
             tracing::error!("shut down with deferred charges the ledger could not take");
+        }
+        if !ended.is_empty() {
+            // Cannot happen (a call's charge is queued before its end): say so if it does.
+            tracing::error!(calls = ended.len(), "deferred calls ended without a charge");
         }
     }
 }

@@ -256,6 +256,12 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the document with `doc`'s id; false when there is none.
     async fn replace_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError>;
 
+    /// Sets the top-level `fields` of document `id`, leaving its other fields as they are
+    /// (so two writers of different fields never undo each other); false when there is
+    /// none. `fields` must not hold `id`, nor nulls (the embedded store merges by RFC 7396,
+    /// where a null removes the field).
+    async fn update_doc(&self, kind: Kind, id: &str, fields: &Doc) -> Result<bool, StoreError>;
+
     async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError>;
 
     /// The first document whose string `field` equals `value` (a user by email).

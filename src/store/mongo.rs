@@ -526,6 +526,18 @@ impl Store for MongoStore {
         Ok(result.matched_count == 1)
     }
 
+    async fn update_doc(&self, kind: Kind, id: &str, fields: &Doc) -> Result<bool, StoreError> {
+        if fields.contains_key("id") {
+            return Err(StoreError::Data("a document's `id` cannot change".into()));
+        }
+        let set = bson::to_document(fields).map_err(|e| StoreError::Data(e.to_string()))?;
+        let result = self
+            .coll(kind.collection())
+            .update_one(doc! { "_id": id }, doc! { "$set": set })
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
     async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
         let found = self
             .coll(kind.collection())

@@ -502,6 +502,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn update_doc(&self, kind: Kind, id: &str, fields: &Doc) -> Result<bool, StoreError> {
+        if fields.contains_key("id") {
+            return Err(StoreError::Data("a document's `id` cannot change".into()));
+        }
+        let id = id.to_owned();
+        let patch = serde_json::to_string(fields).map_err(|e| StoreError::Data(e.to_string()))?;
+        self.run(move |conn| {
+            // json_patch (RFC 7396) merges the top-level fields in one statement.
+            Ok(conn.execute(
+                "UPDATE documents SET body = json_patch(body, ?3) WHERE collection = ?1 AND id = ?2",
+                params![kind.collection(), id, patch],
+            )? == 1)
+        })
+        .await
+    }
+
     async fn doc(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
         let id = id.to_owned();
         self.run(move |conn| {

@@ -4,7 +4,6 @@
 //! its batch was given, so a replay (even after a crash mid-replay) applies it exactly once.
 
 use super::UsageEvent;
-use crate::metrics::USAGE_JOURNAL_BYTES;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -40,7 +39,6 @@ impl Journal {
             .append(true)
             .open(path)?;
         let len = file.metadata()?.len();
-        USAGE_JOURNAL_BYTES.set(len as i64);
         Ok(Journal {
             path: path.to_owned(),
             file,
@@ -70,7 +68,6 @@ impl Journal {
         }
         self.file.write_all(&line)?;
         self.len += line.len() as u64;
-        USAGE_JOURNAL_BYTES.set(self.len as i64);
         Ok(())
     }
 
@@ -104,7 +101,6 @@ impl Journal {
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.len = 0;
-        USAGE_JOURNAL_BYTES.set(0);
         Ok(())
     }
 }

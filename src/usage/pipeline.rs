@@ -14,7 +14,9 @@
 
 use super::journal::{Entry, Journal};
 use super::{UsageEvent, UsageSink};
-use crate::metrics::{USAGE_DROPPED, USAGE_FLUSHED, USAGE_JOURNALED, USAGE_QUEUE_DEPTH};
+use crate::metrics::{
+    USAGE_DROPPED, USAGE_FLUSHED, USAGE_JOURNALED, USAGE_JOURNAL_BYTES, USAGE_QUEUE_DEPTH,
+};
 use crate::store::{Store, UsageBatch};
 use std::collections::HashMap;
 use std::path::Path;
@@ -123,7 +125,10 @@ impl Shared {
     /// Appends to the journal, or drops loudly when even that fails.
     fn journal(&self, spool: &mut Spool, entry: &Entry) {
         match spool.journal.append(entry) {
-            Ok(()) => USAGE_JOURNALED.inc_by(entry.events.len() as u64),
+            Ok(()) => {
+                USAGE_JOURNALED.inc_by(entry.events.len() as u64);
+                USAGE_JOURNAL_BYTES.set(spool.journal.len() as i64);
+            }
             Err(e) => {
                 USAGE_DROPPED.inc_by(entry.events.len() as u64);
                 tracing::error!(error = %e, events = entry.events.len(), "usage events LOST: the journal cannot take them");
@@ -144,6 +149,7 @@ impl UsagePipeline {
         let journal = Journal::open(&data_dir.join("usage.journal"), settings.journal_max_bytes)?;
         // What the journal holds from a previous run is still owed to the store.
         let (pending, overflow_seq) = scan(&journal)?;
+        USAGE_JOURNAL_BYTES.set(journal.len() as i64);
         let shared = Arc::new(Shared {
             pipeline_id,
             journal: Mutex::new(Spool {
@@ -339,6 +345,7 @@ impl Flusher {
                         return false;
                     }
                     self.replayed.store(0, Ordering::Relaxed);
+                    USAGE_JOURNAL_BYTES.set(0);
                     tracing::info!("usage journal replayed into the store");
                     return true;
                 }
