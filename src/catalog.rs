@@ -1,5 +1,7 @@
 //! What the gateway routes and admits, kept current without restart: the services with
-//! their priced endpoints (the [`Router`]) and the tenants' status ([`TenantDirectory`]).
+//! their priced endpoints (the [`Router`]), the tenants' status ([`TenantDirectory`]) and
+//! the users whose earlier tokens are void ([`Revocations`]: disabled, demoted or moved
+//! within the longest token life).
 //!
 //! The store is the source. A change made through the admin API bumps a version in the
 //! ledger (a Redis key shared by every replica, or a counter in the embedded ledger); each
@@ -16,16 +18,25 @@ use arc_swap::{ArcSwap, Guard};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// How far back user changes still void tokens: the longest token life, plus a day for
+/// clocks and for tokens minted by hand (`tollgate token --ttl`).
+const REVOCATION_HORIZON_SECS: u64 = crate::config::MAX_TOKEN_TTL_SECS + 24 * 3600;
+
 /// How often each replica asks whether the catalog changed (SPEC §7 allows 2 s in all).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// User id → unix second of the change: tokens issued before it are void.
+pub type Revocations = HashMap<String, u64>;
 
 pub struct Catalog {
     router: ArcSwap<Router>,
     tenants: ArcSwap<TenantDirectory>,
+    revoked: ArcSwap<Revocations>,
     /// Wakes the watcher at once after a change made in this process.
     changed: Notify,
 }
@@ -33,10 +44,11 @@ pub struct Catalog {
 impl Catalog {
     /// Loads services and tenants from the store.
     pub async fn load(store: &dyn Store) -> Result<Catalog, StoreError> {
-        let (router, tenants) = read(store).await?;
+        let (router, tenants, revoked) = read(store).await?;
         Ok(Catalog {
             router: ArcSwap::from_pointee(router),
             tenants: ArcSwap::from_pointee(tenants),
+            revoked: ArcSwap::from_pointee(revoked),
             changed: Notify::new(),
         })
     }
@@ -46,6 +58,7 @@ impl Catalog {
         Catalog {
             router: ArcSwap::from_pointee(router),
             tenants: ArcSwap::from_pointee(tenants),
+            revoked: ArcSwap::from_pointee(Revocations::new()),
             changed: Notify::new(),
         }
     }
@@ -58,11 +71,16 @@ impl Catalog {
         self.tenants.load()
     }
 
+    pub fn revoked(&self) -> Guard<Arc<Revocations>> {
+        self.revoked.load()
+    }
+
     /// Reads the store again and swaps the new catalog in.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let (router, tenants) = read(store).await?;
+        let (router, tenants, revoked) = read(store).await?;
         self.router.store(Arc::new(router));
         self.tenants.store(Arc::new(tenants));
+        self.revoked.store(Arc::new(revoked));
         Ok(())
     }
 
@@ -74,7 +92,7 @@ impl Catalog {
 
 /// The services as stored, skipping (loudly) any that cannot be routed: one bad document
 /// must not take every other service down.
-async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory), StoreError> {
+async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory, Revocations), StoreError> {
     let mut services = Vec::new();
     for doc in store.docs(Kind::Services, None).await? {
         match service_from_doc(doc) {
@@ -83,6 +101,11 @@ async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory), StoreError
         }
     }
     let tenants = TenantDirectory::from_records(&store.tenants().await?);
+    // A change older than the longest token life has outlived every token it voids.
+    let horizon = crate::store::now_ms().max(0) as u64 / 1000;
+    let revoked = store
+        .token_revocations(horizon.saturating_sub(REVOCATION_HORIZON_SECS))
+        .await?;
     // Building resolves upstream host names: blocking work.
     let (router, errors) = tokio::task::spawn_blocking(move || Router::lenient(&services))
         .await
@@ -90,7 +113,7 @@ async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory), StoreError
     for error in errors {
         tracing::error!(%error, "service not routable; its calls get 404 until fixed");
     }
-    Ok((router, tenants))
+    Ok((router, tenants, revoked))
 }
 
 /// A stored service document (its `id` is its name) as the config shape.

@@ -167,7 +167,8 @@ pub async fn update(
         user.disabled = disabled;
     }
     // A change ends every token issued before it.
-    if before != (user.tenant_id.clone(), user.role, user.disabled) {
+    let changed = before != (user.tenant_id.clone(), user.role, user.disabled);
+    if changed {
         user.tokens_valid_after = Some(crate::time::now_ms().max(0) as u64 / 1000);
     }
     // Only the fields this PATCH owns: a login writing `last_login_at` at the same time
@@ -179,6 +180,10 @@ pub async fn update(
         .collect();
     if !state.store.update_doc(Kind::Users, &id, &fields).await? {
         return Err(ApiError::not_found("user"));
+    }
+    if changed {
+        // Every gateway replica reloads its revocations with the catalog.
+        state.catalog_changed().await;
     }
     Ok(Json(UserView::from(&user)))
 }

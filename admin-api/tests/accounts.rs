@@ -1,13 +1,14 @@
 //! Accounts under attack. A user's tokens speak for them only while they still match the
 //! account: once an operator promotes, demotes, moves or disables the user, the admin API
 //! refuses every token issued before, at once (a demoted admin keeps no admin power until
-//! the token expires). And failed logins are counted across control-plane replicas sharing
+//! the token expires), and the gateway within the catalog's reload. And failed logins are counted across control-plane replicas sharing
 //! a Redis, so more replicas do not mean more guesses.
 
 mod common;
 
-use common::{admin_token, client, Gateway, RedisServer};
+use common::{admin_token, client, wait_until, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const PASSWORD: &str = "a long password";
 
@@ -48,6 +49,18 @@ async fn get(gateway: &Gateway, path: &str, token: &str) -> u16 {
         .as_u16()
 }
 
+/// A metered call through the gateway with `token`.
+async fn call(gateway: &Gateway, token: &str) -> u16 {
+    client()
+        .get(gateway.url("/api/proxy/notes/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn patch_user(gateway: &Gateway, id: &str, body: Value) {
     let r = client()
         .patch(gateway.admin_url(&format!("/admin/users/{id}")))
@@ -61,10 +74,20 @@ async fn patch_user(gateway: &Gateway, id: &str, body: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_user_ends_the_tokens_issued_before() {
-    let gateway = Gateway::start(
-        "tenants:\n  - { id: ops, name: Operators }\n  - { id: other, name: Other }\n",
-        None,
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "services:
+  - name: notes
+    upstream: {}
+    endpoints:
+      - {{ method: GET, path: /*, credits: 1 }}
+tenants:
+  - {{ id: ops, name: Operators }}
+  - {{ id: other, name: Other, credits: 100 }}
+",
+        upstream.url()
     );
+    let gateway = Gateway::start(&yaml, None);
     let email = "mallory@example.com";
     register(&gateway, email).await;
     let (_, user_token) = login(&gateway, email).await;
@@ -100,19 +123,31 @@ async fn changing_a_user_ends_the_tokens_issued_before() {
     patch_user(&gateway, &id, json!({"tenant_id": "other"})).await;
     assert_eq!(get(&gateway, "/me/balance", &before_move).await, 401);
 
-    // Disabled: every token refused, and no new one issued.
+    // Disabled: every token refused, at the gateway too, and no new one issued.
     let (_, last) = login(&gateway, email).await;
     let last = last.unwrap();
     assert_eq!(get(&gateway, "/me", &last).await, 200);
+    assert_eq!(call(&gateway, &last).await, 200);
     // Tokens carry their issue time in whole seconds: change the user in a later one.
     next_second().await;
     patch_user(&gateway, &id, json!({"disabled": true})).await;
     assert_eq!(get(&gateway, "/me", &last).await, 401);
+    wait_until(
+        "the gateway to refuse the token",
+        Duration::from_secs(2),
+        async || call(&gateway, &last).await == 401,
+    )
+    .await;
     assert_eq!(login(&gateway, email).await.0, 401);
 
     // Enabled again: the old token stays dead; a new login works.
     patch_user(&gateway, &id, json!({"disabled": false})).await;
     assert_eq!(get(&gateway, "/me", &last).await, 401, "not revived");
+    assert_eq!(
+        call(&gateway, &last).await,
+        401,
+        "not revived at the gateway"
+    );
     let (status, fresh) = login(&gateway, email).await;
     assert_eq!(status, 200);
     assert_eq!(get(&gateway, "/me", &fresh.unwrap()).await, 200);

@@ -313,6 +313,22 @@ async fn documents(store: &dyn Store) {
         .await
         .is_err());
     assert!(store.replace_doc(Kind::Users, &changed).await.unwrap());
+    // Users changed since a time: their earlier tokens are void.
+    let revoke = |at: u64| doc(json!({ "tokens_valid_after": at }));
+    assert!(store
+        .update_doc(Kind::Users, "u1", &revoke(1_000))
+        .await
+        .unwrap());
+    assert!(store
+        .update_doc(Kind::Users, "u2", &revoke(2_000))
+        .await
+        .unwrap());
+    let revoked = store.token_revocations(1_500).await.unwrap();
+    assert_eq!(
+        revoked.into_iter().collect::<Vec<_>>(),
+        vec![("u2".to_owned(), 2_000)]
+    );
+    assert_eq!(store.token_revocations(0).await.unwrap().len(), 2);
     assert!(store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert!(!store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert_eq!(store.docs(Kind::Users, None).await.unwrap().len(), 1);

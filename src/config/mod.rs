@@ -25,6 +25,11 @@ pub const DEMO_JWT_SECRET: &str = "tollgate-demo-secret-do-not-use-in-production
 /// key at least as long as the hash output, 256 bits for HS256).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
+/// The longest life `admin.token_ttl_secs` may give a token: a user's change must reach
+/// every token they hold, and the gateway keeps revocations only this long (see
+/// [`crate::catalog`]).
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -398,6 +403,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be above 0"));
             }
+        }
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&self.admin.token_ttl_secs) {
+            return Err(ConfigError::invalid(
+                "admin.token_ttl_secs",
+                format!("1 to {MAX_TOKEN_TTL_SECS} (7 days)"),
+            ));
         }
         if self.ledger.charge_ttl_secs == 0 {
             return Err(ConfigError::invalid(

@@ -71,6 +71,8 @@ fn bad_values_are_refused_by_key() {
     let cases = [
         ("listen: nowhere\n", "listen"),
         ("ledger:\n  timeout_ms: 0\n", "ledger.timeout_ms"),
+        ("admin:\n  token_ttl_secs: 604801\n", "admin.token_ttl_secs"),
+        ("client_read_timeout_ms: 0\n", "client_read_timeout_ms"),
         ("tenants:\n  - { id: 'a{b}' }\n", "tenants[0].id"),
         ("tenants:\n  - { id: a, credits: -1 }\n", "tenants[0].credits"),
         ("services:\n  - { name: s, upstream: 'ftp://x', endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].upstream"),

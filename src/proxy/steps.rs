@@ -147,6 +147,25 @@ impl Gateway {
                         .header("www-authenticate", "Bearer error=\"invalid_token\""),
                 )
             })?;
+        // A user disabled, demoted or moved since the token was issued: it is void.
+        let revoked = self.catalog.revoked();
+        if !revoked.is_empty() {
+            let issued = claims.iat.unwrap_or(0);
+            if revoked
+                .get(&claims.sub)
+                .is_some_and(|after| issued < *after)
+            {
+                return Err(Box::new(
+                    Problem::new(
+                        401,
+                        "unauthorized",
+                        "Unauthorized",
+                        "this token predates a change of its user; log in again",
+                    )
+                    .header("www-authenticate", "Bearer error=\"invalid_token\""),
+                ));
+            }
+        }
         let threshold = match self.catalog.tenants().get(&claims.tenant_id) {
             Some(t) if t.status == TenantStatus::Active => t.low_credit_threshold,
             Some(_) => {

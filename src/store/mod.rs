@@ -276,6 +276,14 @@ pub trait Store: Send + Sync + 'static {
     /// is given, at most [`MAX_LIST`].
     async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError>;
 
+    /// Users changed (disabled, demoted, moved) at or after `since` (unix seconds), with the
+    /// time of the change: the tokens they hold from before it are void (`users` documents'
+    /// `tokens_valid_after`).
+    async fn token_revocations(
+        &self,
+        since: u64,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+
     /// Deletes a document; false when there was none.
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError>;
 

@@ -239,6 +239,9 @@ impl Store for MongoStore {
         self.coll("users")
             .create_index(index(doc! { "email": 1 }, true))
             .await?;
+        self.coll("users")
+            .create_index(index(doc! { "tokens_valid_after": 1 }, false))
+            .await?;
         self.coll("services")
             .create_index(index(doc! { "name": 1 }, true))
             .await?;
@@ -577,6 +580,31 @@ impl Store for MongoStore {
             .into_iter()
             .map(from_bson)
             .collect())
+    }
+
+    async fn token_revocations(
+        &self,
+        since: u64,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let cursor = self
+            .coll(Kind::Users.collection())
+            .find(doc! { "tokens_valid_after": { "$gte": since } })
+            .projection(doc! { "_id": 1, "tokens_valid_after": 1 })
+            .await?;
+        let mut revoked = std::collections::HashMap::new();
+        for user in self.collect(cursor).await? {
+            let after = match user.get("tokens_valid_after") {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => i64::from(*n),
+                Some(Bson::Double(n)) => *n as i64,
+                _ => continue,
+            };
+            if let Ok(id) = user.get_str("_id") {
+                revoked.insert(id.to_owned(), after.max(0) as u64);
+            }
+        }
+        Ok(revoked)
     }
 
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {

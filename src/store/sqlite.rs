@@ -583,6 +583,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn token_revocations(
+        &self,
+        since: u64,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, json_extract(body, '$.tokens_valid_after') FROM documents
+                 WHERE collection = ?1 AND json_extract(body, '$.tokens_valid_after') >= ?2",
+            )?;
+            let rows = stmt.query_map(params![Kind::Users.collection(), since], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.run(move |conn| {
