@@ -38,27 +38,20 @@ async fn register(gateway: &Gateway, email: &str) {
     assert_eq!(r.status(), 201);
 }
 
-async fn get(gateway: &Gateway, path: &str, token: &str) -> u16 {
-    client()
-        .get(gateway.admin_url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// The status of a GET of `url` with `token`.
+async fn status(url: String, token: &str) -> u16 {
+    let r = client().get(url).bearer_auth(token).send().await.unwrap();
+    r.status().as_u16()
 }
 
-/// A metered call through the gateway with `token`.
+/// An admin API route.
+async fn get(gateway: &Gateway, path: &str, token: &str) -> u16 {
+    status(gateway.admin_url(path), token).await
+}
+
+/// A metered call through the gateway.
 async fn call(gateway: &Gateway, token: &str) -> u16 {
-    client()
-        .get(gateway.url("/api/proxy/notes/x"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    status(gateway.url("/api/proxy/notes/x"), token).await
 }
 
 async fn patch_user(gateway: &Gateway, id: &str, body: Value) {
