@@ -27,10 +27,14 @@ use tokio::sync::Notify;
 /// clocks and for tokens minted by hand (`tollgate token --ttl`).
 const REVOCATION_HORIZON_SECS: u64 = crate::config::MAX_TOKEN_TTL_SECS + 24 * 3600;
 
+/// How often each replica reloads the catalog whatever the version says: a change whose
+/// version bump was lost (Redis down at that moment) still arrives, a minute late.
+const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How often each replica asks whether the catalog changed (SPEC §7 allows 2 s in all).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// User id → unix second of the change: tokens issued before it are void.
+/// User id → unix ms of the change: tokens issued before it are void.
 pub type Revocations = HashMap<String, u64>;
 
 pub struct Catalog {
@@ -102,9 +106,9 @@ async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory, Revocations
     }
     let tenants = TenantDirectory::from_records(&store.tenants().await?);
     // A change older than the longest token life has outlived every token it voids.
-    let horizon = crate::store::now_ms().max(0) as u64 / 1000;
+    let now_ms = crate::store::now_ms().max(0) as u64;
     let revoked = store
-        .token_revocations(horizon.saturating_sub(REVOCATION_HORIZON_SECS))
+        .token_revocations(now_ms.saturating_sub(REVOCATION_HORIZON_SECS * 1000))
         .await?;
     // Building resolves upstream host names: blocking work.
     let (router, errors) = tokio::task::spawn_blocking(move || Router::lenient(&services))
@@ -141,17 +145,20 @@ pub struct CatalogWatcher {
 }
 
 impl CatalogWatcher {
-    /// One poll: reloads when the version moved (or when nudged in-process); returns the
-    /// version seen.
-    async fn poll(&self, last: Option<u64>, nudged: bool) -> Option<u64> {
+    /// One poll: reloads when the version moved, or when `forced` (nudged in-process, or
+    /// the periodic reload); returns the version seen.
+    async fn poll(&self, last: Option<u64>, forced: bool) -> Option<u64> {
         let version = match self.ledger.catalog_version().await {
             Ok(version) => Some(version),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the catalog version");
-                return last;
+                if !forced {
+                    return last;
+                }
+                last
             }
         };
-        if version == last && !nudged {
+        if version == last && !forced {
             return last;
         }
         match self.catalog.reload(&*self.store).await {
@@ -171,13 +178,18 @@ impl CatalogWatcher {
 impl BackgroundService for CatalogWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last = self.ledger.catalog_version().await.ok();
+        let mut reloaded = tokio::time::Instant::now();
         loop {
             let nudged = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(self.interval) => false,
                 _ = self.catalog.changed.notified() => true,
             };
-            last = self.poll(last, nudged).await;
+            let due = reloaded.elapsed() >= FULL_RELOAD_INTERVAL;
+            if nudged || due {
+                reloaded = tokio::time::Instant::now();
+            }
+            last = self.poll(last, nudged || due).await;
         }
     }
 }

@@ -291,7 +291,7 @@ pub async fn register(
         disabled: false,
         created_at_ms: crate::time::now_ms(),
         last_login_at_ms: None,
-        tokens_valid_after: None,
+        tokens_valid_after_ms: None,
     };
     if !state.store.insert_doc(Kind::Users, &user.to_doc()).await? {
         return Err(ApiError::conflict(
@@ -362,6 +362,14 @@ pub async fn login(
     if let Err(e) = state.store.update_doc(Kind::Users, &user.id, &seen).await {
         tracing::warn!(user_id = %user.id, error = %e, "last_login_at not recorded");
     }
+    // The token states the user as they are now, not as read before the password check:
+    // a change made meanwhile is in it, or (made after this read) voids it by time.
+    let Some(user) = crate::users::user(&state, &user.id)
+        .await?
+        .filter(|u| !u.disabled)
+    else {
+        return Err(ApiError::unauthorized("invalid email or password"));
+    };
     let ttl = state.settings.token_ttl_secs;
     let token = tollgate::auth::mint(&state.auth, &user.tenant_id, &user.id, user.role, ttl)
         .map_err(|e| ApiError::unavailable("token signer", e))?;
@@ -406,7 +414,7 @@ pub async fn create_admin(
         disabled: false,
         created_at_ms: crate::time::now_ms(),
         last_login_at_ms: None,
-        tokens_valid_after: None,
+        tokens_valid_after_ms: None,
     };
     if !store
         .insert_doc(Kind::Users, &user.to_doc())

@@ -110,8 +110,8 @@ impl FromRequestParts<AdminState> for Caller {
                 return Err(ApiError::unauthorized("this user is disabled"));
             }
             let stale = user
-                .tokens_valid_after
-                .is_some_and(|after| claims.iat.unwrap_or(0) < after);
+                .tokens_valid_after_ms
+                .is_some_and(|after| claims.issued_at_ms() < after);
             if stale || user.role != claims.role || user.tenant_id != claims.tenant_id {
                 return Err(ApiError::unauthorized(
                     "this token predates a change of its user's role or tenant; log in again",

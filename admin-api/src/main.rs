@@ -289,6 +289,13 @@ fn execute(command: Command) -> Result<(), String> {
             if !tollgate::tenants::is_valid_tenant_id(&tenant) {
                 return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());
             }
+            // A longer-lived token would outlive the revocation of a change to its user.
+            if !(1..=tollgate::config::MAX_TOKEN_TTL_SECS).contains(&ttl) {
+                return Err(format!(
+                    "--ttl: 1 to {} seconds (7 days)",
+                    tollgate::config::MAX_TOKEN_TTL_SECS
+                ));
+            }
             let token =
                 auth::mint(&config.auth, &tenant, &user, role, ttl).map_err(|e| e.to_string())?;
             println!("{token}");

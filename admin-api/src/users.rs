@@ -26,10 +26,10 @@ pub struct UserDoc {
     pub created_at_ms: i64,
     #[serde(default)]
     pub last_login_at_ms: Option<i64>,
-    /// Unix seconds of the last change of role, tenant or disabled flag: tokens issued
-    /// before it no longer speak for the user (even once the change is undone).
+    /// Unix ms of the last change of role, tenant or disabled flag: tokens issued before
+    /// it no longer speak for the user (even once the change is undone).
     #[serde(default)]
-    pub tokens_valid_after: Option<u64>,
+    pub tokens_valid_after_ms: Option<u64>,
 }
 
 impl UserDoc {
@@ -139,8 +139,8 @@ pub struct UserPatch {
 }
 
 /// Changes a user's role, tenant or disabled flag. The admin API stops honouring the
-/// user's earlier tokens at once (see [`crate::extract::Caller`]); the gateway honours them
-/// until they expire.
+/// user's earlier tokens at once (see [`crate::extract::Caller`]), every gateway replica
+/// with its next catalog reload.
 #[utoipa::path(patch, path = "/admin/users/{id}", tag = "users",
     params(("id" = String, Path, description = "user id")), request_body = UserPatch,
     security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
@@ -169,14 +169,21 @@ pub async fn update(
     // A change ends every token issued before it.
     let changed = before != (user.tenant_id.clone(), user.role, user.disabled);
     if changed {
-        user.tokens_valid_after = Some(crate::time::now_ms().max(0) as u64 / 1000);
+        user.tokens_valid_after_ms = Some(crate::time::now_ms().max(0) as u64);
     }
-    // Only the fields this PATCH owns: a login writing `last_login_at` at the same time
-    // must not be undone, nor undo it.
+    // Only the fields this request names (and the revocation time when it changed
+    // anything): a concurrent login or PATCH of other fields is neither undone nor undoes.
     let all = user.to_doc();
-    let fields: Doc = ["tenant_id", "role", "disabled", "tokens_valid_after"]
+    let named = [
+        ("tenant_id", patch.tenant_id.is_some()),
+        ("role", patch.role.is_some()),
+        ("disabled", patch.disabled.is_some()),
+        ("tokens_valid_after_ms", changed),
+    ];
+    let fields: Doc = named
         .into_iter()
-        .filter_map(|k| Some((k.to_owned(), all.get(k).filter(|v| !v.is_null())?.clone())))
+        .filter(|(_, named)| *named)
+        .filter_map(|(k, _)| Some((k.to_owned(), all.get(k).filter(|v| !v.is_null())?.clone())))
         .collect();
     if !state.store.update_doc(Kind::Users, &id, &fields).await? {
         return Err(ApiError::not_found("user"));

@@ -121,8 +121,8 @@ tenants:
     let last = last.unwrap();
     assert_eq!(get(&gateway, "/me", &last).await, 200);
     assert_eq!(call(&gateway, &last).await, 200);
-    // Tokens carry their issue time in whole seconds: change the user in a later one.
-    next_second().await;
+    // Tokens carry their issue time in milliseconds: change the user in a later one.
+    next_millisecond().await;
     patch_user(&gateway, &id, json!({"disabled": true})).await;
     assert_eq!(get(&gateway, "/me", &last).await, 401);
     wait_until(
@@ -146,20 +146,18 @@ tenants:
     assert_eq!(get(&gateway, "/me", &fresh.unwrap()).await, 200);
 }
 
-/// Waits for the wall clock to enter the next second (JWT times are whole seconds).
-async fn next_second() {
-    let secs = || {
+/// Waits for the wall clock to enter the next millisecond (what a token's `iat` tells).
+async fn next_millisecond() {
+    let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs()
+            .as_millis()
     };
-    let start = secs();
-    common::wait_until(
-        "the next second",
-        std::time::Duration::from_secs(3),
-        async || secs() > start,
-    )
+    let start = now();
+    wait_until("the next millisecond", Duration::from_secs(1), async || {
+        now() > start
+    })
     .await;
 }
 

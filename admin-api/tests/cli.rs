@@ -56,6 +56,18 @@ fn token_mints_a_verifiable_token_for_the_default_config() {
         ("abc123", "alice")
     );
     assert_eq!(claims.role, tollgate::auth::Role::Admin);
+    // Issued to the millisecond (a fractional NumericDate), so revocations are exact.
+    let issued = claims.iat.unwrap();
+    assert!(issued > 1.7e9, "{issued}");
+    // A token may not outlive the revocation of a change to its user.
+    let (ok, _, stderr) = tollgate(
+        &[
+            "token", "--tenant", "abc123", "--user", "alice", "--ttl", "604801",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--ttl"), "{stderr}");
 }
 
 #[test]

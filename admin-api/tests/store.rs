@@ -314,7 +314,7 @@ async fn documents(store: &dyn Store) {
         .is_err());
     assert!(store.replace_doc(Kind::Users, &changed).await.unwrap());
     // Users changed since a time: their earlier tokens are void.
-    let revoke = |at: u64| doc(json!({ "tokens_valid_after": at }));
+    let revoke = |at: u64| doc(json!({ "tokens_valid_after_ms": at }));
     assert!(store
         .update_doc(Kind::Users, "u1", &revoke(1_000))
         .await

@@ -28,14 +28,24 @@ pub struct Claims {
     pub tenant_id: String,
     pub role: Role,
     pub exp: u64,
+    /// Issued at, in seconds (a NumericDate, RFC 7519 §2: fractions allowed; ours carry
+    /// milliseconds, so a user change voids exactly the tokens issued before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
+    pub iat: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+}
+
+impl Claims {
+    /// When the token was issued, in unix milliseconds (0 when it does not say).
+    pub fn issued_at_ms(&self) -> u64 {
+        // `as` saturates: a negative or NaN `iat` reads as 0, a huge one as the far future.
+        self.iat.map_or(0, |secs| (secs * 1000.0) as u64)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,15 +169,15 @@ pub fn mint(
         JwtAlgorithm::ES256 => EncodingKey::from_ec_pem(&read_key(&config.private_key_file)?),
     }
     .map_err(|e| AuthError::Key(e.to_string()))?;
-    let now = SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_millis() as u64);
     let claims = Claims {
         sub: sub.to_owned(),
         tenant_id: tenant_id.to_owned(),
         role,
-        exp: now + ttl_secs,
-        iat: Some(now),
+        exp: now_ms / 1000 + ttl_secs,
+        iat: Some(now_ms as f64 / 1000.0),
         nbf: None,
         iss: config.issuer.clone(),
         aud: config.audience.clone(),

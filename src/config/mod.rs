@@ -30,6 +30,10 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// [`crate::catalog`]).
 pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// The most clock skew `auth.leeway_secs` may forgive: minutes, not the hours that would
+/// stretch every token's life past its revocation window.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -403,6 +407,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be above 0"));
             }
+        }
+        if self.auth.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError::invalid(
+                "auth.leeway_secs",
+                format!("at most {MAX_LEEWAY_SECS}"),
+            ));
         }
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&self.admin.token_ttl_secs) {
             return Err(ConfigError::invalid(

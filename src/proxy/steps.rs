@@ -150,7 +150,7 @@ impl Gateway {
         // A user disabled, demoted or moved since the token was issued: it is void.
         let revoked = self.catalog.revoked();
         if !revoked.is_empty() {
-            let issued = claims.iat.unwrap_or(0);
+            let issued = claims.issued_at_ms();
             if revoked
                 .get(&claims.sub)
                 .is_some_and(|after| issued < *after)

@@ -276,9 +276,9 @@ pub trait Store: Send + Sync + 'static {
     /// is given, at most [`MAX_LIST`].
     async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError>;
 
-    /// Users changed (disabled, demoted, moved) at or after `since` (unix seconds), with the
-    /// time of the change: the tokens they hold from before it are void (`users` documents'
-    /// `tokens_valid_after`).
+    /// Users changed (disabled, demoted, moved) at or after `since` (unix ms), with the time
+    /// of the change: the tokens they hold from before it are void (`users` documents'
+    /// `tokens_valid_after_ms`).
     async fn token_revocations(
         &self,
         since: u64,

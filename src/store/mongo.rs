@@ -240,7 +240,7 @@ impl Store for MongoStore {
             .create_index(index(doc! { "email": 1 }, true))
             .await?;
         self.coll("users")
-            .create_index(index(doc! { "tokens_valid_after": 1 }, false))
+            .create_index(index(doc! { "tokens_valid_after_ms": 1 }, false))
             .await?;
         self.coll("services")
             .create_index(index(doc! { "name": 1 }, true))
@@ -589,12 +589,12 @@ impl Store for MongoStore {
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let cursor = self
             .coll(Kind::Users.collection())
-            .find(doc! { "tokens_valid_after": { "$gte": since } })
-            .projection(doc! { "_id": 1, "tokens_valid_after": 1 })
+            .find(doc! { "tokens_valid_after_ms": { "$gte": since } })
+            .projection(doc! { "_id": 1, "tokens_valid_after_ms": 1 })
             .await?;
         let mut revoked = std::collections::HashMap::new();
         for user in self.collect(cursor).await? {
-            let after = match user.get("tokens_valid_after") {
+            let after = match user.get("tokens_valid_after_ms") {
                 Some(Bson::Int64(n)) => *n,
                 Some(Bson::Int32(n)) => i64::from(*n),
                 Some(Bson::Double(n)) => *n as i64,

@@ -590,8 +590,9 @@ impl Store for SqliteStore {
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         self.run(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, json_extract(body, '$.tokens_valid_after') FROM documents
-                 WHERE collection = ?1 AND json_extract(body, '$.tokens_valid_after') >= ?2",
+                "SELECT id, CAST(json_extract(body, '$.tokens_valid_after_ms') AS INTEGER)
+                 FROM documents
+                 WHERE collection = ?1 AND json_extract(body, '$.tokens_valid_after_ms') >= ?2",
             )?;
             let rows = stmt.query_map(params![Kind::Users.collection(), since], |row| {
                 Ok((
