@@ -19,7 +19,8 @@
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError, Void, VoidOutcome};
+use crate::ledger::retry::{stopping, until_answered};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, Void, VoidOutcome};
 use crate::metrics::{DEFERRED_CHARGES, DEFERRED_PENDING};
 use crate::routing::Service;
 use crate::usage::{UsageEvent, UsageSink};
@@ -27,9 +28,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Calls served on credit at once, per gateway (each holds two places in the queue). At
@@ -43,10 +42,6 @@ pub const DEFERRED_CAPACITY: usize = 50_000;
 /// even over a 1 ms LAN round trip (50,000 × 1 ms / 64), far inside the charge records'
 /// life, and a ledger that is down sees at most this many retries at a time.
 const CONCURRENT_CHARGES: usize = 64;
-
-/// Retry delays while the ledger is down: start fast (a blip), cap low (recover quickly).
-const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The charge of one call served while the ledger was unavailable.
 #[derive(Debug, Clone)]
@@ -231,7 +226,7 @@ impl DeferredWorker {
             idempotency_key: charge.idempotency_key.as_deref(),
             threshold: charge.threshold,
         };
-        let outcome = retry(stop.as_mut(), || self.hydrator.charge(&attempt)).await;
+        let outcome = until_answered(stop.as_mut(), || self.hydrator.charge(&attempt)).await;
         let announce = |warnings, balance| {
             let (tenant, threshold) = (&charge.tenant_id, charge.threshold);
             alerts::announce(&*self.alerts, tenant, warnings, balance, threshold);
@@ -270,7 +265,7 @@ impl DeferredWorker {
             idempotency_key: charge.idempotency_key.as_deref(),
             applied_cost: Some(charge.cost),
         };
-        let outcome = retry(stop, || self.ledger.void(&void)).await?;
+        let outcome = until_answered(stop, || self.ledger.void(&void)).await?;
         self.usage.refunded(&charge.tenant_id, charge.cost);
         Some(match outcome {
             VoidOutcome::Refunded { balance } => Some(balance),
@@ -348,34 +343,6 @@ impl DeferredWorker {
     }
 }
 
-/// Calls `op` until it succeeds, backing off, or until `stop` turns true: then one last
-/// try (each try is bounded by the ledger's own timeout). `None` when it gave up, or when
-/// there is no `stop` to watch: no try at all.
-async fn retry<T, F, Fut>(stop: Option<&mut ShutdownWatch>, mut op: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, LedgerError>>,
-{
-    let stop = stop?;
-    let mut delay = RETRY_MIN;
-    loop {
-        // A dropped sender (the server gone) counts as stop too.
-        let stopping = *stop.borrow() || stop.has_changed().is_err();
-        match op().await {
-            Ok(value) => return Some(value),
-            Err(_) if stopping => return None,
-            Err(e) => {
-                tracing::debug!(error = %e, "deferred charge: ledger still unavailable");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => {}
-                }
-                delay = (delay * 2).min(RETRY_MAX);
-            }
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl BackgroundService for DeferredWorker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -390,8 +357,7 @@ impl BackgroundService for DeferredWorker {
         let mut ended: HashMap<String, Option<UsageEvent>> = HashMap::new();
         let (mut given_up, mut closing, mut drained) = (false, false, false);
         loop {
-            // Read the state, not the change: `retry` may have seen the change first.
-            if !closing && (*shutdown.borrow() || shutdown.has_changed().is_err()) {
+            if !closing && stopping(&shutdown) {
                 // Requests still finishing hold reservations: take what they send (one
                 // last try each) until the last reservation is gone.
                 closing = true;

@@ -2,59 +2,15 @@
 //! (the backoff sleeps are skipped, not waited for).
 
 use super::*;
-use crate::config::{EndpointConfig, LedgerConfig, ServiceConfig};
-use crate::ledger::{AdjustOutcome, Adjustment, EmbeddedLedger, VoidOutcome};
+use crate::config::{EndpointConfig, ServiceConfig};
+use crate::ledger::flaky::Flaky;
 use crate::routing::Router;
 use crate::store::SqliteStore;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::watch;
-
-/// The embedded ledger, but `charge` and `void` time out while `failures` lasts.
-struct Flaky {
-    inner: EmbeddedLedger,
-    failures: AtomicU32,
-    calls: AtomicU32,
-}
-
-impl Flaky {
-    fn fail(&self) -> Result<(), LedgerError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let left = self.failures.load(Ordering::SeqCst);
-        if left > 0 {
-            self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(LedgerError::Timeout);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Ledger for Flaky {
-    async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        self.fail()?;
-        self.inner.charge(charge).await
-    }
-    async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
-        self.fail()?;
-        self.inner.void(void).await
-    }
-    async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
-        self.inner.seed(tenant_id, balance).await
-    }
-    async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError> {
-        self.inner.balance(tenant_id).await
-    }
-    async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
-        self.inner.adjust(adjustment).await
-    }
-    async fn catalog_version(&self) -> Result<u64, LedgerError> {
-        self.inner.catalog_version().await
-    }
-    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
-        self.inner.bump_catalog_version().await
-    }
-}
 
 #[derive(Default)]
 struct Recorded(Mutex<Vec<UsageEvent>>);
@@ -81,11 +37,7 @@ impl Drop for Setup {
 }
 
 async fn setup(balance: i64, failures: u32) -> Setup {
-    let ledger = Arc::new(Flaky {
-        inner: EmbeddedLedger::in_memory(&LedgerConfig::default()),
-        failures: AtomicU32::new(failures),
-        calls: AtomicU32::new(0),
-    });
+    let ledger = Arc::new(Flaky::new(failures));
     ledger.seed("acme", balance).await.unwrap();
     let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
     let store = Arc::new(SqliteStore::open(&dir).unwrap());

@@ -8,8 +8,11 @@
 
 mod embedded;
 mod expiring;
+#[cfg(test)]
+pub(crate) mod flaky;
 mod journal;
 mod redis;
+pub mod retry;
 mod voids;
 
 pub use embedded::EmbeddedLedger;

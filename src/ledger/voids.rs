@@ -1,23 +1,19 @@
 //! Voids that could not be done on the request path: a charge that timed out (it may still
 //! land when a stalled Redis resumes) or a refund the ledger could not take at that moment.
-//! A background worker retries each until the ledger answers, so a 503 or a failed upstream
-//! never costs the tenant credits.
+//! A background worker retries each until the ledger answers (or, at shutdown, once more),
+//! so a 503 or a failed upstream never costs the tenant credits.
 
+use super::retry::{stopping, until_answered};
 use super::{Ledger, Void, VoidOutcome};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Pending voids held in memory. At 1 KB each this bounds the queue to ~100 MB during a long
 /// ledger outage; past it a void is dropped with an error log (the tenant would pay for one
 /// failed call), which beats unbounded memory.
 pub const VOID_QUEUE_CAPACITY: usize = 100_000;
-
-/// Retry delays while the ledger is down: start fast (a blip), cap low (recover quickly).
-const RETRY_MIN: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct PendingVoid {
@@ -75,56 +71,98 @@ impl VoidWorker {
         };
         (VoidQueue { tx }, worker)
     }
-
-    async fn apply(&self, void: &PendingVoid) {
-        let mut delay = RETRY_MIN;
-        loop {
-            match self.ledger.void(&void.as_void()).await {
-                Ok(outcome) => {
-                    if let VoidOutcome::Refunded { balance } = outcome {
-                        tracing::info!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, balance, "voided a charge the client was not served for");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(charge_id = %void.charge_id, error = %e, "void failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
-            }
-        }
-    }
 }
 
 #[async_trait::async_trait]
 impl BackgroundService for VoidWorker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut rx = self.rx.lock().await;
-        loop {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(void) => self.apply(&void).await,
-                    None => break,
-                },
-                _ = shutdown.changed() => break,
-            }
-        }
-        // Flush what the ledger can still take; never hold shutdown for a dead ledger: after
-        // one failed try, the rest are reported, not each tried for `RETRY_MAX`.
         let mut unvoided = 0usize;
-        while let Ok(void) = rx.try_recv() {
-            if unvoided == 0 {
-                let void_ref = void.as_void();
-                let attempt = self.ledger.void(&void_ref);
-                if matches!(tokio::time::timeout(RETRY_MAX, attempt).await, Ok(Ok(_))) {
-                    continue;
+        loop {
+            // Shutting down: drain what is queued, without waiting for more.
+            let next = if stopping(&shutdown) {
+                rx.try_recv().ok()
+            } else {
+                tokio::select! {
+                    next = rx.recv() => next,
+                    _ = shutdown.changed() => continue,
+                }
+            };
+            let Some(void) = next else { break };
+            // Never hold shutdown for a dead ledger: after one failed last try, the rest
+            // are reported, not each tried.
+            let stop = (unvoided == 0).then_some(&mut shutdown);
+            let request = void.as_void();
+            match until_answered(stop, || self.ledger.void(&request)).await {
+                Some(VoidOutcome::Refunded { balance }) => {
+                    tracing::info!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, balance, "voided a charge the client was not served for");
+                }
+                Some(_) => {}
+                None => {
+                    unvoided += 1;
+                    tracing::error!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, "shutting down with a charge not voided");
                 }
             }
-            unvoided += 1;
-            tracing::error!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, "shutting down with a charge not voided");
         }
         if unvoided > 0 {
             tracing::error!(unvoided, "shut down with charges the ledger could not void");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::flaky::Flaky;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    fn void(id: &str) -> PendingVoid {
+        PendingVoid {
+            tenant_id: "acme".into(),
+            charge_id: id.into(),
+            idempotency_key: None,
+            applied_cost: Some(5),
+        }
+    }
+
+    /// A void waits for the ledger; a second waits behind it; once the ledger answers both
+    /// give the credits back.
+    #[tokio::test(start_paused = true)]
+    async fn voids_wait_for_the_ledger() {
+        let ledger = Arc::new(Flaky::new(4));
+        ledger.seed("acme", 90).await.unwrap();
+        let (queue, worker) = VoidWorker::new(ledger.clone());
+        queue.push(void("a"));
+        queue.push(void("b"));
+        let (tx, stop) = tokio::sync::watch::channel(false);
+        let driver = async {
+            while ledger.balance("acme").await.unwrap() != Some(100) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tx.send(true).unwrap();
+        };
+        tokio::join!(worker.start(stop), driver);
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 4 + 2);
+    }
+
+    /// Shutdown while the ledger is down: the void being retried gets one last try, those
+    /// queued behind it none, and the worker returns instead of holding the process.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_with_the_ledger_down_does_not_hang() {
+        let ledger = Arc::new(Flaky::new(u32::MAX));
+        let (queue, worker) = VoidWorker::new(ledger.clone());
+        for id in ["a", "b", "c"] {
+            queue.push(void(id));
+        }
+        let (tx, stop) = tokio::sync::watch::channel(false);
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let before = ledger.calls.load(Ordering::SeqCst);
+            tx.send(true).unwrap();
+            before
+        };
+        let ((), before) = tokio::join!(worker.start(stop), stopper);
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), before + 1);
     }
 }
