@@ -151,10 +151,8 @@ impl CatalogWatcher {
         let version = match self.ledger.catalog_version().await {
             Ok(version) => Some(version),
             Err(e) => {
+                // Unknown: a forced reload goes ahead, an ordinary poll waits for the next.
                 tracing::warn!(error = %e, "cannot read the catalog version");
-                if !forced {
-                    return last;
-                }
                 last
             }
         };

@@ -7,7 +7,8 @@
 -- ARGV[5] the tenant's low-credit threshold
 -- Returns {code, balance, warnings}: code 0 charged, 1 replayed (idempotency key already
 -- paid), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
--- already applied (a retry of a charge whose answer was lost: nothing taken twice). warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
+-- already applied (a retry of a charge whose answer was lost: nothing taken twice).
+-- warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
 -- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
 -- balance before and after is seen atomically, until a top-up re-arms it (adjust.lua), so
 -- any number of replicas announce a crossing once.

@@ -25,10 +25,9 @@ use steps::Charged;
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
-use crate::config::OnLedgerError;
-use crate::deferred::{DeferredCharge, DeferredQueue, Reservation};
+use crate::deferred::{DeferredQueue, Reservation};
 use crate::hydration::Hydrator;
-use crate::ledger::{Charge, ChargeOutcome, Ledger, PendingVoid, VoidQueue};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
 use crate::routing::RouteMatch;
 use crate::usage::{UsageEvent, UsageSink};
@@ -188,47 +187,22 @@ impl ProxyHttp for Gateway {
                 let problem = Problem::insufficient_credits(tenant_id, cost, balance);
                 return refuse(session, ctx, &problem).await;
             }
-            outcome => {
-                if let Err(e) = &outcome {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
-                }
-                // Served on credit: the deferred worker charges this id (finding it if the
-                // timed-out try landed after all) as soon as the ledger answers.
-                let lenient = ctx
-                    .route
-                    .as_ref()
-                    .filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)
-                    .filter(|_| outcome.is_err());
-                if let Some(route) = lenient {
-                    let deferred = DeferredCharge {
-                        service: Arc::clone(&route.service),
-                        tenant_id: tenant_id.to_owned(),
-                        cost,
-                        charge_id: ctx.request_id.clone(),
-                        idempotency_key: key.clone(),
-                        threshold,
-                    };
-                    if let Some(reservation) = self.deferred.defer(deferred) {
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable");
+                match self.serve_on_credit(ctx.route.as_ref(), &charge) {
+                    Some(reservation) => {
                         ctx.deferred = Some(reservation);
-                        ctx.claims = Some(claims);
-                        ctx.idempotency_key = key;
-                        ctx.charge = Some(Charged {
-                            cost,
-                            balance: None,
-                            refunded: false,
-                        });
-                        ctx.outcome = Some(Outcome::Forwarded);
-                        return Ok(false);
+                        Charged::deferred(cost)
                     }
-                    tracing::warn!(request_id = %ctx.request_id, "deferred charges queue full: failing closed");
+                    None => {
+                        self.fail_closed(&charge);
+                        return refuse(session, ctx, &Problem::ledger_unavailable()).await;
+                    }
                 }
-                // The charge may still land (a stalled Redis resuming): void it by id.
-                self.voids.push(PendingVoid {
-                    tenant_id: tenant_id.to_owned(),
-                    charge_id: ctx.request_id.clone(),
-                    idempotency_key: key.clone(),
-                    applied_cost: None,
-                });
+            }
+            // The ledger answered, but not for a fresh charge id: refuse as unavailable.
+            Ok(ChargeOutcome::NoBalance | ChargeOutcome::Void) => {
+                self.fail_closed(&charge);
                 return refuse(session, ctx, &Problem::ledger_unavailable()).await;
             }
         };

@@ -43,6 +43,12 @@ impl Problem {
         }
     }
 
+    /// Step 2's `401` (RFC 6750: the token is missing, malformed, expired or revoked).
+    pub fn invalid_token(detail: impl Into<String>) -> Self {
+        Problem::new(401, "unauthorized", "Unauthorized", detail)
+            .header("www-authenticate", "Bearer error=\"invalid_token\"")
+    }
+
     /// Step 3's `402`: what the call costs and what the tenant has.
     pub fn insufficient_credits(tenant_id: &str, cost: i64, balance: i64) -> Self {
         let detail = format!("this call costs {cost} credits and the balance is {balance}");

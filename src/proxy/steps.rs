@@ -3,10 +3,12 @@
 
 use super::{Gateway, Problem, RequestCtx, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::auth::{AuthError, Claims};
-use crate::config::TenantStatus;
-use crate::ledger::{PendingVoid, Void, VoidOutcome};
+use crate::config::{OnLedgerError, TenantStatus};
+use crate::deferred::{DeferredCharge, Reservation};
+use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
 use crate::routing::{RouteError, RouteMatch};
 use pingora::proxy::Session;
+use std::sync::Arc;
 
 /// The most request-header bytes accepted (names, values and separators): far above any
 /// real client, far below what a memory-exhaustion attempt needs.
@@ -94,6 +96,15 @@ impl Charged {
         }
     }
 
+    /// Served on credit: `cost` is taken once the ledger answers (see [`crate::deferred`]).
+    pub(super) fn deferred(cost: i64) -> Charged {
+        Charged {
+            cost,
+            balance: None,
+            refunded: false,
+        }
+    }
+
     /// Step 5's headers: what this call costs and what remains. A deferred charge has no
     /// balance to tell yet, and says so instead.
     pub(super) fn headers(&self) -> [(&'static str, String); 2] {
@@ -142,10 +153,7 @@ impl Gateway {
                     AuthError::Invalid(why) => format!("invalid token: {why}"),
                     AuthError::Key(_) => "invalid token".to_owned(),
                 };
-                Box::new(
-                    Problem::new(401, "unauthorized", "Unauthorized", detail)
-                        .header("www-authenticate", "Bearer error=\"invalid_token\""),
-                )
+                Box::new(Problem::invalid_token(detail))
             })?;
         // A user disabled, demoted or moved since the token was issued: it is void.
         let revoked = self.catalog.revoked();
@@ -155,15 +163,9 @@ impl Gateway {
                 .get(&claims.sub)
                 .is_some_and(|after| issued < *after)
             {
-                return Err(Box::new(
-                    Problem::new(
-                        401,
-                        "unauthorized",
-                        "Unauthorized",
-                        "this token predates a change of its user; log in again",
-                    )
-                    .header("www-authenticate", "Bearer error=\"invalid_token\""),
-                ));
+                return Err(Box::new(Problem::invalid_token(
+                    "this token predates a change of its user; log in again",
+                )));
             }
         }
         let threshold = match self.catalog.tenants().get(&claims.tenant_id) {
@@ -194,6 +196,41 @@ impl Gateway {
         Ok((claims, threshold))
     }
 
+    /// Step 3 when the ledger did not answer: a service with `on_ledger_error: allow` is
+    /// served on credit, its charge queued for the deferred worker, which takes it by this
+    /// id (finding it if the timed-out try landed after all) as soon as the ledger answers.
+    /// `None`: the call fails closed (`deny`, or the queue is full).
+    pub(super) fn serve_on_credit(
+        &self,
+        route: Option<&RouteMatch>,
+        charge: &Charge<'_>,
+    ) -> Option<Reservation> {
+        let route = route.filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)?;
+        let reservation = self.deferred.defer(DeferredCharge {
+            service: Arc::clone(&route.service),
+            tenant_id: charge.tenant_id.to_owned(),
+            cost: charge.cost,
+            charge_id: charge.charge_id.to_owned(),
+            idempotency_key: charge.idempotency_key.map(str::to_owned),
+            threshold: charge.threshold,
+        });
+        if reservation.is_none() {
+            tracing::warn!(request_id = %charge.charge_id, "deferred charges queue full: failing closed");
+        }
+        reservation
+    }
+
+    /// The call is refused (`503`) for want of a ledger answer; the charge may still land
+    /// (a stalled Redis resuming), so its id is queued to be voided.
+    pub(super) fn fail_closed(&self, charge: &Charge<'_>) {
+        self.voids.push(PendingVoid {
+            tenant_id: charge.tenant_id.to_owned(),
+            charge_id: charge.charge_id.to_owned(),
+            idempotency_key: charge.idempotency_key.map(str::to_owned),
+            applied_cost: None,
+        });
+    }
+
     /// Gives this request's credits back (upstream unreachable, or 5xx when configured).
     pub(super) async fn refund(&self, ctx: &mut RequestCtx) {
         let (Some(claims), Some(charged)) = (&ctx.claims, &mut ctx.charge) else {
@@ -204,7 +241,7 @@ impl Gateway {
         }
         charged.refunded = true;
         if charged.balance.is_none() {
-            // Deferred: nothing was taken yet; the deferred worker voids the id instead.
+            // Deferred: the worker gives back whatever it takes for this call.
             return;
         }
         self.usage.refunded(&claims.tenant_id, charged.cost);
