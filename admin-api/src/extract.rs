@@ -2,6 +2,7 @@
 //! ill-typed fields, always naming the field) and the authenticated caller.
 
 use crate::problem::ApiError;
+use crate::users::UserDoc;
 use crate::AdminState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -89,8 +90,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// ends the admin API's trust in the tokens issued before, at once and for good (tokens the
 /// operator mints for ids with no account, `tollgate token`, stand on their signature
 /// alone). Every authenticated route therefore reads the store: while it is down they
-/// answer `503`.
-pub struct Caller(pub Claims);
+/// answer `503`. The stored user comes along, so a handler need not read it again.
+pub struct Caller(pub Claims, pub Option<UserDoc>);
 
 impl FromRequestParts<AdminState> for Caller {
     type Rejection = ApiError;
@@ -105,7 +106,8 @@ impl FromRequestParts<AdminState> for Caller {
                 AuthError::Key(_) => "invalid token".to_owned(),
             })
         })?;
-        if let Some(user) = crate::users::user(state, &claims.sub).await? {
+        let user = crate::users::user(state, &claims.sub).await?;
+        if let Some(user) = &user {
             if user.disabled {
                 return Err(ApiError::unauthorized("this user is disabled"));
             }
@@ -118,7 +120,7 @@ impl FromRequestParts<AdminState> for Caller {
                 ));
             }
         }
-        Ok(Caller(claims))
+        Ok(Caller(claims, user))
     }
 }
 
@@ -129,7 +131,7 @@ impl FromRequestParts<AdminState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
-        let Caller(claims) = Caller::from_request_parts(parts, state).await?;
+        let Caller(claims, _) = Caller::from_request_parts(parts, state).await?;
         if claims.role != Role::Admin {
             return Err(ApiError::forbidden());
         }

@@ -23,12 +23,7 @@ pub struct MeView {
 
 #[utoipa::path(get, path = "/me", tag = "self-service", security(("bearer" = [])),
     responses((status = 200, body = MeView), (status = 401, body = ApiError)))]
-pub async fn me(
-    State(state): State<AdminState>,
-    Caller(claims): Caller,
-) -> ApiResult<Json<MeView>> {
-    // `Caller` has refused a disabled user already.
-    let user = crate::users::user(&state, &claims.sub).await?;
+pub async fn me(Caller(claims, user): Caller) -> ApiResult<Json<MeView>> {
     let role = match claims.role {
         tollgate::auth::Role::Admin => "admin",
         tollgate::auth::Role::User => "user",
@@ -52,7 +47,7 @@ pub struct BalanceView {
     responses((status = 200, body = BalanceView), (status = 401, body = ApiError)))]
 pub async fn balance(
     State(state): State<AdminState>,
-    Caller(claims): Caller,
+    Caller(claims, _): Caller,
 ) -> ApiResult<Json<BalanceView>> {
     let balance = state.hydrator.balance(&claims.tenant_id).await?;
     Ok(Json(BalanceView {
@@ -111,7 +106,7 @@ pub struct UsageView {
     security(("bearer" = [])), responses((status = 200, body = UsageView), (status = 422, body = ApiError)))]
 pub async fn usage(
     State(state): State<AdminState>,
-    Caller(claims): Caller,
+    Caller(claims, _): Caller,
     Query(window): Query<Window>,
 ) -> ApiResult<Json<UsageView>> {
     let (from, to) = window.resolve()?;
@@ -142,7 +137,7 @@ pub async fn usage(
     responses((status = 200, body = DocList)))]
 pub async fn invoices(
     State(state): State<AdminState>,
-    Caller(claims): Caller,
+    Caller(claims, _): Caller,
 ) -> ApiResult<Json<DocList>> {
     docs_of(&state, Kind::Invoices, Some(&claims.tenant_id)).await
 }
@@ -151,7 +146,7 @@ pub async fn invoices(
     responses((status = 200, body = DocList)))]
 pub async fn notifications(
     State(state): State<AdminState>,
-    Caller(claims): Caller,
+    Caller(claims, _): Caller,
 ) -> ApiResult<Json<DocList>> {
     docs_of(&state, Kind::Notifications, Some(&claims.tenant_id)).await
 }

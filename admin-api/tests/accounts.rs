@@ -85,15 +85,7 @@ tenants:
     register(&gateway, email).await;
     let (_, user_token) = login(&gateway, email).await;
     let user_token = user_token.unwrap();
-    let me: Value = client()
-        .get(gateway.admin_url("/me"))
-        .bearer_auth(&user_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = gateway.admin_json("/me", &user_token).await;
     let id = me["user_id"].as_str().unwrap().to_owned();
     assert_eq!(get(&gateway, "/admin/tenants", &user_token).await, 403);
 

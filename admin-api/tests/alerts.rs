@@ -50,14 +50,7 @@ async fn burst(gateways: &[&Gateway], calls: usize) -> usize {
 }
 
 async fn metric(gateway: &Gateway, line_start: &str) -> f64 {
-    let text = client()
-        .get(gateway.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gateway.metrics_text().await;
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -158,15 +151,9 @@ async fn two_replicas_announce_each_crossing_once_and_a_top_up_re_arms() {
     wait_until("delivery recorded", Duration::from_secs(10), async || {
         let mut delivered = 0;
         for g in [&a, &b] {
-            let list: Value = client()
-                .get(g.admin_url("/admin/notifications?tenant_id=alerted"))
-                .bearer_auth(&admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let list = g
+                .admin_json("/admin/notifications?tenant_id=alerted", &admin)
+                .await;
             let items = list["items"].as_array().cloned().unwrap_or_default();
             delivered += items
                 .iter()

@@ -110,14 +110,7 @@ async fn the_first_admin_comes_from_the_cli_and_can_log_in() {
         .unwrap();
     assert_eq!(registered["role"], "user");
 
-    let metrics = client()
-        .get(gateway.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics_text().await;
     let line = r#"tollgate_admin_requests_total{method="POST",route="/auth/login",status="200"} 1"#;
     assert!(metrics.contains(line), "{metrics}");
 }

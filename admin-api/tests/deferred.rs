@@ -72,17 +72,6 @@ async fn call(
     )
 }
 
-async fn metrics(gateway: &Gateway) -> String {
-    client()
-        .get(gateway.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn deferred(text: &str, outcome: &str) -> f64 {
     metric_sample(
         text,
@@ -93,15 +82,8 @@ fn deferred(text: &str, outcome: &str) -> f64 {
 
 /// The tenant's usage logs, through the admin API.
 async fn logs(gateway: &Gateway, tenant: &str) -> Vec<Value> {
-    let page: Value = client()
-        .get(gateway.admin_url(&format!("/admin/usage-logs?tenant_id={tenant}&limit=1000")))
-        .bearer_auth(admin_token("ops", "root"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let path = format!("/admin/usage-logs?tenant_id={tenant}&limit=1000");
+    let page = gateway.admin_json(&path, &admin_token("ops", "root")).await;
     page["items"].as_array().unwrap().clone()
 }
 
@@ -177,7 +159,7 @@ async fn calls_served_while_the_ledger_is_down_are_charged_once_it_is_back() {
         "every deferred charge to be settled",
         Duration::from_secs(30),
         async || {
-            let text = metrics(&gateway).await;
+            let text = gateway.metrics_text().await;
             metric_sample(&text, "tollgate_deferred_charges_pending", &[]) == 0.0
                 && ["charged", "replayed", "uncollected", "voided"]
                     .iter()
@@ -187,7 +169,7 @@ async fn calls_served_while_the_ledger_is_down_are_charged_once_it_is_back() {
         },
     )
     .await;
-    let text = metrics(&gateway).await;
+    let text = gateway.metrics_text().await;
     // lean could pay for 4 of its 10 calls (the tries that timed out landed when Redis
     // resumed: found by their charge id, not taken again); `other` paid for one keyed call.
     assert_eq!(deferred(&text, "charged"), 6.0, "{text}");

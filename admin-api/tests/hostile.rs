@@ -139,15 +139,10 @@ impl Setup {
     }
 
     async fn balance(&self) -> i64 {
-        let answer: Value = client()
-            .get(self.gateway.admin_url("/admin/tenants/acme"))
-            .bearer_auth(admin_token("ops", "root"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = self
+            .gateway
+            .admin_json("/admin/tenants/acme", &admin_token("ops", "root"))
+            .await;
         answer["balance"].as_i64().unwrap()
     }
 

@@ -47,15 +47,7 @@ async fn traffic(gateway: &Gateway, n: usize) {
 }
 
 async fn metric(gateway: &Gateway, name: &str) -> i64 {
-    let text = client()
-        .get(gateway.metrics_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_sample(&text, name, &[]) as i64
+    metric_sample(&gateway.metrics_text().await, name, &[]) as i64
 }
 
 /// Reconciliation's verdict on acme once everything that can arrive has: the ledger is

@@ -296,6 +296,22 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
 
+    /// The Prometheus text page of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let r = client().get(self.metrics_url("/metrics")).send().await;
+        r.unwrap().text().await.unwrap()
+    }
+
+    /// A GET of the admin API with `bearer`, as JSON.
+    pub async fn admin_json(&self, path: &str, bearer: &str) -> serde_json::Value {
+        let r = client()
+            .get(self.admin_url(path))
+            .bearer_auth(bearer)
+            .send()
+            .await;
+        r.unwrap().json().await.unwrap()
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
