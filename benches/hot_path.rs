@@ -119,7 +119,7 @@ fn ledger(c: &mut Criterion) {
                 tenant_id: "acme",
                 cost: 1,
                 charge_id: &ids[i],
-                idempotency_key: None,
+                idempotency: None,
                 threshold: 100,
             };
             runtime.block_on(ledger.charge(black_box(&charge)))

@@ -3,7 +3,8 @@
 //! received (method, path, query, headers, body size), streaming the body rather than
 //! buffering it, and counts requests so tests can compare with what the gateway forwarded.
 //!
-//! Query parameters shape the reply: `status=NNN` sets the status, `delay_ms=N` waits first.
+//! Query parameters shape the reply: `status=NNN` sets the status, `delay_ms=N` waits first,
+//! `pad=N` adds N bytes to the reply (a large response).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,6 +20,9 @@ use std::time::Duration;
 
 /// Longest delay a request may ask for, so a test typo cannot hang a worker for hours.
 const MAX_DELAY_MS: u64 = 60_000;
+
+/// Largest padding a request may ask for (a demo service must not be a memory lever).
+const MAX_PAD_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct Counters {
@@ -84,6 +88,11 @@ async fn echo(State(counters): State<Arc<Counters>>, request: Request) -> Respon
         "headers": headers,
         "body_bytes": body_bytes,
     });
+    let pad = query.get("pad").and_then(|v| v.parse::<usize>().ok());
+    let reply = match pad {
+        Some(n) => serde_json::json!({ "echo": reply, "pad": "x".repeat(n.min(MAX_PAD_BYTES)) }),
+        None => reply,
+    };
     let mut response = Response::new(Body::from(reply.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(

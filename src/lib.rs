@@ -10,9 +10,11 @@ pub mod catalog;
 pub mod config;
 pub mod deferred;
 pub mod demo_upstream;
+pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hydration;
+pub mod idempotency;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;

@@ -54,7 +54,7 @@ pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 /// Calls served while the ledger was unavailable (`on_ledger_error: allow`), by how their
 /// charge was settled once it answered (indexed by [`crate::deferred::Settled`]).
-pub static DEFERRED_CHARGES: LazyLock<[IntCounter; 5]> = LazyLock::new(|| {
+pub static DEFERRED_CHARGES: LazyLock<[IntCounter; 4]> = LazyLock::new(|| {
     let vec = counter_vec(
         "tollgate_deferred_charges_total",
         "Calls served while the ledger was unavailable, by how their charge was settled",
@@ -80,6 +80,8 @@ pub static RECONCILE_MISMATCHED: LazyLock<IntGauge> = LazyLock::new(|| {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Forwarded,
+    /// Answered from an idempotency key's kept response, not forwarded.
+    Replayed,
     BadRequest,
     NotFound,
     Unauthorized,
@@ -90,8 +92,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Forwarded,
+        Outcome::Replayed,
         Outcome::BadRequest,
         Outcome::NotFound,
         Outcome::Unauthorized,
@@ -117,6 +120,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
+            Outcome::Replayed => "replayed",
             Outcome::BadRequest => "bad_request",
             Outcome::NotFound => "not_found",
             Outcome::Unauthorized => "unauthorized",

@@ -208,7 +208,8 @@ pub fn run(
         alerts,
     };
     let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends)
-        .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms));
+        .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms))
+        .with_max_kept_response(config.ledger.idempotency_max_response_bytes);
     let handles = Handles {
         store: Arc::clone(&store),
         ledger: Arc::clone(&ledger),

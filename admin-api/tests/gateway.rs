@@ -25,6 +25,8 @@ struct Setup {
 fn services_yaml(upstream: &str, closed_port: u16) -> String {
     format!(
         r#"
+ledger:
+  idempotency_max_response_bytes: 4096
 services:
   - name: notes
     upstream: {upstream}/v1
@@ -332,32 +334,191 @@ async fn refunds_when_the_upstream_fails(backend: Backend) {
     assert_eq!(s.balance("rich").await, 999);
 }
 
-async fn idempotency_key_charges_once(backend: Backend) {
+/// `Idempotency-Key` means "this request, once": a retry gets the kept response without
+/// reaching the upstream or paying; a retry in flight gets 409; the key on another request
+/// (another endpoint, query or body) gets 422; a refunded first use releases the key; a
+/// response too large to keep is never executed again. Before: a key charged once and
+/// then forwarded every retry for free, to any endpoint (a key first used on a free
+/// endpoint opened a 7-credit one to a tenant who could not pay for it).
+async fn idempotency_key_means_this_request_once(backend: Backend) {
     let s = Setup::new(backend).await;
-    let mut costs = Vec::new();
-    for _ in 0..3 {
-        let r = client()
-            .post(s.gateway.url("/api/proxy/notes/expensive"))
+    let post = |path: &str, key: &str, body: &'static str| {
+        client()
+            .post(s.gateway.url(path))
             .bearer_auth(token("rich", "alice"))
-            .header("idempotency-key", "order-42")
+            .header("idempotency-key", key)
+            .body(body)
+    };
+    let first = post("/api/proxy/notes/expensive?x=1", "order-42", "hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(header_i64(&first, "x-credits-cost"), Some(7));
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.bytes().await.unwrap();
+    assert_eq!(s.upstream.requests(), 1);
+    for _ in 0..2 {
+        let r = post("/api/proxy/notes/expensive?x=1", "order-42", "hello")
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        costs.push(header_i64(&r, "x-credits-cost").unwrap());
+        assert_eq!(r.headers()["idempotent-replayed"], "true");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
+        assert_eq!(header_i64(&r, "x-credits-remaining"), Some(993));
+        assert_eq!(r.bytes().await.unwrap(), first_body, "the kept response");
     }
-    assert_eq!(costs, [7, 0, 0]);
-    assert_eq!(s.upstream.requests(), 3, "every retry is forwarded");
+    assert_eq!(
+        s.upstream.requests(),
+        1,
+        "a replay never reaches the upstream"
+    );
+    // The same key on another request: another body, query, endpoint or method.
+    for (method, path, body) in [
+        ("POST", "/api/proxy/notes/expensive?x=1", "hellO"),
+        ("POST", "/api/proxy/notes/expensive?x=2", "hello"),
+        ("POST", "/api/proxy/notes/notes/create", "hello"),
+        ("PUT", "/api/proxy/notes/search/a", "hello"),
+    ] {
+        let r = client()
+            .request(method.parse().unwrap(), s.gateway.url(path))
+            .bearer_auth(token("rich", "alice"))
+            .header("idempotency-key", "order-42")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{method} {path} {body}");
+        let problem: Value = r.json().await.unwrap();
+        assert_problem(&problem, 422);
+        assert_eq!(problem["header"], "Idempotency-Key");
+    }
+    assert_eq!(s.upstream.requests(), 1);
     assert_eq!(s.balance("rich").await, 993);
-    // Keys are per tenant: another tenant's identical key is its own charge.
-    let r = client()
-        .post(s.gateway.url("/api/proxy/notes/notes/create"))
+
+    // A key first used on a free endpoint does not open a paid one.
+    let free = client()
+        .get(s.gateway.url("/api/proxy/notes/balance"))
         .bearer_auth(token("poor", "bob"))
-        .header("idempotency-key", "order-42")
+        .header("idempotency-key", "k-free")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 402);
+    assert_eq!(free.status(), 200);
+    let paid = client()
+        .post(s.gateway.url("/api/proxy/notes/expensive"))
+        .bearer_auth(token("poor", "bob"))
+        .header("idempotency-key", "k-free")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 422);
+    // Keys are per tenant: another tenant's identical key is its own request.
+    let r = post("/api/proxy/notes/search/q", "k-free", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header_i64(&r, "x-credits-cost")),
+        (200, Some(2))
+    );
+
+    // In flight: a retry gets 409 with Retry-After and is not forwarded.
+    let before = s.upstream.requests();
+    let slow = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "").send();
+    let slow = tokio::spawn(slow);
+    common::wait_until(
+        "the slow call to reach the upstream",
+        std::time::Duration::from_secs(10),
+        async || s.upstream.requests() > before,
+    )
+    .await;
+    let r = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_problem(&r.json().await.unwrap(), 409);
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    let r = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(s.upstream.requests(), before + 1);
+
+    // A refunded first use (a 5xx the service refunds) releases its key: the retry is a new
+    // call, forwarded and charged (and refunded again here).
+    let before = s.upstream.requests();
+    for _ in 0..2 {
+        let r = client()
+            .get(s.gateway.url("/api/proxy/flaky/x?status=503"))
+            .bearer_auth(token("rich", "alice"))
+            .header("idempotency-key", "k-flaky")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().get("idempotent-replayed").is_none());
+        assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
+    }
+    assert_eq!(s.upstream.requests(), before + 2);
+
+    // A response over `idempotency_max_response_bytes` (4 KiB here) is not kept: a retry is
+    // told so (409, the original status named) and never executes the call again.
+    let big = "/api/proxy/notes/search/big?pad=10000";
+    let r = post(big, "k-big", "").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().len() > 10_000);
+    let before = s.upstream.requests();
+    let r = post(big, "k-big", "").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.headers().get("retry-after").is_none());
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["original_status"], 200, "{problem}");
+    assert_eq!(s.upstream.requests(), before);
+    assert_eq!(s.balance("rich").await, 993 - 2 - 2 - 2);
+}
+
+/// A gateway error after the charge (here a failing response header step, forced by a
+/// failpoint) refunds it: the client was never served. Before, a `500` made by the gateway
+/// kept the charge.
+async fn gateway_errors_after_the_charge_are_refunded(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
+    let closed = common::ClosedPort::new();
+    let mut env = vec![(
+        "TOLLGATE_FAILPOINTS".to_owned(),
+        "response_filter".to_owned(),
+    )];
+    if let Some(redis) = &redis {
+        env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
+    }
+    let gateway = Gateway::start_with(&services_yaml(&upstream.url(), closed.port), env);
+    let r = client()
+        .post(gateway.url("/api/proxy/notes/expensive"))
+        .bearer_auth(token("rich", "alice"))
+        .header("idempotency-key", "k-500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
+    assert_eq!(header_i64(&r, "x-credits-remaining"), Some(1000));
+    assert_eq!(upstream.requests(), 1);
+    // The key was released with the refund: the retry is a new call.
+    let r = client()
+        .post(gateway.url("/api/proxy/notes/expensive"))
+        .bearer_auth(token("rich", "alice"))
+        .header("idempotency-key", "k-500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(upstream.requests(), 2);
 }
 
 /// Balance 1000, cost 7, 300 concurrent callers: exactly ⌊1000/7⌋ = 142 get through.
@@ -432,7 +593,8 @@ on_both_ledgers!(
     forwards_and_charges,
     refuses_with_problem_bodies,
     refunds_when_the_upstream_fails,
-    idempotency_key_charges_once,
+    idempotency_key_means_this_request_once,
+    gateway_errors_after_the_charge_are_refunded,
     exact_under_concurrency,
     restarts_keep_balances,
     streams_large_bodies,

@@ -5,6 +5,7 @@ mod common;
 
 use common::RedisServer;
 use tollgate::config::LedgerConfig;
+use tollgate::idempotency::{KeyClaim, KeyRecord};
 use tollgate::ledger::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, EmbeddedLedger, Ledger, RedisLedger,
     Void, VoidOutcome, Warnings, MAX_BALANCE,
@@ -21,7 +22,10 @@ fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> 
         tenant_id: tenant,
         cost,
         charge_id: id,
-        idempotency_key: key,
+        idempotency: key.map(|key| KeyClaim {
+            key,
+            fingerprint: "fp",
+        }),
         threshold: -1,
     }
 }
@@ -89,7 +93,9 @@ async fn contract(l: &dyn Ledger) {
     );
     assert_eq!(l.balance("t").await.unwrap(), Some(10));
 
-    // Idempotency keys: paid once, per tenant; a refund frees the key for a fresh charge.
+    // Idempotency keys: claimed by one charge, per tenant, bound to its fingerprint; a
+    // refund releases the key for a fresh charge.
+    assert_eq!(l.key_record("t", "k").await.unwrap(), None);
     assert_eq!(
         l.charge(&charge("t", "a", 2, Some("k"))).await.unwrap(),
         ChargeOutcome::Charged {
@@ -99,7 +105,29 @@ async fn contract(l: &dyn Ledger) {
     );
     assert_eq!(
         l.charge(&charge("t", "b", 2, Some("k"))).await.unwrap(),
-        ChargeOutcome::Replayed { balance: 8 }
+        ChargeOutcome::KeyTaken { balance: 8 }
+    );
+    let in_flight = KeyRecord {
+        charge_id: "a".into(),
+        fingerprint: "fp".into(),
+        response: None,
+    };
+    assert_eq!(
+        l.key_record("t", "k").await.unwrap(),
+        Some(in_flight.clone())
+    );
+    // Only the claiming charge keeps its response with the key.
+    assert!(!l.keep_response("t", "k", "b", b"not mine").await.unwrap());
+    assert!(l
+        .keep_response("t", "k", "a", b"{}\n\x00body")
+        .await
+        .unwrap());
+    assert_eq!(
+        l.key_record("t", "k").await.unwrap(),
+        Some(KeyRecord {
+            response: Some(b"{}\n\x00body".to_vec().into()),
+            ..in_flight
+        })
     );
     l.seed("u", 5).await.unwrap();
     assert_eq!(
@@ -187,7 +215,7 @@ async fn warnings(l: &dyn Ledger) {
                 tenant_id: "w",
                 cost: 10,
                 charge_id: &id,
-                idempotency_key: None,
+                idempotency: None,
                 threshold: 100,
             };
             match l.charge(&c).await.unwrap() {
@@ -229,7 +257,7 @@ async fn warnings(l: &dyn Ledger) {
         tenant_id: "w",
         cost: 300,
         charge_id: "big",
-        idempotency_key: None,
+        idempotency: None,
         threshold: 100,
     };
     assert_eq!(
@@ -270,15 +298,35 @@ async fn redis_ledger_keeps_the_contract() {
         ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
         ChargeOutcome::Void
     );
-    // Keys carry the tenant's hash tag.
+    // A refund after Redis lost the balance says so, and still releases the key it
+    // claimed (before: "never applied", and the key stayed claimed).
+    ledger.seed("gone", 10).await.unwrap();
+    ledger
+        .charge(&charge("gone", "g1", 4, Some("kg")))
+        .await
+        .unwrap();
     let mut conn = redis.connection().await;
+    let _: () = redis::cmd("DEL")
+        .arg("tg:{gone}:bal")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .void(&void("gone", "g1", Some(4), Some("kg")))
+            .await
+            .unwrap(),
+        VoidOutcome::NoBalance
+    );
+    assert_eq!(ledger.key_record("gone", "kg").await.unwrap(), None);
+    // Keys carry the tenant's hash tag.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(
-        keys.iter().all(|k| ["t", "u", "a", "w"]
+        keys.iter().all(|k| ["t", "u", "a", "w", "gone"]
             .iter()
             .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
@@ -339,7 +387,13 @@ async fn the_embedded_journal_survives_a_reopen() {
     assert_eq!(l.balance("t").await.unwrap(), Some(6));
     assert_eq!(
         l.charge(&charge("t", "b", 4, Some("k"))).await.unwrap(),
-        ChargeOutcome::Replayed { balance: 6 }
+        ChargeOutcome::KeyTaken { balance: 6 }
     );
+    assert!(l.keep_response("t", "k", "a", b"kept").await.unwrap());
+    l.close().await;
+    drop(l);
+    let l = EmbeddedLedger::open(&dir, &config).unwrap();
+    let record = l.key_record("t", "k").await.unwrap().unwrap();
+    assert_eq!(record.response.as_deref(), Some(&b"kept"[..]));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -169,8 +169,14 @@ pub struct LedgerConfig {
     /// A charge that takes longer than this fails closed (503): the proxy must never hang
     /// on its ledger.
     pub timeout_ms: u64,
-    /// How long an `Idempotency-Key` protects against a second charge (SPEC §2: 24 h).
+    /// How long an `Idempotency-Key` binds its request and keeps its response (24 h, as
+    /// Stripe). Costs ledger memory: see `idempotency_max_response_bytes`.
     pub idempotency_ttl_secs: u64,
+    /// Largest response (headers and body) kept with a key for replays; a larger one is
+    /// recorded as executed without its response, and a retry gets `409` (never a second
+    /// execution). Kept responses live in the ledger (Redis, or the embedded ledger's
+    /// memory and journal) for `idempotency_ttl_secs`.
+    pub idempotency_max_response_bytes: usize,
     /// How long the ledger remembers a charge id, so a charge whose answer timed out can
     /// still be voided when the ledger answers again (the void is queued right behind it).
     /// Refunds of charges the gateway saw applied do not depend on it. Costs Redis memory:
@@ -184,6 +190,7 @@ impl Default for LedgerConfig {
             redis_url: None,
             timeout_ms: 250,
             idempotency_ttl_secs: 24 * 3600,
+            idempotency_max_response_bytes: 1024 * 1024,
             charge_ttl_secs: 60,
         }
     }

@@ -51,7 +51,6 @@ pub struct DeferredCharge {
     pub cost: i64,
     /// The request id: the charge's id in the ledger.
     pub charge_id: String,
-    pub idempotency_key: Option<String>,
     /// The tenant's low-credit threshold when the call was made.
     pub threshold: i64,
 }
@@ -125,8 +124,6 @@ impl DeferredQueue {
 pub enum Settled {
     /// The cost was taken (by the worker, or by the first try whose answer was lost).
     Charged,
-    /// Its idempotency key had been paid for by another call.
-    Replayed,
     /// The tenant no longer had the credits: served for free.
     Uncollected,
     /// The upstream failed the call: nothing owed, anything taken given back.
@@ -136,9 +133,8 @@ pub enum Settled {
 }
 
 impl Settled {
-    pub const ALL: [Settled; 5] = [
+    pub const ALL: [Settled; 4] = [
         Settled::Charged,
-        Settled::Replayed,
         Settled::Uncollected,
         Settled::Voided,
         Settled::Lost,
@@ -147,7 +143,6 @@ impl Settled {
     pub fn as_str(self) -> &'static str {
         match self {
             Settled::Charged => "charged",
-            Settled::Replayed => "replayed",
             Settled::Uncollected => "uncollected",
             Settled::Voided => "voided",
             Settled::Lost => "lost",
@@ -161,9 +156,6 @@ enum Taken {
     Charged {
         balance: i64,
     },
-    Replayed {
-        balance: i64,
-    },
     Refused {
         balance: Option<i64>,
     },
@@ -174,7 +166,7 @@ enum Taken {
 impl Taken {
     fn balance(self) -> Option<i64> {
         match self {
-            Taken::Charged { balance } | Taken::Replayed { balance } => Some(balance),
+            Taken::Charged { balance } => Some(balance),
             Taken::Refused { balance } => balance,
             Taken::Unknown => None,
         }
@@ -223,7 +215,9 @@ impl DeferredWorker {
             tenant_id: &charge.tenant_id,
             cost: charge.cost,
             charge_id: &charge.charge_id,
-            idempotency_key: charge.idempotency_key.as_deref(),
+            // A call with an Idempotency-Key is never served on credit (see
+            // `Gateway::serve_on_credit`): the key's state lives in the ledger.
+            idempotency: None,
             threshold: charge.threshold,
         };
         let outcome = until_answered(stop.as_mut(), || self.hydrator.charge(&attempt)).await;
@@ -237,16 +231,15 @@ impl DeferredWorker {
                 Taken::Charged { balance }
             }
             Some(ChargeOutcome::AlreadyCharged { balance }) => Taken::Charged { balance },
-            Some(ChargeOutcome::Replayed { balance }) => Taken::Replayed { balance },
             Some(ChargeOutcome::Insufficient { balance, warnings }) => {
                 announce(warnings, balance);
                 Taken::Refused {
                     balance: Some(balance),
                 }
             }
-            Some(ChargeOutcome::NoBalance | ChargeOutcome::Void) => {
-                Taken::Refused { balance: None }
-            }
+            Some(
+                ChargeOutcome::NoBalance | ChargeOutcome::Void | ChargeOutcome::KeyTaken { .. },
+            ) => Taken::Refused { balance: None },
             None => Taken::Unknown,
         };
         (charge, taken)
@@ -262,14 +255,14 @@ impl DeferredWorker {
         let void = Void {
             tenant_id: &charge.tenant_id,
             charge_id: &charge.charge_id,
-            idempotency_key: charge.idempotency_key.as_deref(),
+            idempotency_key: None,
             applied_cost: Some(charge.cost),
         };
         let outcome = until_answered(stop, || self.ledger.void(&void)).await?;
         self.usage.refunded(&charge.tenant_id, charge.cost);
         Some(match outcome {
             VoidOutcome::Refunded { balance } => Some(balance),
-            VoidOutcome::NotApplied | VoidOutcome::AlreadyVoided => None,
+            VoidOutcome::NotApplied | VoidOutcome::AlreadyVoided | VoidOutcome::NoBalance => None,
         })
     }
 
@@ -297,7 +290,6 @@ impl DeferredWorker {
             },
             (true, _) => Settled::Voided,
             (false, Taken::Charged { .. }) => Settled::Charged,
-            (false, Taken::Replayed { .. }) => Settled::Replayed,
             (false, Taken::Refused { .. }) => Settled::Uncollected,
             (false, Taken::Unknown) => Settled::Lost,
         };

@@ -88,7 +88,6 @@ fn charge(s: &Setup) -> DeferredCharge {
         tenant_id: "acme".into(),
         cost: 5,
         charge_id: uuid::Uuid::now_v7().to_string(),
-        idempotency_key: None,
         threshold: 0,
     }
 }

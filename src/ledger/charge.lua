@@ -2,11 +2,11 @@
 -- KEYS[1] balance   tg:{tenant}:bal
 -- KEYS[2] charge    tg:{tenant}:ch:{charge_id}   (cost while live, "void" once voided)
 -- KEYS[3] warnings  tg:{tenant}:warn             (hash: which warnings were announced)
--- KEYS[4] idem key  tg:{tenant}:idem:{key}       (optional)
+-- KEYS[4] idem key  tg:{tenant}:idk:{key}        (optional; hash: charge, fp, resp)
 -- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
--- ARGV[5] the tenant's low-credit threshold
--- Returns {code, balance, warnings}: code 0 charged, 1 replayed (idempotency key already
--- paid), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
+-- ARGV[5] the tenant's low-credit threshold, ARGV[6] the request's fingerprint (with a key)
+-- Returns {code, balance, warnings}: code 0 charged, 1 the idempotency key belongs to an earlier
+-- request (nothing taken: the gateway reads the key's record), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
 -- already applied (a retry of a charge whose answer was lost: nothing taken twice).
 -- warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
 -- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
@@ -37,7 +37,9 @@ end
 local after = redis.call('DECRBY', KEYS[1], cost)
 redis.call('SET', KEYS[2], cost, 'PX', ARGV[3])
 if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[4])
+  -- Claimed in flight by this charge; the response is kept here once the call completes.
+  redis.call('HSET', KEYS[4], 'charge', ARGV[2], 'fp', ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
 local warnings = 0
 local threshold = tonumber(ARGV[5])

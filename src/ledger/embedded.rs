@@ -8,12 +8,13 @@
 //! idempotent and refuses a charge whose id is spent.
 
 use super::expiring::ExpiringMap;
-use super::journal::{read_state, Journal, Record, Restored};
+use super::journal::{read_state, Journal, KeyEntry, Record, Restored};
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
     VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
+use crate::idempotency::KeyRecord;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +36,8 @@ struct Book {
     balance: Option<i64>,
     /// Voided charge ids.
     voided: ExpiringMap<()>,
-    /// Idempotency key → the charge id that paid for it.
-    idempotency: ExpiringMap<String>,
+    /// Idempotency key → the charge that claimed it, and the response once kept.
+    idempotency: ExpiringMap<KeyEntry>,
     /// Adjustment op id → the amount it applied (retries of an adjustment).
     adjusted: ExpiringMap<i64>,
     /// Warnings announced and not yet re-armed by a top-up (charge.lua's `warn` hash; in
@@ -85,10 +86,11 @@ impl EmbeddedLedger {
             books.entry(tenant).or_default().balance = Some(balance);
         }
         let mut keys: Vec<_> = restored.idempotency.into_iter().collect();
-        keys.sort_by_key(|(_, (_, expires))| *expires);
-        for ((tenant, key), (charge_id, expires)) in keys {
+        keys.sort_by_key(|(_, entry)| entry.expires);
+        for ((tenant, key), entry) in keys {
             let book = books.entry(tenant).or_default();
-            book.idempotency.insert(key, charge_id, expires);
+            let expires = entry.expires;
+            book.idempotency.insert(key, entry, expires);
         }
         EmbeddedLedger {
             books: Mutex::new(books),
@@ -128,9 +130,9 @@ impl Ledger for EmbeddedLedger {
             if book.voided.get(charge.charge_id, now).is_some() {
                 return ChargeOutcome::Void;
             }
-            let key = charge.idempotency_key;
-            if key.is_some_and(|k| book.idempotency.get(k, now).is_some()) {
-                return ChargeOutcome::Replayed { balance };
+            let claim = charge.idempotency;
+            if claim.is_some_and(|c| book.idempotency.get(c.key, now).is_some()) {
+                return ChargeOutcome::KeyTaken { balance };
             }
             if balance < charge.cost {
                 let warnings = Warnings {
@@ -152,15 +154,20 @@ impl Ledger for EmbeddedLedger {
             book.announced.low |= warnings.low;
             book.announced.exhausted |= warnings.exhausted;
             let tenant = charge.tenant_id.to_owned();
-            if let Some(key) = key {
-                let expires = now + self.idempotency_ttl_ms;
-                let id = charge.charge_id.to_owned();
-                book.idempotency.insert(key.to_owned(), id.clone(), expires);
+            if let Some(claim) = claim {
+                let entry = KeyEntry {
+                    charge_id: charge.charge_id.to_owned(),
+                    fingerprint: claim.fingerprint.to_owned(),
+                    response: None,
+                    expires: now + self.idempotency_ttl_ms,
+                };
+                let expires = entry.expires;
+                book.idempotency
+                    .insert(claim.key.to_owned(), entry.clone(), expires);
                 self.log(Record::Idempotency {
                     tenant: tenant.clone(),
-                    key: key.to_owned(),
-                    charge_id: id,
-                    expires,
+                    key: claim.key.to_owned(),
+                    claim: entry,
                 });
             }
             self.log(Record::Balance { tenant, balance });
@@ -175,16 +182,12 @@ impl Ledger for EmbeddedLedger {
             }
             let expires = now + self.charge_ttl_ms;
             book.voided.insert(void.charge_id.to_owned(), (), expires);
-            let (Some(cost), Some(balance)) = (void.applied_cost, book.balance) else {
-                return VoidOutcome::NotApplied;
-            };
-            let balance = balance + cost;
-            book.balance = Some(balance);
+            // A key this charge claimed is released: a retry is a new call.
             if let Some(key) = void.idempotency_key {
                 if book
                     .idempotency
                     .get(key, now)
-                    .is_some_and(|id| id == void.charge_id)
+                    .is_some_and(|entry| entry.charge_id == void.charge_id)
                 {
                     book.idempotency.remove(key);
                     self.log(Record::Forget {
@@ -193,11 +196,59 @@ impl Ledger for EmbeddedLedger {
                     });
                 }
             }
+            let Some(cost) = void.applied_cost else {
+                return VoidOutcome::NotApplied;
+            };
+            let Some(balance) = book.balance else {
+                return VoidOutcome::NoBalance;
+            };
+            let balance = balance + cost;
+            book.balance = Some(balance);
             self.log(Record::Balance {
                 tenant: void.tenant_id.to_owned(),
                 balance,
             });
             VoidOutcome::Refunded { balance }
+        }))
+    }
+
+    async fn key_record(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, LedgerError> {
+        Ok(self.with_book(tenant_id, |book, now| {
+            book.idempotency.get(key, now).map(|entry| KeyRecord {
+                charge_id: entry.charge_id.clone(),
+                fingerprint: entry.fingerprint.clone(),
+                response: entry.response.clone(),
+            })
+        }))
+    }
+
+    async fn keep_response(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        charge_id: &str,
+        response: &[u8],
+    ) -> Result<bool, LedgerError> {
+        Ok(self.with_book(tenant_id, |book, now| {
+            let Some(entry) = book
+                .idempotency
+                .get_mut(key, now)
+                .filter(|entry| entry.charge_id == charge_id)
+            else {
+                return false;
+            };
+            let response = bytes::Bytes::copy_from_slice(response);
+            entry.response = Some(response.clone());
+            self.log(Record::Kept {
+                tenant: tenant_id.to_owned(),
+                key: key.to_owned(),
+                response,
+            });
+            true
         }))
     }
 

@@ -4,11 +4,20 @@
 
 use std::collections::{HashMap, VecDeque};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ExpiringMap<V> {
     entries: HashMap<String, (V, u64)>,
     /// (expiry, key) in insertion order, which is expiry order for a fixed lifetime.
     order: VecDeque<(u64, String)>,
+}
+
+impl<V> Default for ExpiringMap<V> {
+    fn default() -> Self {
+        ExpiringMap {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
 }
 
 impl<V> ExpiringMap<V> {
@@ -21,6 +30,14 @@ impl<V> ExpiringMap<V> {
     pub fn get(&self, key: &str, now: u64) -> Option<&V> {
         self.entries
             .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(value, _)| value)
+    }
+
+    /// A live entry, to change in place (its expiry stays).
+    pub fn get_mut(&mut self, key: &str, now: u64) -> Option<&mut V> {
+        self.entries
+            .get_mut(key)
             .filter(|(_, expires)| *expires > now)
             .map(|(value, _)| value)
     }

@@ -6,6 +6,7 @@ use super::{
     VoidOutcome,
 };
 use crate::config::LedgerConfig;
+use crate::idempotency::KeyRecord;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The embedded ledger, but `charge` and `void` time out while `failures` lasts.
@@ -46,6 +47,24 @@ impl Ledger for Flaky {
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
         self.fail()?;
         self.inner.void(void).await
+    }
+    async fn key_record(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, LedgerError> {
+        self.inner.key_record(tenant_id, key).await
+    }
+    async fn keep_response(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        charge_id: &str,
+        response: &[u8],
+    ) -> Result<bool, LedgerError> {
+        self.inner
+            .keep_response(tenant_id, key, charge_id, response)
+            .await
     }
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
         self.inner.seed(tenant_id, balance).await

@@ -1,5 +1,5 @@
 //! The embedded ledger's journal: an append-only file of balance and idempotency-key
-//! changes, written by one background thread so the request path only pushes onto a
+//! changes (kept responses included, base64), written by one background thread so the request path only pushes onto a
 //! channel. Each record holds the absolute balance, so replay is "last line wins" and a
 //! torn last line (crash mid-write) loses one update at most.
 //!
@@ -7,6 +7,8 @@
 //! (write temp, fsync, rename) at start and whenever the file has grown by
 //! [`COMPACT_AFTER_BYTES`], so the journal stays about the size of the state.
 
+use base64::Engine;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -32,11 +34,17 @@ pub enum Record {
         tenant: String,
         balance: i64,
     },
+    /// A key claimed by a charge (in flight).
     Idempotency {
         tenant: String,
         key: String,
-        charge_id: String,
-        expires: u64,
+        claim: KeyEntry,
+    },
+    /// The response kept with a claimed key.
+    Kept {
+        tenant: String,
+        key: String,
+        response: Bytes,
     },
     Forget {
         tenant: String,
@@ -49,12 +57,22 @@ enum Message {
     Flush(mpsc::SyncSender<()>),
 }
 
+/// An idempotency key's state: the charge that claimed it and, once kept, the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub charge_id: String,
+    pub fingerprint: String,
+    pub response: Option<Bytes>,
+    /// Unix ms.
+    pub expires: u64,
+}
+
 /// What a journal holds: the state to restore.
 #[derive(Debug, Default)]
 pub struct Restored {
     pub balances: HashMap<String, i64>,
-    /// (tenant, key) → (charge id, expiry in unix ms)
-    pub idempotency: HashMap<(String, String), (String, u64)>,
+    /// (tenant, key) → its state
+    pub idempotency: HashMap<(String, String), KeyEntry>,
 }
 
 impl Restored {
@@ -63,13 +81,17 @@ impl Restored {
             Record::Balance { tenant, balance } => {
                 self.balances.insert(tenant, balance);
             }
-            Record::Idempotency {
+            Record::Idempotency { tenant, key, claim } => {
+                self.idempotency.insert((tenant, key), claim);
+            }
+            Record::Kept {
                 tenant,
                 key,
-                charge_id,
-                expires,
+                response,
             } => {
-                self.idempotency.insert((tenant, key), (charge_id, expires));
+                if let Some(entry) = self.idempotency.get_mut(&(tenant, key)) {
+                    entry.response = Some(response);
+                }
             }
             Record::Forget { tenant, key } => {
                 self.idempotency.remove(&(tenant, key));
@@ -181,9 +203,7 @@ pub fn read_state(path: &Path, now_ms: u64) -> std::io::Result<Restored> {
             tracing::warn!(path = %path.display(), skipped, "skipped unreadable ledger journal lines (a torn write at crash?)");
         }
     }
-    state
-        .idempotency
-        .retain(|_, (_, expires)| *expires > now_ms);
+    state.idempotency.retain(|_, entry| entry.expires > now_ms);
     Ok(state)
 }
 
@@ -202,14 +222,25 @@ fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
                 .as_bytes(),
             )?;
         }
-        for ((tenant, key), (charge_id, expires)) in &state.idempotency {
+        for ((tenant, key), entry) in &state.idempotency {
+            let claim = KeyEntry {
+                response: None,
+                ..entry.clone()
+            };
             let record = Record::Idempotency {
                 tenant: tenant.clone(),
                 key: key.clone(),
-                charge_id: charge_id.clone(),
-                expires: *expires,
+                claim,
             };
             out.write_all(format_record(&record).as_bytes())?;
+            if let Some(response) = &entry.response {
+                let record = Record::Kept {
+                    tenant: tenant.clone(),
+                    key: key.clone(),
+                    response: response.clone(),
+                };
+                out.write_all(format_record(&record).as_bytes())?;
+            }
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
@@ -217,18 +248,27 @@ fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
     OpenOptions::new().append(true).open(path)
 }
 
-/// Fields are tab-separated; tenant ids, idempotency keys and charge ids never hold tabs
-/// (they are validated at the gateway).
+/// Fields are tab-separated; tenant ids, idempotency keys, charge ids and fingerprints never
+/// hold tabs (they are validated at the gateway or made by it); responses are base64.
 fn format_record(record: &Record) -> String {
     match record {
         Record::Balance { tenant, balance } => format!("B\t{tenant}\t{balance}\n"),
-        Record::Idempotency {
+        Record::Idempotency { tenant, key, claim } => {
+            let KeyEntry {
+                charge_id,
+                fingerprint,
+                expires,
+                ..
+            } = claim;
+            format!("K\t{tenant}\t{key}\t{charge_id}\t{fingerprint}\t{expires}\n")
+        }
+        Record::Kept {
             tenant,
             key,
-            charge_id,
-            expires,
+            response,
         } => {
-            format!("I\t{tenant}\t{key}\t{charge_id}\t{expires}\n")
+            let response = base64::engine::general_purpose::STANDARD.encode(response);
+            format!("R\t{tenant}\t{key}\t{response}\n")
         }
         Record::Forget { tenant, key } => format!("F\t{tenant}\t{key}\n"),
     }
@@ -241,11 +281,24 @@ fn parse(line: &str) -> Option<Record> {
             tenant: tenant.to_owned(),
             balance: balance.parse().ok()?,
         },
-        ["I", tenant, key, charge_id, expires] => Record::Idempotency {
+        // Keys of earlier versions (`I` lines) bound no request: they are not restored.
+        ["K", tenant, key, charge_id, fingerprint, expires] => Record::Idempotency {
             tenant: tenant.to_owned(),
             key: key.to_owned(),
-            charge_id: charge_id.to_owned(),
-            expires: expires.parse().ok()?,
+            claim: KeyEntry {
+                charge_id: charge_id.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                response: None,
+                expires: expires.parse().ok()?,
+            },
+        },
+        ["R", tenant, key, response] => Record::Kept {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+            response: base64::engine::general_purpose::STANDARD
+                .decode(response.trim_end())
+                .ok()?
+                .into(),
         },
         ["F", tenant, key] => Record::Forget {
             tenant: tenant.to_owned(),
@@ -258,6 +311,15 @@ fn parse(line: &str) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claim(charge_id: &str, expires: u64) -> KeyEntry {
+        KeyEntry {
+            charge_id: charge_id.into(),
+            fingerprint: "f".into(),
+            response: None,
+            expires,
+        }
+    }
 
     #[test]
     fn replays_last_values_and_survives_a_torn_line() {
@@ -276,24 +338,26 @@ mod tests {
             journal.append(Record::Idempotency {
                 tenant: "a".into(),
                 key: "k1".into(),
-                charge_id: "c1".into(),
-                expires: 500,
+                claim: claim("c1", 500),
             });
             journal.append(Record::Idempotency {
                 tenant: "a".into(),
                 key: "k2".into(),
-                charge_id: "c2".into(),
-                expires: 50,
+                claim: claim("c2", 50),
             });
             journal.append(Record::Idempotency {
                 tenant: "a".into(),
                 key: "k3".into(),
-                charge_id: "c3".into(),
-                expires: 500,
+                claim: claim("c3", 500),
             });
             journal.append(Record::Forget {
                 tenant: "a".into(),
                 key: "k3".into(),
+            });
+            journal.append(Record::Kept {
+                tenant: "a".into(),
+                key: "k1".into(),
+                response: Bytes::from_static(b"{\"status\":200}\n\tbody\n\x00"),
             });
             journal.flush();
         }
@@ -307,9 +371,15 @@ mod tests {
             1,
             "expired and forgotten keys are gone"
         );
-        assert!(state
-            .idempotency
-            .contains_key(&("a".to_owned(), "k1".to_owned())));
+        let k1 = &state.idempotency[&("a".to_owned(), "k1".to_owned())];
+        assert_eq!(
+            k1.response.as_deref(),
+            Some(&b"{\"status\":200}\n\tbody\n\x00"[..]),
+            "a kept response survives, whatever bytes it holds"
+        );
+        // And survives the compaction the reopening did.
+        let (_, again) = Journal::open(&path, 100).unwrap();
+        assert_eq!(again.idempotency, state.idempotency);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

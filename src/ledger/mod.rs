@@ -19,6 +19,7 @@ pub use embedded::EmbeddedLedger;
 pub use redis::RedisLedger;
 pub use voids::{PendingVoid, VoidQueue, VoidWorker};
 
+use crate::idempotency::{KeyClaim, KeyRecord};
 use async_trait::async_trait;
 
 /// One charge, identified by `charge_id` (the request id).
@@ -27,8 +28,9 @@ pub struct Charge<'a> {
     pub tenant_id: &'a str,
     pub cost: i64,
     pub charge_id: &'a str,
-    /// With a key, the tenant pays once per key while the key lives (SPEC §2: 24 h).
-    pub idempotency_key: Option<&'a str>,
+    /// With a key, the charge also claims it for this request (see [`crate::idempotency`]);
+    /// a key already claimed takes nothing ([`ChargeOutcome::KeyTaken`]).
+    pub idempotency: Option<KeyClaim<'a>>,
     /// The tenant's low-credit threshold: a charge crossing it announces a warning.
     pub threshold: i64,
 }
@@ -66,8 +68,9 @@ impl Warnings {
 pub enum ChargeOutcome {
     /// The cost was taken; `balance` is what remains.
     Charged { balance: i64, warnings: Warnings },
-    /// The idempotency key was already paid for: forward without charging.
-    Replayed { balance: i64 },
+    /// The idempotency key belongs to an earlier request: nothing was taken. Its record
+    /// ([`Ledger::key_record`]) says whether to replay, wait or refuse.
+    KeyTaken { balance: i64 },
     /// Not enough credits; nothing was taken.
     Insufficient { balance: i64, warnings: Warnings },
     /// The ledger holds no balance for the tenant: hydrate it, then charge again.
@@ -99,6 +102,10 @@ pub enum VoidOutcome {
     NotApplied,
     /// Voided before; nothing changed.
     AlreadyVoided,
+    /// The charge was applied but the ledger has lost the tenant's balance since (Redis
+    /// flushed): nothing to give back to. Hydration seeds the balance from the store, which
+    /// this charge never reaches, so the books still agree.
+    NoBalance,
 }
 
 /// The highest balance a tenant may hold: far beyond any real account, and exact in the
@@ -172,9 +179,26 @@ pub trait Ledger: Send + Sync + 'static {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError>;
 
     /// Gives back charge `charge_id` if it was applied, once; if it was not applied yet,
-    /// spends the id so a late arrival cannot apply it. Also forgets the idempotency key
-    /// the charge paid for, so a retry is charged afresh.
+    /// spends the id so a late arrival cannot apply it. Also releases the idempotency key
+    /// the charge claimed, so a retry is a new call.
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError>;
+
+    /// What the ledger holds for the tenant's idempotency key, if it is live.
+    async fn key_record(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, LedgerError>;
+
+    /// Keeps a completed call's encoded response with the key its charge claimed. False
+    /// when the key no longer belongs to that charge (released or expired): nothing kept.
+    async fn keep_response(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        charge_id: &str,
+        response: &[u8],
+    ) -> Result<bool, LedgerError>;
 
     /// Sets the tenant's balance only if the ledger has none (racing replicas agree).
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError>;

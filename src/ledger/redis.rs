@@ -7,6 +7,7 @@ use super::{
     LoginPolicy, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
+use crate::idempotency::KeyRecord;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -21,6 +22,7 @@ pub struct RedisLedger {
     conn: OnceCell<ConnectionManager>,
     charge: Script,
     void: Script,
+    keep: Script,
     adjust: Script,
     lead: Script,
     login: Script,
@@ -36,6 +38,7 @@ impl RedisLedger {
             conn: OnceCell::new(),
             charge: Script::new(include_str!("charge.lua")),
             void: Script::new(include_str!("void.lua")),
+            keep: Script::new(include_str!("keep.lua")),
             adjust: Script::new(include_str!("adjust.lua")),
             lead: Script::new(include_str!("lead.lua")),
             login: Script::new(include_str!("login.lua")),
@@ -75,8 +78,14 @@ fn keys(tenant_id: &str, charge_id: &str, idempotency_key: Option<&str>) -> [Opt
     [
         Some(format!("tg:{{{tenant_id}}}:bal")),
         Some(format!("tg:{{{tenant_id}}}:ch:{charge_id}")),
-        idempotency_key.map(|k| format!("tg:{{{tenant_id}}}:idem:{k}")),
+        idempotency_key.map(|k| key_key(tenant_id, k)),
     ]
+}
+
+/// An idempotency key's hash (`charge`, `fp`, `resp`). `idk`, not the `idem` strings of
+/// earlier versions, which bound no request and are left to expire.
+fn key_key(tenant_id: &str, key: &str) -> String {
+    format!("tg:{{{tenant_id}}}:idk:{key}")
 }
 
 /// One key for the whole deployment (not per tenant): replicas poll it.
@@ -100,15 +109,16 @@ impl Ledger for RedisLedger {
                 .key(format!("tg:{{{tenant}}}:bal"))
                 .key(format!("tg:{{{tenant}}}:ch:{}", charge.charge_id))
                 .key(format!("tg:{{{tenant}}}:warn"));
-            if let Some(key) = charge.idempotency_key {
-                invocation.key(format!("tg:{{{tenant}}}:idem:{key}"));
+            if let Some(claim) = charge.idempotency {
+                invocation.key(key_key(tenant, claim.key));
             }
             invocation
                 .arg(charge.cost)
                 .arg(charge.charge_id)
                 .arg(self.charge_ttl_ms)
                 .arg(self.idempotency_ttl_ms)
-                .arg(charge.threshold);
+                .arg(charge.threshold)
+                .arg(charge.idempotency.map_or("", |c| c.fingerprint));
             let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
             let [code, balance, warnings] = values[..] else {
                 return Err(LedgerError::Reply(format!("{values:?}")));
@@ -116,7 +126,7 @@ impl Ledger for RedisLedger {
             let warnings = Warnings::from_bits(warnings);
             Ok(match code {
                 0 => ChargeOutcome::Charged { balance, warnings },
-                1 => ChargeOutcome::Replayed { balance },
+                1 => ChargeOutcome::KeyTaken { balance },
                 2 => ChargeOutcome::Insufficient { balance, warnings },
                 3 => ChargeOutcome::NoBalance,
                 4 => ChargeOutcome::Void,
@@ -147,8 +157,54 @@ impl Ledger for RedisLedger {
                 0 => VoidOutcome::Refunded { balance },
                 1 => VoidOutcome::NotApplied,
                 2 => VoidOutcome::AlreadyVoided,
+                3 => VoidOutcome::NoBalance,
                 _ => return Err(LedgerError::Reply(format!("void code {code}"))),
             })
+        })
+        .await
+    }
+
+    async fn key_record(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let (charge, fp, resp): (Option<String>, Option<String>, Option<Vec<u8>>) =
+                redis::cmd("HMGET")
+                    .arg(key_key(tenant_id, key))
+                    .arg("charge")
+                    .arg("fp")
+                    .arg("resp")
+                    .query_async(&mut conn)
+                    .await?;
+            Ok(charge.map(|charge_id| KeyRecord {
+                charge_id,
+                fingerprint: fp.unwrap_or_default(),
+                response: resp.map(Into::into),
+            }))
+        })
+        .await
+    }
+
+    async fn keep_response(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        charge_id: &str,
+        response: &[u8],
+    ) -> Result<bool, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let kept: i64 = self
+                .keep
+                .key(key_key(tenant_id, key))
+                .arg(charge_id)
+                .arg(response)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(kept == 1)
         })
         .await
     }

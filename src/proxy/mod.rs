@@ -10,16 +10,20 @@
 //!                                                                       4 rewrite path + headers
 //!  client ◄── response_filter ◄──────────────────────────────────────── upstream
 //!             5 X-Credits-* (refund on 5xx if configured)
+//!             Idempotency-Key (replay): a claimed key is answered from the ledger, never
+//!             forwarded; a first use's body digest and response are kept as they pass
 //!             fail_to_proxy: 502/504 + refund when the upstream was not reached
 //!             logging: 6 usage event (usage) · 7 alerts (later)
 //! ```
 
 mod headers;
+mod replay;
 mod respond;
 mod steps;
 
 pub use respond::Problem;
 
+use replay::Keyed;
 use steps::Charged;
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
@@ -27,11 +31,13 @@ use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
 use crate::deferred::{DeferredQueue, Reservation};
 use crate::hydration::Hydrator;
+use crate::idempotency::{head_fingerprint, KeyClaim};
 use crate::ledger::{Charge, ChargeOutcome, Ledger, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
 use crate::routing::RouteMatch;
 use crate::usage::{UsageEvent, UsageSink};
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -54,10 +60,15 @@ pub struct Gateway {
     alerts: Arc<dyn AlertSink>,
     /// Longest wait for the next bytes of a request body (`client_read_timeout_ms`).
     client_read_timeout: Duration,
+    /// Largest response kept for idempotent replays (`ledger.idempotency_max_response_bytes`).
+    max_kept_response: usize,
 }
 
 /// Pingora's own per-read default, kept until configured otherwise.
 const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default of `ledger.idempotency_max_response_bytes`.
+pub const DEFAULT_MAX_KEPT_RESPONSE: usize = 1024 * 1024;
 
 /// The shared handles the gateway charges and records through.
 pub struct Backends {
@@ -80,6 +91,8 @@ pub struct RequestCtx {
     route: Option<RouteMatch>,
     claims: Option<Claims>,
     idempotency_key: Option<String>,
+    /// The idempotency key this request claimed, and what is taken for it as it passes.
+    keyed: Option<Keyed>,
     charge: Option<Charged>,
     /// A deferred charge's place for the call's end, held from the forward to `logging`.
     deferred: Option<Reservation>,
@@ -108,6 +121,14 @@ impl Gateway {
             hydrator: backends.hydrator,
             alerts: backends.alerts,
             client_read_timeout: DEFAULT_CLIENT_READ_TIMEOUT,
+            max_kept_response: DEFAULT_MAX_KEPT_RESPONSE,
+        }
+    }
+
+    pub fn with_max_kept_response(self, bytes: usize) -> Gateway {
+        Gateway {
+            max_kept_response: bytes,
+            ..self
         }
     }
 
@@ -130,6 +151,7 @@ impl ProxyHttp for Gateway {
             route: None,
             claims: None,
             idempotency_key: None,
+            keyed: None,
             charge: None,
             deferred: None,
             upstream_status: None,
@@ -167,11 +189,22 @@ impl ProxyHttp for Gateway {
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
         let tenant_id = claims.tenant_id.as_str();
+        let fingerprint = match (&key, &ctx.route) {
+            (Some(_), Some(route)) => {
+                let req = session.req_header();
+                let target = req.uri.path_and_query().map_or("", |p| p.as_str());
+                head_fingerprint(req.method.as_str(), &route.service.name, target)
+            }
+            _ => String::new(),
+        };
         let charge = Charge {
             tenant_id,
             cost,
             charge_id: &ctx.request_id,
-            idempotency_key: key.as_deref(),
+            idempotency: key.as_deref().map(|key| KeyClaim {
+                key,
+                fingerprint: &fingerprint,
+            }),
             threshold,
         };
         let charged = match self.hydrator.charge(&charge).await {
@@ -179,7 +212,11 @@ impl ProxyHttp for Gateway {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 Charged::now(cost, balance)
             }
-            Ok(ChargeOutcome::Replayed { balance }) => Charged::now(0, balance),
+            Ok(ChargeOutcome::KeyTaken { balance }) => {
+                let (tenant_id, key) = (tenant_id.to_owned(), key.unwrap_or_default());
+                let request = (tenant_id.as_str(), key.as_str(), fingerprint.as_str());
+                return self.answer_retry(session, ctx, request, balance).await;
+            }
             // Not for a fresh request id; counted as pending like a charge, so treated as one.
             Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
             Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
@@ -207,6 +244,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.claims = Some(claims);
+        ctx.keyed = key.clone().map(Keyed::new);
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
         ctx.outcome = Some(Outcome::Forwarded);
@@ -268,6 +306,20 @@ impl ProxyHttp for Gateway {
         headers::rewrite(upstream_request, &identity)
     }
 
+    /// Step 4: the body streams to the upstream; a keyed call's digest is taken as it goes.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(keyed), Some(chunk)) = (&mut ctx.keyed, body.as_ref()) {
+            keyed.request_chunk(chunk);
+        }
+        Ok(())
+    }
+
     /// Step 5: the credits headers on the upstream's response.
     async fn response_filter(
         &self,
@@ -280,6 +332,12 @@ impl ProxyHttp for Gateway {
         }
         let status = response.status.as_u16();
         ctx.upstream_status = Some(status);
+        if let Some(keyed) = &mut ctx.keyed {
+            keyed.response_header(response);
+        }
+        if crate::failpoint::hit("response_filter") {
+            return Error::e_explain(ErrorType::InternalError, "failpoint response_filter");
+        }
         if status >= 500 && ctx.route.as_ref().is_some_and(|r| r.service.refund_on_5xx) {
             self.refund(ctx).await;
         }
@@ -313,8 +371,11 @@ impl ProxyHttp for Gateway {
             _ if timed_out => 504,
             _ => 500,
         };
-        // Not served: the upstream was not reached, or never had the whole request.
-        if matches!(code, 408 | 502 | 504) && ctx.upstream_status.is_none() {
+        // Not served: the client gets an error of the gateway's instead of the upstream's
+        // answer (unreachable, timed out, a body that never came, or any internal error
+        // after the charge), so it pays nothing. A client gone (0) is not refunded: the
+        // upstream may have done the work.
+        if code > 0 && session.response_written().is_none() {
             self.refund(ctx).await;
         }
         if code >= 500 {
@@ -347,8 +408,24 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Step 6: one usage event per charged call, handed off without waiting.
+    /// Step 5: the body streams to the client; a keyed call's response is taken as it goes.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(keyed) = &mut ctx.keyed {
+            keyed.response_chunk(body.as_ref(), end_of_stream, self.max_kept_response);
+        }
+        Ok(None)
+    }
+
+    /// Step 6: one usage event per charged call, handed off without waiting; a keyed
+    /// call's response is kept with its key.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.keep_response(ctx).await;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;

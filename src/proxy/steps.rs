@@ -199,19 +199,23 @@ impl Gateway {
     /// Step 3 when the ledger did not answer: a service with `on_ledger_error: allow` is
     /// served on credit, its charge queued for the deferred worker, which takes it by this
     /// id (finding it if the timed-out try landed after all) as soon as the ledger answers.
-    /// `None`: the call fails closed (`deny`, or the queue is full).
+    /// `None`: the call fails closed (`deny`, the queue is full, or the call carries an
+    /// `Idempotency-Key`: only the ledger can tell whether the key was used, so such a call
+    /// is never served on credit).
     pub(super) fn serve_on_credit(
         &self,
         route: Option<&RouteMatch>,
         charge: &Charge<'_>,
     ) -> Option<Reservation> {
         let route = route.filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)?;
+        if charge.idempotency.is_some() {
+            return None;
+        }
         let reservation = self.deferred.defer(DeferredCharge {
             service: Arc::clone(&route.service),
             tenant_id: charge.tenant_id.to_owned(),
             cost: charge.cost,
             charge_id: charge.charge_id.to_owned(),
-            idempotency_key: charge.idempotency_key.map(str::to_owned),
             threshold: charge.threshold,
         });
         if reservation.is_none() {
@@ -226,7 +230,7 @@ impl Gateway {
         self.voids.push(PendingVoid {
             tenant_id: charge.tenant_id.to_owned(),
             charge_id: charge.charge_id.to_owned(),
-            idempotency_key: charge.idempotency_key.map(str::to_owned),
+            idempotency_key: charge.idempotency.map(|c| c.key.to_owned()),
             applied_cost: None,
         });
     }
@@ -236,7 +240,8 @@ impl Gateway {
         let (Some(claims), Some(charged)) = (&ctx.claims, &mut ctx.charge) else {
             return;
         };
-        if charged.cost == 0 || charged.refunded {
+        // A free call has nothing to give back, unless it claimed a key to release.
+        if charged.refunded || (charged.cost == 0 && ctx.keyed.is_none()) {
             return;
         }
         charged.refunded = true;
@@ -253,10 +258,14 @@ impl Gateway {
         };
         match self.ledger.void(&void).await {
             Ok(VoidOutcome::Refunded { balance }) => charged.balance = Some(balance),
-            Ok(_) => {}
+            Ok(VoidOutcome::NoBalance) => {
+                tracing::warn!(request_id = %ctx.request_id, tenant_id = %claims.tenant_id, cost = charged.cost, "refund found no balance in the ledger (lost since the charge): the balance will be hydrated from the store, which this call never reaches");
+            }
+            Ok(VoidOutcome::NotApplied | VoidOutcome::AlreadyVoided) => {}
+            // X-Credits-Remaining keeps the balance the ledger last told: the refund has
+            // not happened yet, so a restored balance would be a promise, not a fact.
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "refund deferred: ledger unavailable");
-                charged.balance = charged.balance.map(|b| b + charged.cost);
                 self.voids.push(PendingVoid {
                     tenant_id: claims.tenant_id.clone(),
                     charge_id: ctx.request_id.clone(),

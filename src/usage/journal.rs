@@ -38,7 +38,7 @@ impl Journal {
             .read(true)
             .append(true)
             .open(path)?;
-        let len = file.metadata()?.len();
+        let len = repair_torn_tail(&file, path)?;
         Ok(Journal {
             path: path.to_owned(),
             file,
@@ -66,7 +66,13 @@ impl Journal {
                 self.max_bytes
             )));
         }
-        self.file.write_all(&line)?;
+        if let Err(e) = self.file.write_all(&line) {
+            // A partial line (disk full) would swallow the next append: cut it off.
+            if let Err(cut) = self.file.set_len(self.len) {
+                tracing::error!(path = %self.path.display(), error = %cut, "cannot cut a partly written usage journal line");
+            }
+            return Err(e);
+        }
         self.len += line.len() as u64;
         Ok(())
     }
@@ -102,5 +108,73 @@ impl Journal {
         self.file.sync_all()?;
         self.len = 0;
         Ok(())
+    }
+}
+
+/// Cuts a torn last line (a crash or a full disk mid-append) so the next append starts a
+/// line of its own; returns the file's length after. The torn batch itself is lost (it
+/// cannot be parsed): logged with its size, and reconciliation reports its credits.
+fn repair_torn_tail(file: &File, path: &Path) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut reader = file;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        reader.seek(SeekFrom::Start(start))?;
+        std::io::Read::read_exact(&mut reader, buf)?;
+        match buf.iter().rposition(|b| *b == b'\n') {
+            Some(i) => {
+                end = start + i as u64 + 1;
+                break;
+            }
+            None => end = start,
+        }
+    }
+    if end < len {
+        tracing::error!(path = %path.display(), torn_bytes = len - end, "usage journal ended in a torn line (crash or full disk mid-write): cut off; the events in it are lost");
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            stream: "s".into(),
+            seq,
+            events: Vec::new(),
+        }
+    }
+
+    /// A crash mid-append leaves a torn line; the next run cuts it, so the batch appended
+    /// after the restart is read back instead of being glued to the torn bytes.
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_batch() {
+        let dir = std::env::temp_dir().join(format!("tg-usage-journal-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("usage.journal");
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
+        journal.append(&entry(1)).unwrap();
+        let whole = journal.len();
+        drop(journal);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"stream":"s","seq":2,"ev"#).unwrap();
+        drop(file);
+        let mut journal = Journal::open(&path, u64::MAX).unwrap();
+        assert_eq!(journal.len(), whole);
+        journal.append(&entry(3)).unwrap();
+        let seqs: Vec<u64> = journal
+            .read_from(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e.seq)
+            .collect();
+        assert_eq!(seqs, [1, 3]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 
 mod journal;
 mod pipeline;
+mod seq;
 
 pub use pipeline::{journaled_credits, Flusher, UsagePipeline, UsageSettings};
 

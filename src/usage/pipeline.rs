@@ -9,10 +9,13 @@
 //! stream (`<pipeline>-o`) under the journal's lock, so that stream is ordered too. The
 //! store applies each stream's batches under its own sequence guard.
 //!
-//! Sequence numbers are the microsecond clock (kept strictly increasing), so a restarted
-//! gateway with the same pipeline id (kept in the data dir) continues above its old ones.
+//! Sequence numbers come from one [`SeqSource`] for both streams: the microsecond clock,
+//! kept strictly increasing and above a high-water mark persisted in the data dir, so a
+//! restarted gateway with the same pipeline id continues above its old numbers even when
+//! its clock was set back.
 
 use super::journal::{Entry, Journal};
+use super::seq::{clock_us, SeqSource};
 use super::{UsageEvent, UsageSink};
 use crate::metrics::{
     USAGE_DROPPED, USAGE_FLUSHED, USAGE_JOURNALED, USAGE_JOURNAL_BYTES, USAGE_QUEUE_DEPTH,
@@ -49,6 +52,8 @@ pub struct UsageSettings {
 struct Shared {
     pipeline_id: String,
     journal: Mutex<Spool>,
+    /// Numbers for both streams' batches.
+    seqs: Mutex<SeqSource>,
     /// Credits per tenant charged by the ledger but not yet applied to the store: what
     /// hydration subtracts from the durable balance.
     pending: Mutex<HashMap<String, i64>>,
@@ -58,8 +63,6 @@ struct Shared {
 
 struct Spool {
     journal: Journal,
-    /// Last sequence number of the overflow stream.
-    overflow_seq: u64,
 }
 
 /// The request path's side: a [`UsageSink`] that never blocks.
@@ -74,7 +77,6 @@ pub struct Flusher {
     store: Arc<dyn Store>,
     settings: UsageSettings,
     rx: tokio::sync::Mutex<mpsc::Receiver<UsageEvent>>,
-    main_seq: AtomicU64,
     /// How far the journal has been replayed into the store.
     replayed: AtomicU64,
 }
@@ -93,15 +95,11 @@ fn charged(event: &UsageEvent) -> i64 {
     }
 }
 
-/// The next sequence number after `last`: the clock in µs, kept strictly increasing.
-fn next_seq(last: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    now.max(last + 1)
-}
-
 impl Shared {
+    fn next_seq(&self) -> u64 {
+        lock(&self.seqs).next(clock_us())
+    }
+
     fn settle(&self, events: &[UsageEvent]) {
         let mut pending = lock(&self.pending);
         for event in events {
@@ -148,14 +146,13 @@ impl UsagePipeline {
         let pipeline_id = pipeline_id(data_dir)?;
         let journal = Journal::open(&data_dir.join("usage.journal"), settings.journal_max_bytes)?;
         // What the journal holds from a previous run is still owed to the store.
-        let (pending, overflow_seq) = scan(&journal)?;
+        let (pending, journaled_seq) = scan(&journal)?;
+        let seqs = SeqSource::open(data_dir, journaled_seq)?;
         USAGE_JOURNAL_BYTES.set(journal.len() as i64);
         let shared = Arc::new(Shared {
             pipeline_id,
-            journal: Mutex::new(Spool {
-                journal,
-                overflow_seq,
-            }),
+            journal: Mutex::new(Spool { journal }),
+            seqs: Mutex::new(seqs),
             pending: Mutex::new(pending),
             settling: Arc::default(),
         });
@@ -165,7 +162,6 @@ impl UsagePipeline {
             store,
             settings,
             rx: tokio::sync::Mutex::new(rx),
-            main_seq: AtomicU64::new(overflow_seq),
             replayed: AtomicU64::new(0),
         };
         Ok((UsagePipeline { tx, shared }, flusher))
@@ -252,10 +248,9 @@ impl UsageSink for UsagePipeline {
         };
         // Queue full (or shutting down): the event goes to the journal, in its own stream.
         let mut spool = lock(&self.shared.journal);
-        spool.overflow_seq = next_seq(spool.overflow_seq);
         let entry = Entry {
             stream: self.shared.overflow_stream(),
-            seq: spool.overflow_seq,
+            seq: self.shared.next_seq(),
             events: vec![event],
         };
         self.shared.journal(&mut spool, &entry);
@@ -298,8 +293,7 @@ impl Flusher {
     /// Writes one main-stream batch: to the store when nothing waits in the journal (with
     /// retries), else (or on failure) to the journal behind what waits there.
     async fn deliver(&self, events: Vec<UsageEvent>, attempts: u32) {
-        let seq = next_seq(self.main_seq.load(Ordering::Relaxed));
-        self.main_seq.store(seq, Ordering::Relaxed);
+        let seq = self.shared.next_seq();
         let stream = self.shared.pipeline_id.clone();
         if lock(&self.shared.journal).journal.is_empty() {
             let mut delay = RETRY_DELAY;
