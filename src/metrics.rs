@@ -69,6 +69,17 @@ pub static DEFERRED_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Ledger work given up for good, by kind (`void`, `refund`, `deferred`): its exactly-once
+/// record was about to expire, so the gateway can no longer tell whether the ledger applied
+/// it. Each is also in `ledger-unresolved.log`, which `tollgate reconcile` reports.
+pub static LEDGER_UNRESOLVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "tollgate_ledger_unresolved_total",
+        "Ledger work given up because its exactly-once record was about to expire",
+        &["kind"],
+    )
+});
+
 pub static RECONCILE_MISMATCHED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "tollgate_reconcile_mismatched_tenants",
@@ -260,6 +271,9 @@ pub fn register_all() {
     LazyLock::force(&LEDGER_DURATION);
     LazyLock::force(&UNROUTED);
     LazyLock::force(&ADMIN_REQUESTS);
+    for kind in ["void", "refund", "deferred"] {
+        LEDGER_UNRESOLVED.with_label_values(&[kind]);
+    }
     for topic in ["warning", "credit-success"] {
         ALERTS_PUBLISHED.with_label_values(&[topic]);
         ALERTS_DROPPED.with_label_values(&[topic]);

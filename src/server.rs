@@ -7,10 +7,10 @@ use crate::alerts::{AlertPublisher, AlertSink, Alerts, MqttTarget};
 use crate::auth::Verifier;
 use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
-use crate::deferred::DeferredWorker;
+use crate::deferred::{DeferredWorker, WorkerParts};
 use crate::demo_upstream::DemoUpstream;
 use crate::hydration::Hydrator;
-use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker};
+use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker, WorkLog};
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
 use crate::store::{Kind, MongoStore, NewTenant, SqliteStore, Store};
@@ -185,7 +185,19 @@ pub fn run(
     let flushing = store_rt.spawn(async move { flusher.run(stop).await });
     let catalog = Arc::new(store_rt.block_on(Catalog::load(&*store))?);
     let verifier = Verifier::new(&config.auth)?;
-    let (voids, void_worker) = VoidWorker::new(Arc::clone(&ledger));
+    // Voids and deferred charges a previous run left open are finished first.
+    let (worklog, mut open_work) =
+        WorkLog::open(&config.data_dir).map_err(data_dir_error(&config, "ledger work journal"))?;
+    let worklog = Arc::new(worklog);
+    let record_life = Duration::from_secs(config.ledger.charge_ttl_secs);
+    let restored_voids = VoidWorker::restore(&mut open_work);
+    let restored_deferred = DeferredWorker::restore(&mut open_work);
+    let (voids, void_worker) = VoidWorker::new(
+        Arc::clone(&ledger),
+        Arc::clone(&worklog),
+        record_life,
+        restored_voids,
+    );
     let hydrator = Arc::new(Hydrator::new(
         Arc::clone(&ledger),
         Arc::clone(&store),
@@ -193,12 +205,15 @@ pub fn run(
         Duration::from_millis(config.ledger.timeout_ms),
     ));
     let (alerts, publisher) = open_alerts(&config, Arc::clone(&store))?;
-    let (deferred, deferred_worker) = DeferredWorker::new(
-        Arc::clone(&ledger),
-        Arc::clone(&hydrator),
-        Arc::clone(&usage),
-        Arc::clone(&alerts),
-    );
+    let parts = WorkerParts {
+        ledger: Arc::clone(&ledger),
+        hydrator: Arc::clone(&hydrator),
+        usage: Arc::clone(&usage),
+        alerts: Arc::clone(&alerts),
+        worklog,
+        record_life,
+    };
+    let (deferred, deferred_worker) = DeferredWorker::new(parts, restored_deferred);
     let backends = Backends {
         ledger: Arc::clone(&ledger),
         voids,

@@ -206,18 +206,52 @@ async fn reconcile(config: &Config) -> Result<bool, String> {
     let reports = tollgate::reconcile::reconcile(&*store, &*ledger, &pending)
         .await
         .map_err(|e| e.to_string())?;
+    let data_dir = |e: std::io::Error| format!("ledger work in {}: {e}", config.data_dir.display());
+    let unresolved = tollgate::ledger::worklog::unresolved(&config.data_dir).map_err(data_dir)?;
+    let open = tollgate::ledger::worklog::still_open(&config.data_dir).map_err(data_dir)?;
+    let mut unresolved_by_tenant = std::collections::HashMap::<&str, i64>::new();
+    for u in &unresolved {
+        *unresolved_by_tenant
+            .entry(u.tenant_id.as_str())
+            .or_default() += u.credits;
+    }
     println!(
-        "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12}",
-        "tenant", "ledger", "durable", "journaled", "ledger diff", "store diff"
+        "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
+        "tenant", "ledger", "durable", "journaled", "ledger diff", "store diff", "unresolved"
     );
+    let mut consistent = true;
     for r in &reports {
         let ledger = r.ledger.map_or("-".to_owned(), |l| l.to_string());
+        let given_up = unresolved_by_tenant
+            .get(r.tenant_id.as_str())
+            .copied()
+            .unwrap_or(0);
         println!(
-            "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12}",
-            r.tenant_id, ledger, r.durable, r.pending, r.ledger_difference, r.store_difference
+            "{:<24} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
+            r.tenant_id,
+            ledger,
+            r.durable,
+            r.pending,
+            r.ledger_difference,
+            r.store_difference,
+            given_up
+        );
+        // Work given up may have left the ledger short by up to its credits: explained.
+        consistent &= r.store_difference == 0 && (-given_up..=0).contains(&r.ledger_difference);
+    }
+    for u in &unresolved {
+        println!(
+            "unresolved {} of tenant {}, charge {}: the ledger may hold up to {} credits less",
+            u.kind, u.tenant_id, u.charge_id, u.credits
         );
     }
-    Ok(reports.iter().all(|r| r.is_consistent()))
+    let waiting: usize = open.values().map(Vec::len).sum();
+    if waiting > 0 {
+        println!(
+            "{waiting} voids or deferred charges wait in the data dir for the gateway's next start"
+        );
+    }
+    Ok(consistent)
 }
 
 fn execute(command: Command) -> Result<(), String> {

@@ -13,23 +13,30 @@
 //! A tenant without enough credits by then was served for free: logged at 0 credits and
 //! counted as `uncollected`.
 //!
-//! The queue lives in memory. A gateway killed during an outage forgets its deferred
-//! charges; a clean shutdown gives the ledger one last try and logs the rest at 0 (`lost`).
-//! Either way a first try that landed unseen is the one loss reconciliation will report.
+//! Each call is journaled ([`WorkLog`]) from the moment it is deferred until its books are
+//! closed, with its usage event once it ends: a gateway killed or stopped during an outage
+//! finishes them at its next start (a call cut off by the crash, with no event, owes
+//! nothing and gets back what was taken). The worker stops asking the ledger a margin before
+//! the charge's record expires (past it, a retry could take the cost twice): such a call is
+//! given up, logged at 0 (`lost`) and reported by reconciliation as unresolved.
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::hydration::Hydrator;
-use crate::ledger::retry::{stopping, until_answered};
-use crate::ledger::{Charge, ChargeOutcome, Ledger, Void, VoidOutcome};
-use crate::metrics::{DEFERRED_CHARGES, DEFERRED_PENDING};
-use crate::routing::Service;
+use crate::ledger::retry::{deadline, stopping, until_answered, Answer};
+use crate::ledger::worklog::{OpenWork, Unresolved};
+use crate::ledger::{Charge, ChargeOutcome, Ledger, Void, VoidOutcome, WorkLog};
+use crate::metrics::{ServiceMetrics, DEFERRED_CHARGES, DEFERRED_PENDING};
 use crate::usage::{UsageEvent, UsageSink};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The journal kind of a deferred call.
+const KIND: &str = "deferred";
 
 /// Calls served on credit at once, per gateway (each holds two places in the queue). At
 /// ~1 KB each (the usage event) this bounds the queue to ~50 MB, and its charges drain in
@@ -44,15 +51,31 @@ pub const DEFERRED_CAPACITY: usize = 50_000;
 const CONCURRENT_CHARGES: usize = 64;
 
 /// The charge of one call served while the ledger was unavailable.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeferredCharge {
-    pub service: Arc<Service>,
+    /// The service's name (its credits counter).
+    pub service: String,
     pub tenant_id: String,
     pub cost: i64,
     /// The request id: the charge's id in the ledger.
     pub charge_id: String,
     /// The tenant's low-credit threshold when the call was made.
     pub threshold: i64,
+    /// Unix ms of the request path's try, which may have landed: the charge's record lives
+    /// `ledger.charge_ttl_secs` from then.
+    pub charged_at_ms: i64,
+    /// Unix ms of the first try to give back what a failed call was charged (its tombstone
+    /// lives `ledger.charge_ttl_secs` from then); set by the worker.
+    #[serde(default)]
+    pub refund_since_ms: Option<i64>,
+}
+
+/// What the journal keeps of a deferred call until its books are closed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Journaled {
+    charge: DeferredCharge,
+    /// The call's usage event, once it ended.
+    event: Option<UsageEvent>,
 }
 
 /// What the worker is handed: a call's charge when it is forwarded, and the call's end.
@@ -69,12 +92,21 @@ pub enum Job {
 pub struct Reservation {
     place: Option<mpsc::OwnedPermit<Job>>,
     charge_id: String,
+    /// To journal the call's end: the charge and the journal.
+    charge: Option<(DeferredCharge, Arc<WorkLog>)>,
 }
 
 impl Reservation {
     /// Hands over the call's usage event (`credits_used` the cost, `refunded` whether the
     /// upstream failed it); the worker records it once it knows what was taken.
     pub fn finish(mut self, event: UsageEvent) {
+        if let Some((charge, worklog)) = self.charge.take() {
+            let journaled = Journaled {
+                charge,
+                event: Some(event.clone()),
+            };
+            worklog.put(KIND, &self.charge_id, &journaled);
+        }
         if let Some(place) = self.place.take() {
             place.send(Job::Done {
                 charge_id: std::mem::take(&mut self.charge_id),
@@ -96,10 +128,11 @@ impl Drop for Reservation {
     }
 }
 
-/// The request path's handle: never blocks.
+/// The request path's handle: never blocks (a journal line, then a channel send).
 #[derive(Clone)]
 pub struct DeferredQueue {
     tx: mpsc::Sender<Job>,
+    worklog: Arc<WorkLog>,
 }
 
 impl DeferredQueue {
@@ -109,11 +142,17 @@ impl DeferredQueue {
         let charge_place = self.tx.clone().try_reserve_owned().ok()?;
         let end_place = self.tx.clone().try_reserve_owned().ok()?;
         let charge_id = charge.charge_id.clone();
+        let journaled = Journaled {
+            charge: charge.clone(),
+            event: None,
+        };
+        self.worklog.put(KIND, &charge_id, &journaled);
         DEFERRED_PENDING.inc();
-        charge_place.send(Job::Charge(charge));
+        charge_place.send(Job::Charge(charge.clone()));
         Some(Reservation {
             place: Some(end_place),
             charge_id,
+            charge: Some((charge, Arc::clone(&self.worklog))),
         })
     }
 }
@@ -128,7 +167,8 @@ pub enum Settled {
     Uncollected,
     /// The upstream failed the call: nothing owed, anything taken given back.
     Voided,
-    /// Shutdown came before the ledger did.
+    /// Given up: the ledger did not answer before the charge's record expired (reported
+    /// by reconciliation as unresolved).
     Lost,
 }
 
@@ -159,8 +199,10 @@ enum Taken {
     Refused {
         balance: Option<i64>,
     },
-    /// Given up at shutdown: the ledger never answered.
+    /// Shutting down before the ledger answered: finished at the next start.
     Unknown,
+    /// Not answered before the charge's record expires: given up, reported.
+    Expired,
 }
 
 impl Taken {
@@ -168,7 +210,7 @@ impl Taken {
         match self {
             Taken::Charged { balance } => Some(balance),
             Taken::Refused { balance } => balance,
-            Taken::Unknown => None,
+            Taken::Unknown | Taken::Expired => None,
         }
     }
 }
@@ -184,24 +226,85 @@ pub struct DeferredWorker {
     usage: Arc<dyn UsageSink>,
     alerts: Arc<dyn AlertSink>,
     rx: tokio::sync::Mutex<mpsc::Receiver<Job>>,
+    worklog: Arc<WorkLog>,
+    /// How long the ledger keeps a charge's record (`ledger.charge_ttl_secs`).
+    record_life: Duration,
+}
+
+/// A deferred call a previous run left open, to finish first.
+pub struct Restored {
+    charge: DeferredCharge,
+    event: Option<UsageEvent>,
+}
+
+/// What the worker is built with.
+pub struct WorkerParts {
+    pub ledger: Arc<dyn Ledger>,
+    pub hydrator: Arc<Hydrator>,
+    pub usage: Arc<dyn UsageSink>,
+    pub alerts: Arc<dyn AlertSink>,
+    pub worklog: Arc<WorkLog>,
+    pub record_life: Duration,
 }
 
 impl DeferredWorker {
-    pub fn new(
-        ledger: Arc<dyn Ledger>,
-        hydrator: Arc<Hydrator>,
-        usage: Arc<dyn UsageSink>,
-        alerts: Arc<dyn AlertSink>,
-    ) -> (DeferredQueue, DeferredWorker) {
+    /// `restored`: calls a previous run left open (queued first).
+    pub fn new(parts: WorkerParts, restored: Vec<Restored>) -> (DeferredQueue, DeferredWorker) {
         let (tx, rx) = mpsc::channel(2 * DEFERRED_CAPACITY);
+        if !restored.is_empty() {
+            tracing::info!(
+                calls = restored.len(),
+                "resuming deferred charges left open by the last run"
+            );
+        }
+        for Restored { charge, event } in restored {
+            let charge_id = charge.charge_id.clone();
+            let (Ok(first), Ok(second)) = (
+                tx.clone().try_reserve_owned(),
+                tx.clone().try_reserve_owned(),
+            ) else {
+                break; // the rest stay journaled, for the start after
+            };
+            DEFERRED_PENDING.inc();
+            first.send(Job::Charge(charge));
+            second.send(Job::Done { charge_id, event });
+        }
         let worker = DeferredWorker {
-            ledger,
-            hydrator,
-            usage,
-            alerts,
+            ledger: parts.ledger,
+            hydrator: parts.hydrator,
+            usage: parts.usage,
+            alerts: parts.alerts,
             rx: tokio::sync::Mutex::new(rx),
+            worklog: Arc::clone(&parts.worklog),
+            record_life: parts.record_life,
         };
-        (DeferredQueue { tx }, worker)
+        (
+            DeferredQueue {
+                tx,
+                worklog: parts.worklog,
+            },
+            worker,
+        )
+    }
+
+    /// The deferred calls journaled as open (see [`WorkLog::open`]).
+    pub fn restore(open: &mut OpenWork) -> Vec<Restored> {
+        open.remove(KIND)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(
+                |(id, item)| match serde_json::from_value::<Journaled>(item) {
+                    Ok(j) => Some(Restored {
+                        charge: j.charge,
+                        event: j.event,
+                    }),
+                    Err(e) => {
+                        tracing::error!(charge_id = %id, error = %e, "unreadable journaled deferred charge");
+                        None
+                    }
+                },
+            )
+            .collect()
     }
 
     /// Takes the charge, asking the ledger until it answers (or, once `stop` turns true,
@@ -220,7 +323,13 @@ impl DeferredWorker {
             idempotency: None,
             threshold: charge.threshold,
         };
-        let outcome = until_answered(stop.as_mut(), || self.hydrator.charge(&attempt)).await;
+        let until = deadline(charge.charged_at_ms, self.record_life);
+        let outcome =
+            match until_answered(stop.as_mut(), until, || self.hydrator.charge(&attempt)).await {
+                Answer::Answered(outcome) => Some(outcome),
+                Answer::Stopped => None,
+                Answer::Expired => return (charge, Taken::Expired),
+            };
         let announce = |warnings, balance| {
             let (tenant, threshold) = (&charge.tenant_id, charge.threshold);
             alerts::announce(&*self.alerts, tenant, warnings, balance, threshold);
@@ -245,54 +354,98 @@ impl DeferredWorker {
         (charge, taken)
     }
 
-    /// Gives back a charge taken for a call that owes nothing; `None` if the ledger never
-    /// answered, else the balance after (when the refund moved it).
+    /// Gives back a charge taken for a call that owes nothing: the balance after (when the
+    /// refund moved it), or why not.
     async fn give_back(
         &self,
-        charge: &DeferredCharge,
+        charge: &mut DeferredCharge,
+        event: &Option<UsageEvent>,
         stop: Option<&mut ShutdownWatch>,
-    ) -> Option<Option<i64>> {
+    ) -> Answer<Option<i64>> {
+        if charge.refund_since_ms.is_none() {
+            charge.refund_since_ms = Some(crate::store::now_ms());
+            let journaled = Journaled {
+                charge: charge.clone(),
+                event: event.clone(),
+            };
+            self.worklog.put(KIND, &charge.charge_id, &journaled);
+        }
         let void = Void {
             tenant_id: &charge.tenant_id,
             charge_id: &charge.charge_id,
             idempotency_key: None,
             applied_cost: Some(charge.cost),
         };
-        let outcome = until_answered(stop, || self.ledger.void(&void)).await?;
+        let since = charge.refund_since_ms.unwrap_or(charge.charged_at_ms);
+        let until = deadline(since, self.record_life);
+        let outcome = match until_answered(stop, until, || self.ledger.void(&void)).await {
+            Answer::Answered(outcome) => outcome,
+            Answer::Stopped => return Answer::Stopped,
+            Answer::Expired => return Answer::Expired,
+        };
         self.usage.refunded(&charge.tenant_id, charge.cost);
-        Some(match outcome {
+        Answer::Answered(match outcome {
             VoidOutcome::Refunded { balance } => Some(balance),
             VoidOutcome::NotApplied | VoidOutcome::AlreadyVoided | VoidOutcome::NoBalance => None,
         })
+    }
+
+    /// Records work given up for good (see [`WorkLog::give_up`]).
+    fn unresolved(&self, charge: &DeferredCharge, kind: &str) {
+        let unresolved = Unresolved {
+            at_ms: crate::store::now_ms(),
+            kind: kind.to_owned(),
+            tenant_id: charge.tenant_id.clone(),
+            charge_id: charge.charge_id.clone(),
+            credits: charge.cost,
+        };
+        self.worklog.give_up(KIND, &charge.charge_id, &unresolved);
     }
 
     /// Closes the books on a call that ended: gives back what a failed call was charged,
     /// then records its usage event with what the ledger kept.
     async fn done(
         &self,
-        charge: DeferredCharge,
+        mut charge: DeferredCharge,
         taken: Taken,
         event: Option<UsageEvent>,
         mut stop: Option<ShutdownWatch>,
-    ) -> Settled {
-        let (charge_id, cost) = (&charge.charge_id, charge.cost);
+    ) -> Option<Settled> {
         let owes_nothing = event.as_ref().is_none_or(|e| e.refunded);
         let mut balance = taken.balance();
         let mut kept = matches!(taken, Taken::Charged { .. });
         let settled = match (owes_nothing, taken) {
-            (true, Taken::Charged { .. }) => match self.give_back(&charge, stop.as_mut()).await {
-                Some(after) => {
-                    kept = false;
-                    balance = after.or(balance);
-                    Settled::Voided
+            // Shutting down before the ledger answered: the call stays journaled, with its
+            // event, and is finished at the next start.
+            (_, Taken::Unknown) => return None,
+            (true, Taken::Charged { .. }) => {
+                match self.give_back(&mut charge, &event, stop.as_mut()).await {
+                    Answer::Answered(after) => {
+                        kept = false;
+                        balance = after.or(balance);
+                        Settled::Voided
+                    }
+                    Answer::Stopped => return None,
+                    Answer::Expired => {
+                        self.unresolved(&charge, "refund");
+                        Settled::Lost
+                    }
                 }
-                None => Settled::Lost,
-            },
+            }
+            (_, Taken::Expired) => {
+                // The first try may have landed: logged at 0, reported as unresolved.
+                self.unresolved(&charge, KIND);
+                kept = false;
+                Settled::Lost
+            }
             (true, _) => Settled::Voided,
             (false, Taken::Charged { .. }) => Settled::Charged,
             (false, Taken::Refused { .. }) => Settled::Uncollected,
-            (false, Taken::Unknown) => Settled::Lost,
         };
+        let (charge_id, cost) = (&charge.charge_id, charge.cost);
+        if settled != Settled::Lost {
+            self.worklog.done(KIND, charge_id);
+        }
         DEFERRED_PENDING.dec();
         DEFERRED_CHARGES[settled as usize].inc();
         if matches!(settled, Settled::Uncollected | Settled::Lost) {
@@ -306,7 +459,7 @@ impl DeferredWorker {
         }
         let Some(mut event) = event else {
             tracing::error!(%charge_id, kept, "a deferred call ended without a usage event");
-            return settled;
+            return Some(settled);
         };
         event.balance_after = balance.unwrap_or(0);
         if kept {
@@ -314,7 +467,7 @@ impl DeferredWorker {
             // ledger never took (the client was told 0; the books must not lie).
             event.refunded = false;
             event.credits_used = cost;
-            charge.service.metrics.charged(cost);
+            ServiceMetrics::new(&charge.service).charged(cost);
             if settled == Settled::Charged && self.alerts.wants_credit_success() {
                 self.alerts.credit_success(CreditSuccess {
                     tenant_id: event.tenant_id.clone(),
@@ -331,7 +484,7 @@ impl DeferredWorker {
             event.credits_used = 0;
         }
         self.usage.record(event);
-        settled
+        Some(settled)
     }
 }
 
@@ -359,7 +512,7 @@ impl BackgroundService for DeferredWorker {
                 break;
             }
             // Shutting down with the ledger down: one failed last try says enough; the rest
-            // are given up at once rather than each waiting out the ledger timeout.
+            // are left to the next start at once rather than each waiting out the timeout.
             let stop = (!given_up || !closing).then(|| shutdown.clone());
             let room = asking.len() + closing_books.len() < CONCURRENT_CHARGES;
             tokio::select! {
@@ -385,13 +538,13 @@ impl BackgroundService for DeferredWorker {
                     }
                 }
                 Some(settled) = closing_books.next(), if !closing_books.is_empty() => {
-                    given_up |= settled == Settled::Lost;
+                    given_up |= settled.is_none();
                 }
                 _ = shutdown.changed(), if !closing => {}
             }
         }
         if given_up {
-            tracing::error!("shut down with deferred charges the ledger could not take");
+            tracing::warn!("shut down with deferred charges the ledger could not take: journaled, finished at the next start");
         }
         if !ended.is_empty() {
             // Cannot happen (a call's charge is queued before its end): say so if it does.

@@ -2,9 +2,7 @@
 //! (the backoff sleeps are skipped, not waited for).
 
 use super::*;
-use crate::config::{EndpointConfig, ServiceConfig};
 use crate::ledger::flaky::Flaky;
-use crate::routing::Router;
 use crate::store::SqliteStore;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -26,7 +24,6 @@ struct Setup {
     usage: Arc<Recorded>,
     worker: DeferredWorker,
     queue: DeferredQueue,
-    service: Arc<Service>,
     dir: std::path::PathBuf,
 }
 
@@ -36,10 +33,23 @@ impl Drop for Setup {
     }
 }
 
+/// How long the test ledger keeps a charge's record, unless a test says otherwise.
+const LIFE: Duration = Duration::from_secs(3600);
+
 async fn setup(balance: i64, failures: u32) -> Setup {
+    let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
+    setup_in(dir, balance, failures, LIFE, Vec::new()).await
+}
+
+async fn setup_in(
+    dir: std::path::PathBuf,
+    balance: i64,
+    failures: u32,
+    record_life: Duration,
+    restored: Vec<Restored>,
+) -> Setup {
     let ledger = Arc::new(Flaky::new(failures));
     ledger.seed("acme", balance).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
     let store = Arc::new(SqliteStore::open(&dir).unwrap());
     let usage = Arc::new(Recorded::default());
     let hydrator = Arc::new(Hydrator::new(
@@ -48,47 +58,34 @@ async fn setup(balance: i64, failures: u32) -> Setup {
         usage.clone(),
         Duration::from_millis(250),
     ));
-    let (queue, worker) = DeferredWorker::new(
-        ledger.clone(),
+    let (worklog, _) = WorkLog::open(&dir).unwrap();
+    let parts = WorkerParts {
+        ledger: ledger.clone(),
         hydrator,
-        usage.clone(),
-        Arc::new(crate::alerts::NoAlerts),
-    );
-    let config = ServiceConfig {
-        name: "notes".into(),
-        upstream: "http://127.0.0.1:9/".into(),
-        timeouts: Default::default(),
-        refund_on_5xx: false,
-        on_ledger_error: crate::config::OnLedgerError::Allow,
-        public: false,
-        endpoints: vec![EndpointConfig {
-            method: "ANY".into(),
-            path: "/*".into(),
-            credits: 5,
-        }],
+        usage: usage.clone(),
+        alerts: Arc::new(crate::alerts::NoAlerts),
+        worklog: Arc::new(worklog),
+        record_life,
     };
-    let service = Router::new(&[config])
-        .unwrap()
-        .route("GET", "/api/proxy/notes/x", None)
-        .unwrap()
-        .service;
+    let (queue, worker) = DeferredWorker::new(parts, restored);
     Setup {
         ledger,
         usage,
         worker,
         queue,
-        service,
         dir,
     }
 }
 
-fn charge(s: &Setup) -> DeferredCharge {
+fn charge(_: &Setup) -> DeferredCharge {
     DeferredCharge {
-        service: Arc::clone(&s.service),
+        service: "notes".into(),
         tenant_id: "acme".into(),
         cost: 5,
         charge_id: uuid::Uuid::now_v7().to_string(),
         threshold: 0,
+        charged_at_ms: crate::store::now_ms(),
+        refund_since_ms: None,
     }
 }
 
@@ -224,9 +221,11 @@ async fn an_abandoned_call_gets_its_charge_back() {
     assert!(s.recorded().is_empty());
 }
 
+/// Shutdown with the ledger down: the calls are not logged at 0 and forgotten (before: the
+/// tenant was served free); they stay journaled, and the next start charges each once.
 #[tokio::test(start_paused = true)]
-async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
-    let s = setup(100, u32::MAX).await;
+async fn shutdown_with_the_ledger_down_leaves_the_calls_to_the_next_start() {
+    let s = setup(1000, u32::MAX).await;
     let (tx, stop) = watch::channel(false);
     // More than are asked of the ledger at once: some still wait in the queue at shutdown.
     let calls = CONCURRENT_CHARGES + 6;
@@ -241,7 +240,7 @@ async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
         let before = s.ledger.calls.load(Ordering::SeqCst);
         tx.send(true).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // One last try for each charge being asked for; the rest are given up unasked.
+        // One last try for each charge being asked for; the rest are left unasked.
         assert_eq!(
             s.ledger.calls.load(Ordering::SeqCst),
             before + CONCURRENT_CHARGES as u32
@@ -252,11 +251,39 @@ async fn shutdown_with_the_ledger_down_gives_up_and_logs_zero() {
         );
     };
     tokio::join!(s.worker.start(stop), stopper);
-    assert_eq!(s.balance().await, 100);
-    let events = s.recorded();
-    assert_eq!(events.len(), calls, "the calls are still logged");
-    assert!(
-        events.iter().all(|e| e.credits_used == 0),
-        "at what the ledger took"
+    assert!(s.recorded().is_empty(), "nothing settled, nothing logged");
+
+    // The next start: the ledger answers, every call is charged once and logged.
+    let (_, mut open) = WorkLog::open(&s.dir).unwrap();
+    let restored = DeferredWorker::restore(&mut open);
+    assert_eq!(restored.len(), calls);
+    let next = setup_in(s.dir.clone(), 1000, 0, LIFE, restored).await;
+    next.drive(async {}, async || next.recorded().len() == calls)
+        .await;
+    assert_eq!(next.balance().await, 1000 - 5 * calls as i64);
+    assert!(next.recorded().iter().all(|e| e.credits_used == 5));
+    let (_, open) = WorkLog::open(&s.dir).unwrap();
+    assert!(open.is_empty(), "settled, so no longer journaled: {open:?}");
+}
+
+/// The ledger stays down past the charge record's life: the worker stops asking a margin
+/// before it expires (a later try could take the cost twice), logs the call at 0 and
+/// records it as unresolved for reconciliation. Before, it asked forever.
+#[tokio::test(start_paused = true)]
+async fn a_charge_not_taken_before_its_record_expires_is_given_up() {
+    let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
+    let s = setup_in(dir, 100, u32::MAX, Duration::from_secs(20), Vec::new()).await;
+    let c = charge(&s);
+    let e = event(&c, false);
+    s.queue.defer(c).unwrap().finish(e);
+    let started = tokio::time::Instant::now();
+    s.drive(async {}, async || s.recorded().len() == 1).await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(s.recorded()[0].credits_used, 0);
+    let unresolved = crate::ledger::worklog::unresolved(&s.dir).unwrap();
+    assert_eq!(unresolved.len(), 1);
+    assert_eq!(
+        (unresolved[0].kind.as_str(), unresolved[0].credits),
+        ("deferred", 5)
     );
 }

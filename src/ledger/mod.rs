@@ -14,10 +14,12 @@ mod journal;
 mod redis;
 pub mod retry;
 mod voids;
+pub mod worklog;
 
 pub use embedded::EmbeddedLedger;
 pub use redis::RedisLedger;
 pub use voids::{PendingVoid, VoidQueue, VoidWorker};
+pub use worklog::WorkLog;
 
 use crate::idempotency::{KeyClaim, KeyRecord};
 use async_trait::async_trait;

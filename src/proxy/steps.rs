@@ -8,7 +8,6 @@ use crate::deferred::{DeferredCharge, Reservation};
 use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
 use crate::routing::{RouteError, RouteMatch};
 use pingora::proxy::Session;
-use std::sync::Arc;
 
 /// The most request-header bytes accepted (names, values and separators): far above any
 /// real client, far below what a memory-exhaustion attempt needs.
@@ -212,11 +211,13 @@ impl Gateway {
             return None;
         }
         let reservation = self.deferred.defer(DeferredCharge {
-            service: Arc::clone(&route.service),
+            service: route.service.name.clone(),
             tenant_id: charge.tenant_id.to_owned(),
             cost: charge.cost,
             charge_id: charge.charge_id.to_owned(),
             threshold: charge.threshold,
+            charged_at_ms: crate::store::now_ms(),
+            refund_since_ms: None,
         });
         if reservation.is_none() {
             tracing::warn!(request_id = %charge.charge_id, "deferred charges queue full: failing closed");
@@ -232,6 +233,8 @@ impl Gateway {
             charge_id: charge.charge_id.to_owned(),
             idempotency_key: charge.idempotency.map(|c| c.key.to_owned()),
             applied_cost: None,
+            cost: charge.cost,
+            since_ms: crate::store::now_ms(),
         });
     }
 
@@ -271,6 +274,8 @@ impl Gateway {
                     charge_id: ctx.request_id.clone(),
                     idempotency_key: ctx.idempotency_key.clone(),
                     applied_cost: Some(charged.cost),
+                    cost: charged.cost,
+                    since_ms: crate::store::now_ms(),
                 });
             }
         }

@@ -114,6 +114,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).unwrap();
         client.get_multiplexed_async_connection().await.unwrap()
@@ -375,6 +379,28 @@ impl Gateway {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("gateway-{}.log", self.port)))
             .unwrap_or_default()
+    }
+
+    /// Runs `tollgate reconcile` on this gateway's config and data dir, with `env` (e.g. the
+    /// Redis URL without the test's gate in front); whether it passed, and what it printed.
+    pub fn reconcile(&self, env: &[(&str, String)]) -> (bool, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .args(["reconcile", "--config"])
+            .arg(self.dir.join("tollgate.yaml"))
+            .env("TOLLGATE_DATA_DIR", self.data_dir())
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_MONGODB_URI");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), printed)
     }
 }
 
