@@ -1,27 +1,23 @@
-//! Credits: top-ups and corrections (a signed amount), or a new balance. Each moves the
-//! live ledger in one atomic step — concurrent charges are never lost — and writes one
-//! `credit_transactions` row that moves the durable balance by the same amount.
-//!
-//! Order: ledger first (it decides whether the change fits the balance's range, and the
-//! exact amount a `set` means at that instant), then the store. A store that fails after
-//! the ledger moved gets the ledger change undone, so the two never disagree by an
-//! operator's action; a ledger that times out is asked again with the same operation id,
-//! which applies at most once.
+//! Credits over HTTP: top-ups and corrections (a signed amount), or a new balance, each
+//! made exactly once by [`crate::billing`] (recorded as an intent, applied to the ledger
+//! by its id, recorded as one `credit_transactions` row). An `Idempotency-Key` makes a
+//! retried request apply once and answer the first one's result.
 
+use crate::billing::{change_credits, Applied, CreditRequest};
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiError, ApiResult};
 use crate::tenants::existing;
 use crate::time::rfc3339;
 use crate::AdminState;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tollgate::ledger::{AdjustOutcome, Adjustment, Change, LedgerError, MAX_BALANCE};
-use tollgate::store::{NewTransaction, TenantRecord};
+use tollgate::ledger::{Change, MAX_BALANCE};
 use utoipa::ToSchema;
 
-/// Tries of one ledger operation after timeouts (same op id: applied at most once).
-const LEDGER_TRIES: usize = 3;
+/// Longest `Idempotency-Key` accepted (as at the gateway).
+const MAX_KEY_BYTES: usize = 255;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreditsView {
@@ -33,97 +29,56 @@ pub struct CreditsView {
     transaction_id: String,
 }
 
-async fn adjust_once(state: &AdminState, adjustment: &Adjustment<'_>) -> ApiResult<AdjustOutcome> {
-    let mut last = None;
-    for _ in 0..LEDGER_TRIES {
-        match state.ledger.adjust(adjustment).await {
-            Ok(AdjustOutcome::NoBalance) => {
-                state.hydrator.hydrate(adjustment.tenant_id).await?;
-            }
-            Ok(outcome) => return Ok(outcome),
-            Err(e @ LedgerError::Timeout) => last = Some(e),
-            Err(e) => return Err(e.into()),
+impl From<Applied> for CreditsView {
+    fn from(a: Applied) -> CreditsView {
+        CreditsView {
+            tenant_id: a.tenant_id,
+            amount: a.amount,
+            balance: a.balance,
+            transaction_id: a.transaction_id,
         }
     }
-    Err(last.map_or_else(
-        || ApiError::unavailable("ledger", "no balance after hydration"),
-        ApiError::from,
-    ))
 }
 
-/// Applies `change` to the live ledger and records it; also used by subscriptions.
-pub async fn apply(
-    state: &AdminState,
-    tenant: &TenantRecord,
-    change: Change,
-    reason: &str,
-    actor: &str,
-) -> ApiResult<CreditsView> {
-    let tenant_id = tenant.id.as_str();
-    let op_id = uuid::Uuid::now_v7().to_string();
-    let adjustment = Adjustment {
-        tenant_id,
-        op_id: &op_id,
-        change,
-        threshold: tenant.low_credit_threshold,
+/// The request's `Idempotency-Key`, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
     };
-    let (amount, balance) = match adjust_once(state, &adjustment).await? {
-        AdjustOutcome::Applied { amount, balance } => (amount, balance),
-        AdjustOutcome::OutOfRange { balance, .. } => {
-            let field = match change {
-                Change::Add(_) => "amount",
-                Change::Set(_) => "balance",
-            };
-            return Err(ApiError::invalid(
-                field,
-                format!("the balance ({balance}) must stay within 0 to {MAX_BALANCE}"),
-            ));
-        }
-        AdjustOutcome::NoBalance => {
-            return Err(ApiError::unavailable(
-                "ledger",
-                "no balance after hydration",
-            ))
-        }
-    };
-    match state
-        .store
-        .apply_transaction(&NewTransaction {
-            tenant_id,
-            amount,
-            reason,
-            actor,
-            live_balance: Some(balance),
-        })
-        .await
+    let bytes = value.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > MAX_KEY_BYTES
+        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
     {
-        Ok(row) => {
-            tracing::info!(%tenant_id, amount, balance, %reason, %actor, "credits changed");
-            Ok(CreditsView {
-                tenant_id: tenant_id.to_owned(),
-                amount,
-                balance,
-                transaction_id: row.id,
-            })
-        }
-        Err(e) => {
-            let undo_id = format!("{op_id}:undo");
-            let undo = Adjustment {
-                tenant_id,
-                op_id: &undo_id,
-                change: Change::Add(-amount),
-                threshold: tenant.low_credit_threshold,
-            };
-            if let Err(undo_error) = adjust_once(state, &undo).await {
-                tracing::error!(%tenant_id, amount, error = %undo_error.detail, "credit change could not be undone after the store failed: reconciliation will report it");
-            }
-            Err(e.into())
-        }
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("1 to {MAX_KEY_BYTES} visible ASCII characters"),
+        ));
     }
+    Ok(value.to_str().ok())
 }
 
 fn check_reason(reason: &str) -> ApiResult<()> {
     crate::auth::check_name("reason", reason)
+}
+
+async fn change(
+    state: &AdminState,
+    id: &str,
+    change: Change,
+    reason: &str,
+    (actor, key): (&str, Option<&str>),
+) -> ApiResult<Json<CreditsView>> {
+    check_reason(reason)?;
+    let tenant = existing(state, id).await?;
+    let request = CreditRequest {
+        tenant: &tenant,
+        change,
+        reason: reason.trim(),
+        actor,
+        key,
+    };
+    Ok(Json(change_credits(state, request).await?.into()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -136,13 +91,16 @@ pub struct AddCredits {
 
 /// Tops up or corrects a balance.
 #[utoipa::path(post, path = "/admin/tenants/{id}/credits", tag = "credits",
-    params(("id" = String, Path, description = "tenant id")), request_body = AddCredits,
+    params(("id" = String, Path, description = "tenant id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
+    request_body = AddCredits,
     security(("bearer" = [])),
     responses((status = 200, body = CreditsView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn add(
     State(state): State<AdminState>,
     Admin(admin): Admin,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<AddCredits>,
 ) -> ApiResult<Json<CreditsView>> {
     if body.amount == 0 || body.amount.unsigned_abs() > MAX_BALANCE as u64 {
@@ -151,19 +109,9 @@ pub async fn add(
             format!("non-zero, at most {MAX_BALANCE} either way"),
         ));
     }
-    check_reason(&body.reason)?;
-    let tenant = existing(&state, &id).await?;
-    let reason = body.reason.trim();
-    Ok(Json(
-        apply(
-            &state,
-            &tenant,
-            Change::Add(body.amount),
-            reason,
-            &admin.sub,
-        )
-        .await?,
-    ))
+    let key = idempotency_key(&headers)?;
+    let by = (admin.sub.as_str(), key);
+    change(&state, &id, Change::Add(body.amount), &body.reason, by).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -176,31 +124,24 @@ pub struct SetCredits {
 
 /// Sets a balance; the difference is recorded as an adjustment.
 #[utoipa::path(put, path = "/admin/tenants/{id}/credits", tag = "credits",
-    params(("id" = String, Path, description = "tenant id")), request_body = SetCredits,
+    params(("id" = String, Path, description = "tenant id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
+    request_body = SetCredits,
     security(("bearer" = [])),
     responses((status = 200, body = CreditsView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub async fn set(
     State(state): State<AdminState>,
     Admin(admin): Admin,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<SetCredits>,
 ) -> ApiResult<Json<CreditsView>> {
     if !(0..=MAX_BALANCE).contains(&body.balance) {
         return Err(ApiError::invalid("balance", format!("0 to {MAX_BALANCE}")));
     }
-    check_reason(&body.reason)?;
-    let tenant = existing(&state, &id).await?;
-    let reason = body.reason.trim();
-    Ok(Json(
-        apply(
-            &state,
-            &tenant,
-            Change::Set(body.balance),
-            reason,
-            &admin.sub,
-        )
-        .await?,
-    ))
+    let key = idempotency_key(&headers)?;
+    let by = (admin.sub.as_str(), key);
+    change(&state, &id, Change::Set(body.balance), &body.reason, by).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]

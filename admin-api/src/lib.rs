@@ -7,6 +7,7 @@
 //! Every handler documents itself for the OpenAPI document at `/openapi.json`.
 
 mod auth;
+pub mod billing;
 mod credits;
 mod extract;
 mod me;

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pingora::services::background::background_service;
+use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tollgate::catalog::Catalog;
 use tollgate::config::Config;
 use tollgate::hydration::Hydrator;
 use tollgate::server::{self, RunOptions};
+use tollgate_admin_api::billing::Recovery;
 use tollgate_admin_api::scheduler::{Scheduler, SchedulerService};
 use tollgate_admin_api::{AdminService, AdminState};
 
@@ -179,11 +181,17 @@ async fn admin_alone(config: Config) -> Result<(), String> {
                 .await
         })
     });
+    let recovery = {
+        let recovery = Recovery(state.clone());
+        let stopped = stopped.clone();
+        tokio::spawn(async move { recovery.start(stopped).await })
+    };
     let served = tollgate_admin_api::serve(listener, state, stop).await;
     let _ = stopping.send(true);
     if let Some(task) = scheduler {
         let _ = task.await;
     }
+    let _ = recovery.await;
     ledger.close().await;
     served.map_err(|e| e.to_string())
 }
@@ -274,6 +282,8 @@ fn execute(command: Command) -> Result<(), String> {
                     server
                         .add_service(background_service("scheduler", SchedulerService(scheduler)));
                 }
+                let recovery = Recovery(state.clone());
+                server.add_service(background_service("credit recovery", recovery));
                 server.add_service(background_service(
                     "admin api",
                     AdminService { listen, state },

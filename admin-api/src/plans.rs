@@ -2,7 +2,7 @@
 //! subscriptions (a tenant on a plan). Subscribing grants the plan's monthly credits at once
 //! (a `refill` transaction); the scheduler refills on the plan's day after that.
 
-use crate::credits;
+use crate::billing::{change_credits, refill_key, CreditRequest};
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiError, ApiResult};
 use crate::tenants::existing;
@@ -347,14 +347,17 @@ pub async fn subscribe(
             plan.id,
             &subscription.current_period_start[..7]
         );
-        credits::apply(
-            &state,
-            &tenant,
-            Change::Add(plan.monthly_credits),
-            &reason,
-            &admin.sub,
-        )
-        .await?;
+        // Keyed by the subscription's period, as the scheduler's refills are: this grant
+        // and a refill of the same period are one change.
+        let key = refill_key(&subscription.id, &subscription.current_period_start[..7]);
+        let request = CreditRequest {
+            tenant: &tenant,
+            change: Change::Add(plan.monthly_credits),
+            reason: &reason,
+            actor: &admin.sub,
+            key: Some(&key),
+        };
+        change_credits(&state, request).await?;
     }
     Ok((StatusCode::CREATED, Json(subscription)))
 }

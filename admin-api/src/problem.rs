@@ -96,6 +96,23 @@ impl ApiError {
         error
     }
 
+    /// 503 for a change that is recorded but not finished (a backend did not answer): it
+    /// will be finished; a retry with the same `Idempotency-Key` returns its result.
+    pub fn pending(what: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(backend = what, error = %cause, "change recorded, not finished yet");
+        let mut error = ApiError::new(
+            503,
+            "change-pending",
+            "Service unavailable",
+            format!(
+                "the {what} is unavailable; the change is recorded and will be applied once \
+                 (retry with the same Idempotency-Key for its result)"
+            ),
+        );
+        error.retry_after = Some(1);
+        error
+    }
+
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self

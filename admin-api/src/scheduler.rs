@@ -8,7 +8,7 @@
 //! expiring when its holder dies) makes one of them run; documents are keyed by tenant and
 //! window or period, so even two runs of one window write it once.
 
-use crate::credits;
+use crate::billing::{change_credits, refill_key, CreditRequest};
 use crate::plans::{
     day_of, from_doc, month_of, period_of, to_doc, Plan, Subscription, SubscriptionStatus,
 };
@@ -264,8 +264,9 @@ impl Scheduler {
     }
 
     /// Grants each active subscription its plan's credits once per period, on or after the
-    /// plan's refill day. The period is marked before the credits move: a crash between
-    /// the two loses that refill (logged) rather than granting it twice.
+    /// plan's refill day. The grant is keyed by subscription and period, so two control
+    /// planes whose leader leases overlapped, or a crash before the period is marked, still
+    /// grant it once; the period is marked after.
     async fn refills(&self, now_ms: i64, report: &mut Report) -> Result<(), ScheduleError> {
         let store = &self.state.store;
         let period = period_of(now_ms);
@@ -287,22 +288,26 @@ impl Scheduler {
             let Some(tenant) = store.tenant(&subscription.tenant_id).await? else {
                 continue;
             };
+            let reason = format!("refill: plan {} ({period})", plan.id);
+            let key = refill_key(&subscription.id, &period);
+            let request = CreditRequest {
+                tenant: &tenant,
+                change: Change::Add(plan.monthly_credits),
+                reason: &reason,
+                actor: "scheduler",
+                key: Some(&key),
+            };
+            if let Err(e) = change_credits(&self.state, request).await {
+                // Recorded: the recovery pass or the next tick finishes it, once.
+                tracing::warn!(subscription = %subscription.id, %period, error = %e, "refill not applied yet");
+                continue;
+            }
             subscription.last_refill_period = Some(period.clone());
             subscription.current_period_start = rfc3339(start);
             subscription.current_period_end = rfc3339(end);
-            if !store
+            store
                 .replace_doc(Kind::Subscriptions, &to_doc(&subscription))
-                .await?
-            {
-                continue;
-            }
-            let reason = format!("refill: plan {} ({period})", plan.id);
-            let change = Change::Add(plan.monthly_credits);
-            if let Err(e) = credits::apply(&self.state, &tenant, change, &reason, "scheduler").await
-            {
-                tracing::error!(subscription = %subscription.id, %period, error = %e.detail, "refill marked but not applied: grant it by hand");
-                continue;
-            }
+                .await?;
             report.refills += 1;
         }
         Ok(())

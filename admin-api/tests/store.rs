@@ -7,7 +7,8 @@ use common::tx;
 use serde_json::json;
 use tollgate::config::TenantStatus;
 use tollgate::store::{
-    Doc, Kind, MongoStore, NewTenant, SqliteStore, Store, TenantPatch, UsageBatch, UsageQuery,
+    Doc, Kind, MongoStore, NewTenant, NewTransaction, SqliteStore, Store, TenantPatch, UsageBatch,
+    UsageQuery,
 };
 use tollgate::usage::UsageEvent;
 
@@ -195,10 +196,21 @@ async fn contract(store: &dyn Store) {
         .apply_transaction(&tx("nobody", 1, "top-up", "admin-1"))
         .await
         .is_err());
+    // With an id, a transaction is recorded once however often it is retried.
+    let once = NewTransaction {
+        id: Some("op-1"),
+        ..tx("acme", 20, "refill", "scheduler")
+    };
+    let first = store.apply_transaction(&once).await.unwrap();
+    let again = store.apply_transaction(&once).await.unwrap();
+    assert_eq!((first.id.as_str(), first.balance_after), ("op-1", 1112));
+    assert_eq!(again, first);
+    assert_eq!(store.transactions("acme").await.unwrap().len(), 3);
+    assert_eq!(store.tenant("acme").await.unwrap().unwrap().balance, 1112);
 
     // The store's own account agrees with its balance.
     let audit = store.audit("acme").await.unwrap();
-    assert_eq!((audit.transactions, audit.usage), (1100, 8));
+    assert_eq!((audit.transactions, audit.usage), (1120, 8));
     assert_eq!(
         audit.expected_balance(),
         store.tenant("acme").await.unwrap().unwrap().balance

@@ -92,6 +92,12 @@ impl EmbeddedLedger {
             let expires = entry.expires;
             book.idempotency.insert(key, entry, expires);
         }
+        let mut ops: Vec<_> = restored.adjusted.into_iter().collect();
+        ops.sort_by_key(|(_, (_, expires))| *expires);
+        for ((tenant, op_id), (amount, expires)) in ops {
+            let book = books.entry(tenant).or_default();
+            book.adjusted.insert(op_id, amount, expires);
+        }
         EmbeddedLedger {
             books: Mutex::new(books),
             ..EmbeddedLedger::in_memory(config)
@@ -102,6 +108,49 @@ impl EmbeddedLedger {
         if let Some(journal) = &self.journal {
             journal.append(record);
         }
+    }
+
+    /// [`Ledger::adjust`] on the books, journaled (not yet waited for).
+    fn adjust_in_memory(&self, adjustment: &Adjustment<'_>) -> AdjustOutcome {
+        self.with_book(adjustment.tenant_id, |book, now| {
+            let Some(balance) = book.balance else {
+                return AdjustOutcome::NoBalance;
+            };
+            if let Some(&amount) = book.adjusted.get(adjustment.op_id, now) {
+                return AdjustOutcome::Applied { amount, balance };
+            }
+            let (amount, after) = match adjustment.change {
+                Change::Add(amount) => (amount, balance.checked_add(amount)),
+                Change::Set(after) => (after.saturating_sub(balance), Some(after)),
+            };
+            let Some(after) = after.filter(|b| (0..=MAX_BALANCE).contains(b)) else {
+                return AdjustOutcome::OutOfRange { amount, balance };
+            };
+            book.balance = Some(after);
+            if after > adjustment.threshold {
+                book.announced = Warnings::NONE;
+            } else if after > 0 {
+                book.announced.exhausted = false;
+            }
+            let expires = now + super::ADJUSTMENT_RECORD_LIFE.as_millis() as u64;
+            book.adjusted
+                .insert(adjustment.op_id.to_owned(), amount, expires);
+            // The operation before the balance: a crash between them replays neither twice.
+            self.log(Record::Adjusted {
+                tenant: adjustment.tenant_id.to_owned(),
+                op_id: adjustment.op_id.to_owned(),
+                amount,
+                expires,
+            });
+            self.log(Record::Balance {
+                tenant: adjustment.tenant_id.to_owned(),
+                balance: after,
+            });
+            AdjustOutcome::Applied {
+                amount,
+                balance: after,
+            }
+        })
     }
 
     fn with_book<T>(&self, tenant_id: &str, f: impl FnOnce(&mut Book, u64) -> T) -> T {
@@ -253,38 +302,13 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
-        Ok(self.with_book(adjustment.tenant_id, |book, now| {
-            let Some(balance) = book.balance else {
-                return AdjustOutcome::NoBalance;
-            };
-            if let Some(&amount) = book.adjusted.get(adjustment.op_id, now) {
-                return AdjustOutcome::Applied { amount, balance };
-            }
-            let (amount, after) = match adjustment.change {
-                Change::Add(amount) => (amount, balance.checked_add(amount)),
-                Change::Set(after) => (after.saturating_sub(balance), Some(after)),
-            };
-            let Some(after) = after.filter(|b| (0..=MAX_BALANCE).contains(b)) else {
-                return AdjustOutcome::OutOfRange { amount, balance };
-            };
-            book.balance = Some(after);
-            if after > adjustment.threshold {
-                book.announced = Warnings::NONE;
-            } else if after > 0 {
-                book.announced.exhausted = false;
-            }
-            let expires = now + self.charge_ttl_ms;
-            book.adjusted
-                .insert(adjustment.op_id.to_owned(), amount, expires);
-            self.log(Record::Balance {
-                tenant: adjustment.tenant_id.to_owned(),
-                balance: after,
-            });
-            AdjustOutcome::Applied {
-                amount,
-                balance: after,
-            }
-        }))
+        let outcome = self.adjust_in_memory(adjustment);
+        // An operator's change is acted on by the store next: it must be on disk first, or
+        // a crash in between would forget it here and apply it again on recovery.
+        if let (AdjustOutcome::Applied { .. }, Some(journal)) = (outcome, &self.journal) {
+            journal.written().await;
+        }
+        Ok(outcome)
     }
 
     async fn catalog_version(&self) -> Result<u64, LedgerError> {

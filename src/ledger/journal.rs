@@ -50,11 +50,20 @@ pub enum Record {
         tenant: String,
         key: String,
     },
+    /// An operator's change by its operation id (applied once while it lives).
+    Adjusted {
+        tenant: String,
+        op_id: String,
+        amount: i64,
+        expires: u64,
+    },
 }
 
 enum Message {
     Write(Record),
     Flush(mpsc::SyncSender<()>),
+    /// The same, for an async caller.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// An idempotency key's state: the charge that claimed it and, once kept, the response.
@@ -73,6 +82,8 @@ pub struct Restored {
     pub balances: HashMap<String, i64>,
     /// (tenant, key) → its state
     pub idempotency: HashMap<(String, String), KeyEntry>,
+    /// (tenant, operation id) → (amount applied, expiry in unix ms)
+    pub adjusted: HashMap<(String, String), (i64, u64)>,
 }
 
 impl Restored {
@@ -96,6 +107,14 @@ impl Restored {
             Record::Forget { tenant, key } => {
                 self.idempotency.remove(&(tenant, key));
             }
+            Record::Adjusted {
+                tenant,
+                op_id,
+                amount,
+                expires,
+            } => {
+                self.adjusted.insert((tenant, op_id), (amount, expires));
+            }
         }
     }
 }
@@ -115,6 +134,7 @@ impl Journal {
         let mirror = Restored {
             balances: state.balances.clone(),
             idempotency: state.idempotency.clone(),
+            adjusted: state.adjusted.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let path = path.to_owned();
@@ -128,6 +148,17 @@ impl Journal {
     pub fn append(&self, record: Record) {
         if self.tx.send(Message::Write(record)).is_err() {
             tracing::error!("ledger journal writer is gone: a balance change is not persisted");
+        }
+    }
+
+    /// Waits (without blocking a thread) until everything appended so far is written to
+    /// the file: what must survive a crash of the process right after.
+    pub async fn written(&self) {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Message::Written(done_tx)).is_ok()
+            && tokio::time::timeout(FLUSH_WAIT, done_rx).await.is_err()
+        {
+            tracing::error!("ledger journal did not write in time");
         }
     }
 
@@ -149,6 +180,7 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
     while open {
         std::thread::sleep(WRITE_TICK);
         let mut waiting = Vec::new();
+        let mut written_waiting = Vec::new();
         let mut next = match rx.try_recv() {
             Ok(message) => Some(message),
             Err(mpsc::TryRecvError::Empty) => continue,
@@ -166,6 +198,7 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
                     mirror.apply(record);
                 }
                 Message::Flush(done) => waiting.push(done),
+                Message::Written(done) => written_waiting.push(done),
             }
             next = rx.try_recv().ok();
         }
@@ -182,6 +215,9 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
             }
         }
         for done in waiting {
+            let _ = done.send(());
+        }
+        for done in written_waiting {
             let _ = done.send(());
         }
     }
@@ -204,6 +240,7 @@ pub fn read_state(path: &Path, now_ms: u64) -> std::io::Result<Restored> {
         }
     }
     state.idempotency.retain(|_, entry| entry.expires > now_ms);
+    state.adjusted.retain(|_, (_, expires)| *expires > now_ms);
     Ok(state)
 }
 
@@ -221,6 +258,15 @@ fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
                 })
                 .as_bytes(),
             )?;
+        }
+        for ((tenant, op_id), (amount, expires)) in &state.adjusted {
+            let record = Record::Adjusted {
+                tenant: tenant.clone(),
+                op_id: op_id.clone(),
+                amount: *amount,
+                expires: *expires,
+            };
+            out.write_all(format_record(&record).as_bytes())?;
         }
         for ((tenant, key), entry) in &state.idempotency {
             let claim = KeyEntry {
@@ -271,6 +317,12 @@ fn format_record(record: &Record) -> String {
             format!("R\t{tenant}\t{key}\t{response}\n")
         }
         Record::Forget { tenant, key } => format!("F\t{tenant}\t{key}\n"),
+        Record::Adjusted {
+            tenant,
+            op_id,
+            amount,
+            expires,
+        } => format!("A\t{tenant}\t{op_id}\t{amount}\t{expires}\n"),
     }
 }
 
@@ -299,6 +351,12 @@ fn parse(line: &str) -> Option<Record> {
                 .decode(response.trim_end())
                 .ok()?
                 .into(),
+        },
+        ["A", tenant, op_id, amount, expires] => Record::Adjusted {
+            tenant: tenant.to_owned(),
+            op_id: op_id.to_owned(),
+            amount: amount.parse().ok()?,
+            expires: expires.parse().ok()?,
         },
         ["F", tenant, key] => Record::Forget {
             tenant: tenant.to_owned(),

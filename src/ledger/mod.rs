@@ -114,6 +114,12 @@ pub enum VoidOutcome {
 /// double-precision numbers of Redis's Lua.
 pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 
+/// How long the ledger remembers an operator's change by its operation id, so a change
+/// retried (or recovered after a crash) within it is applied once. Operators' changes are
+/// a handful a day: a week of records costs next to nothing.
+pub const ADJUSTMENT_RECORD_LIFE: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// An operator's change of a balance: a top-up or correction (`Add`, signed) or a new
 /// balance (`Set`). Applied once per `op_id`, so a retry after a timeout is safe.
 #[derive(Debug, Clone, Copy)]

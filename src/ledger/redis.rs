@@ -225,7 +225,7 @@ impl Ledger for RedisLedger {
                 .arg(mode)
                 .arg(value.to_string())
                 .arg(MAX_BALANCE.to_string())
-                .arg(self.charge_ttl_ms)
+                .arg(super::ADJUSTMENT_RECORD_LIFE.as_millis() as u64)
                 .arg(adjustment.threshold)
                 .invoke_async(&mut conn)
                 .await?;

@@ -78,6 +78,9 @@ pub enum Kind {
     UsageSummaries,
     ScheduledSummaries,
     Invoices,
+    /// Operators' credit changes, recorded before they touch the ledger (an outbox): see
+    /// the admin crate's `billing` module.
+    CreditIntents,
 }
 
 impl Kind {
@@ -92,6 +95,7 @@ impl Kind {
             Kind::UsageSummaries => "usage_summary",
             Kind::ScheduledSummaries => "scheduled_summary",
             Kind::Invoices => "invoices",
+            Kind::CreditIntents => "credit_intents",
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct CreditTransaction {
 /// A credit transaction to record.
 #[derive(Debug, Clone, Copy)]
 pub struct NewTransaction<'a> {
+    /// With an id the transaction is recorded once, however often it is retried: a row
+    /// with this id already there is returned and the balance does not move again.
+    pub id: Option<&'a str>,
     pub tenant_id: &'a str,
     /// Signed.
     pub amount: i64,

@@ -28,6 +28,12 @@ const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// MongoDB's duplicate-key error code.
 const DUPLICATE_KEY: i32 = 11000;
 
+/// Credit transaction ids a tenant document remembers as applied: a retried transaction
+/// whose earlier try moved the balance is recognised while fewer than this many others
+/// were applied to the tenant since (credit changes are operator actions: a handful a
+/// day, so a retry within minutes is always in the window).
+const APPLIED_TX_KEPT: i32 = 100;
+
 pub struct MongoStore {
     db: Database,
 }
@@ -344,39 +350,65 @@ impl Store for MongoStore {
         Ok(())
     }
 
+    /// Exactly once without a multi-document transaction: the audit row goes first, marked
+    /// `applying`; the tenant's balance moves only while the row's id is not among its last
+    /// [`APPLIED_TX_KEPT`] applied ids (moved and remembered in one update); then the mark
+    /// is cleared. A retry after a failure at any step finishes the same row and never
+    /// moves the balance twice.
     async fn apply_transaction(
         &self,
         t: &NewTransaction<'_>,
     ) -> Result<CreditTransaction, StoreError> {
         let (tenant_id, amount, reason, actor) = (t.tenant_id, t.amount, t.reason, t.actor);
-        let updated = self
+        let rows = self.coll("credit_transactions");
+        let id =
+            t.id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if let Some(row) = rows.find_one(doc! { "_id": &id }).await? {
+            if !row.get_bool("applying").unwrap_or(false) {
+                return transaction_from(&row);
+            }
+        } else {
+            let row = doc! {
+                "_id": &id, "tenant_id": tenant_id, "amount": amount,
+                "reason": reason, "actor": actor,
+                "balance_after": t.live_balance.unwrap_or_default(),
+                "at": bson::DateTime::from_millis(now_ms()), "applying": true,
+            };
+            if let Err(e) = rows.insert_one(row).await {
+                if !is_duplicate(&e) {
+                    return Err(e.into());
+                }
+            }
+        }
+        let moved = self
             .coll("tenants")
             .find_one_and_update(
-                doc! { "_id": tenant_id },
-                doc! { "$inc": { "balance": amount } },
+                doc! { "_id": tenant_id, "applied_tx": { "$ne": &id } },
+                doc! {
+                    "$inc": { "balance": amount },
+                    "$push": { "applied_tx": { "$each": [&id], "$slice": -APPLIED_TX_KEPT } },
+                },
             )
             .return_document(ReturnDocument::After)
+            .await?;
+        let mut set = doc! {};
+        if let (Some(tenant), None) = (&moved, t.live_balance) {
+            set.insert("balance_after", int(tenant, "balance")?);
+        }
+        if moved.is_none() && self.tenant(tenant_id).await?.is_none() {
+            return Err(StoreError::Data(format!("no tenant `{tenant_id}`")));
+        }
+        let update = if set.is_empty() {
+            doc! { "$unset": { "applying": "" } }
+        } else {
+            doc! { "$unset": { "applying": "" }, "$set": set }
+        };
+        rows.update_one(doc! { "_id": &id }, update).await?;
+        let row = rows
+            .find_one(doc! { "_id": &id })
             .await?
-            .ok_or_else(|| StoreError::Data(format!("no tenant `{tenant_id}`")))?;
-        let row = CreditTransaction {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: tenant_id.to_owned(),
-            amount,
-            reason: reason.to_owned(),
-            actor: actor.to_owned(),
-            balance_after: match t.live_balance {
-                Some(live) => live,
-                None => int(&updated, "balance")?,
-            },
-            at_ms: now_ms(),
-        };
-        let doc = doc! {
-            "_id": &row.id, "tenant_id": &row.tenant_id, "amount": row.amount,
-            "reason": &row.reason, "actor": &row.actor, "balance_after": row.balance_after,
-            "at": bson::DateTime::from_millis(row.at_ms),
-        };
-        self.coll("credit_transactions").insert_one(doc).await?;
-        Ok(row)
+            .ok_or_else(|| StoreError::Data(format!("transaction `{id}` vanished")))?;
+        transaction_from(&row)
     }
 
     async fn transactions(&self, tenant_id: &str) -> Result<Vec<CreditTransaction>, StoreError> {

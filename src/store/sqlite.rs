@@ -178,12 +178,36 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
 
 fn insert_transaction(
     tx: &rusqlite::Transaction<'_>,
+    id: Option<&str>,
     tenant_id: &str,
     amount: i64,
     reason: &str,
     actor: &str,
     live_balance: Option<i64>,
 ) -> Result<CreditTransaction, StoreError> {
+    if let Some(id) = id {
+        let existing = tx
+            .query_row(
+                "SELECT id, tenant_id, amount, reason, actor, balance_after, at_ms
+                 FROM credit_transactions WHERE id = ?1",
+                [id],
+                |row| {
+                    Ok(CreditTransaction {
+                        id: row.get(0)?,
+                        tenant_id: row.get(1)?,
+                        amount: row.get(2)?,
+                        reason: row.get(3)?,
+                        actor: row.get(4)?,
+                        balance_after: row.get(5)?,
+                        at_ms: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(row) = existing {
+            return Ok(row);
+        }
+    }
     let durable_after: i64 = tx.query_row(
         "UPDATE tenants SET balance = balance + ?2 WHERE id = ?1 RETURNING balance",
         params![tenant_id, amount],
@@ -191,7 +215,7 @@ fn insert_transaction(
     )?;
     let balance_after = live_balance.unwrap_or(durable_after);
     let row = CreditTransaction {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned),
         tenant_id: tenant_id.to_owned(),
         amount,
         reason: reason.to_owned(),
@@ -234,7 +258,7 @@ impl Store for SqliteStore {
                 params![id, name, status, DEFAULT_LOW_CREDIT_THRESHOLD, now_ms()],
             )? == 1;
             if created {
-                insert_transaction(&tx, &id, credits, "initial", &actor, Some(credits))?;
+                insert_transaction(&tx, None, &id, credits, "initial", &actor, Some(credits))?;
             }
             tx.commit()?;
             Ok(created)
@@ -317,10 +341,11 @@ impl Store for SqliteStore {
             t.reason.to_owned(),
             t.actor.to_owned(),
         );
-        let (amount, live) = (t.amount, t.live_balance);
+        let (id, amount, live) = (t.id.map(str::to_owned), t.amount, t.live_balance);
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let row = insert_transaction(&tx, &tenant, amount, &reason, &actor, live)?;
+            let row =
+                insert_transaction(&tx, id.as_deref(), &tenant, amount, &reason, &actor, live)?;
             tx.commit()?;
             Ok(row)
         })

@@ -361,6 +361,14 @@ impl Gateway {
         }
     }
 
+    /// Sets (or, with `None`, removes) a variable of the environment the next start gets.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != name);
+        if let Some(value) = value {
+            self.env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
     /// Starts again after [`Gateway::kill`] or [`Gateway::stop`], same data dir and port.
     pub fn start_again(&mut self) {
         self.spawn();
@@ -500,6 +508,7 @@ pub fn tx<'a>(
     actor: &'a str,
 ) -> tollgate::store::NewTransaction<'a> {
     tollgate::store::NewTransaction {
+        id: None,
         tenant_id,
         amount,
         reason,
