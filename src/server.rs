@@ -9,7 +9,7 @@ use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
 use crate::deferred::{DeferredWorker, WorkerParts};
 use crate::demo_upstream::DemoUpstream;
-use crate::hydration::Hydrator;
+use crate::hydration::{Hydrator, PendingPublisher};
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker, WorkLog};
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
@@ -264,6 +264,11 @@ pub fn run(
         interval: crate::catalog::POLL_INTERVAL,
     };
     server.add_service(background_service("catalog", watcher));
+    let publisher = PendingPublisher {
+        ledger: Arc::clone(&ledger),
+        usage: Arc::clone(&usage),
+    };
+    server.add_service(background_service("pending credits", publisher));
     control_plane(&mut server, &handles)?;
     if config.reconcile_interval_secs > 0 {
         let reconciler = Reconciler {

@@ -2,14 +2,21 @@
 //! replica, a tenant never charged before) from the durable store. Shared by the gateway's
 //! charge step and the admin API's credit operations, so both seed the same number.
 //!
-//! The balance to seed is the durable balance minus what this process has charged but not
-//! yet written to the store, read as a consistent pair under the usage flusher's settle
-//! lock, after the charges in flight when hydration began have come back (see
-//! [`inflight`]). Seeding is set-if-absent, so racing replicas agree.
+//! The balance to seed is the durable balance minus every process's usage charged but not
+//! yet in the store. This process's own is read with the durable balance as a consistent
+//! pair under the usage flusher's settle lock, after the charges in flight when hydration
+//! began have come back (see [`inflight`]). Other replicas publish theirs through a shared
+//! ledger ([`publish`]); since nobody can charge a tenant the ledger has no balance for,
+//! theirs only drains, so hydration waits until every live replica has published, after
+//! it began, that it holds nothing for the tenant (a store outage makes that a `503` until
+//! the store is back), and subtracts what replicas that stopped publishing last held.
+//! Seeding is set-if-absent, so racing replicas agree. See docs/DESIGN.md, "Hydration".
 
 mod inflight;
+mod publish;
 
 pub use inflight::{InFlight, Ticket};
+pub use publish::{PendingPublisher, PUBLISH_TICK};
 
 use crate::ledger::{Charge, ChargeOutcome, Ledger, LedgerError};
 use crate::metrics::LEDGER_DURATION;
@@ -93,6 +100,7 @@ impl Hydrator {
         if self.ledger.balance(tenant_id).await?.is_some() {
             return Ok(());
         }
+        let others = self.others_pending(tenant_id).await?;
         let lock = self.usage.settle_lock();
         let _settled = match &lock {
             Some(lock) => Some(
@@ -110,10 +118,45 @@ impl Hydrator {
             Ok(None) => 0,
             Err(e) => return Err(LedgerError::Hydration(e.to_string())),
         };
-        tracing::info!(%tenant_id, durable, pending, "hydrating the ledger");
+        tracing::info!(%tenant_id, durable, pending, others, "hydrating the ledger");
         self.ledger
-            .seed(tenant_id, (durable - pending).max(0))
+            .seed(tenant_id, (durable - pending - others).max(0))
             .await
+    }
+
+    /// Waits until no live replica holds usage for the tenant that the store lacks, and
+    /// returns what dead ones last held (0 when the ledger serves this process alone).
+    async fn others_pending(&self, tenant_id: &str) -> Result<i64, LedgerError> {
+        let own = self.usage.pipeline_id();
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        // Publishes must postdate any charge in flight when this began (a reply counts it
+        // as pending), so they must be this much younger than the first look.
+        let fresh_after = self.ledger_timeout.as_millis() as u64;
+        let mut started = None;
+        loop {
+            let Some(view) = self.ledger.pending_elsewhere(tenant_id, own).await? else {
+                return Ok(0);
+            };
+            let t0 = *started.get_or_insert(view.now_ms);
+            // Every live replica publishes each tick: a registry two ticks old (or none
+            // after two ticks: no replica at all) names them all.
+            let ticks = 2 * PUBLISH_TICK.as_millis() as u64;
+            let complete = view.registry_since_ms.unwrap_or(t0) + ticks <= view.now_ms;
+            let drained = view
+                .live
+                .iter()
+                .all(|(_, credits, published)| *credits == 0 && *published >= t0 + fresh_after);
+            if complete && drained {
+                return Ok(view.dead_credits);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let holding: i64 = view.live.iter().map(|(_, c, _)| c).sum();
+                return Err(LedgerError::Hydration(format!(
+                    "other gateways still hold {holding} credits of usage for this tenant that the store lacks"
+                )));
+            }
+            tokio::time::sleep(PUBLISH_TICK / 2).await;
+        }
     }
 
     /// The live balance, hydrating first when the ledger has none.

@@ -169,6 +169,21 @@ pub struct LoginPolicy {
     pub longest_lock: std::time::Duration,
 }
 
+/// What other processes hold for a tenant in usage not yet in the store, as hydration sees
+/// it through a shared ledger (see `crate::hydration`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingElsewhere {
+    /// The ledger's clock, ms.
+    pub now_ms: u64,
+    /// Since when the registry of pipelines exists (it is rebuilt within a publish tick
+    /// after a flush); `None`: no pipeline has published since the last flush, or ever.
+    pub registry_since_ms: Option<u64>,
+    /// Live pipelines: (id, the tenant's pending credits, when they last published, ms).
+    pub live: Vec<(String, i64, u64)>,
+    /// What pipelines that stopped publishing last said they held for the tenant.
+    pub dead_credits: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger timed out")]
@@ -239,6 +254,28 @@ pub trait Ledger: Send + Sync + 'static {
         _op: LoginOp,
         _policy: &LoginPolicy,
     ) -> Result<Option<std::time::Duration>, LedgerError> {
+        Ok(None)
+    }
+
+    /// Publishes the tenants' pending credits of usage pipeline `pipeline` that changed
+    /// (0: none left), then its heartbeat. False when the ledger had lost this pipeline (a
+    /// flush): the caller publishes everything it holds next. A ledger that serves one
+    /// process needs none of it.
+    async fn publish_pending(
+        &self,
+        _pipeline: &str,
+        _changes: &[(String, i64)],
+    ) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+
+    /// What the other pipelines hold for `tenant` (all but `own`). `None`: this ledger
+    /// serves one process, whose own pending is all there is.
+    async fn pending_elsewhere(
+        &self,
+        _tenant: &str,
+        _own: Option<&str>,
+    ) -> Result<Option<PendingElsewhere>, LedgerError> {
         Ok(None)
     }
 

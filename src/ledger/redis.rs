@@ -4,7 +4,7 @@
 
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, LoginOp,
-    LoginPolicy, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -26,6 +26,7 @@ pub struct RedisLedger {
     adjust: Script,
     lead: Script,
     login: Script,
+    beat: Script,
     timeout: Duration,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
@@ -42,6 +43,7 @@ impl RedisLedger {
             adjust: Script::new(include_str!("adjust.lua")),
             lead: Script::new(include_str!("lead.lua")),
             login: Script::new(include_str!("login.lua")),
+            beat: Script::new(include_str!("beat.lua")),
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
@@ -90,6 +92,18 @@ fn key_key(tenant_id: &str, key: &str) -> String {
 
 /// One key for the whole deployment (not per tenant): replicas poll it.
 const CATALOG_VERSION_KEY: &str = "tg:catalog:version";
+
+/// The registry of usage pipelines (one key for the deployment): id → last publish.
+const PIPELINES_KEY: &str = "tg:pipelines";
+
+/// A pipeline that has not published for this long is dead: what it last said it held is
+/// subtracted by hydration rather than waited for.
+const PIPELINE_DEAD_AFTER_MS: u64 = 5_000;
+
+/// A tenant's pending credits per pipeline (a hash: pipeline id → credits).
+fn pending_key(tenant_id: &str) -> String {
+    format!("tg:{{{tenant_id}}}:pending")
+}
 
 fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
     match values[..] {
@@ -285,6 +299,77 @@ impl Ledger for RedisLedger {
                 .invoke_async(&mut conn)
                 .await?;
             Ok(Some(Duration::from_millis(locked_ms)))
+        })
+        .await
+    }
+
+    async fn publish_pending(
+        &self,
+        pipeline: &str,
+        changes: &[(String, i64)],
+    ) -> Result<bool, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            if !changes.is_empty() {
+                let mut pipe = redis::pipe();
+                for (tenant, credits) in changes {
+                    if *credits == 0 {
+                        pipe.hdel(pending_key(tenant), pipeline).ignore();
+                    } else {
+                        pipe.hset(pending_key(tenant), pipeline, *credits).ignore();
+                    }
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+            // The heartbeat last: a publish time at or after t says every change before
+            // it is in place.
+            let (known, _, _): (i64, u64, u64) = self
+                .beat
+                .key(PIPELINES_KEY)
+                .arg(pipeline)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(known == 1)
+        })
+        .await
+    }
+
+    async fn pending_elsewhere(
+        &self,
+        tenant: &str,
+        own: Option<&str>,
+    ) -> Result<Option<PendingElsewhere>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let time: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+            let now_ms = time.0 * 1000 + time.1 / 1000;
+            let registry: std::collections::HashMap<String, u64> =
+                conn.hgetall(PIPELINES_KEY).await?;
+            let pending: std::collections::HashMap<String, i64> =
+                conn.hgetall(pending_key(tenant)).await?;
+            let mut view = PendingElsewhere {
+                now_ms,
+                registry_since_ms: registry.get("_since").copied(),
+                ..PendingElsewhere::default()
+            };
+            for (pipeline, published) in &registry {
+                if pipeline == "_since" || Some(pipeline.as_str()) == own {
+                    continue;
+                }
+                let credits = pending.get(pipeline).copied().unwrap_or(0);
+                if now_ms.saturating_sub(*published) > PIPELINE_DEAD_AFTER_MS {
+                    view.dead_credits += credits;
+                } else {
+                    view.live.push((pipeline.clone(), credits, *published));
+                }
+            }
+            // Pending of pipelines gone from the registry (a flush, then not back): dead.
+            for (pipeline, credits) in &pending {
+                if !registry.contains_key(pipeline) && Some(pipeline.as_str()) != own {
+                    view.dead_credits += credits;
+                }
+            }
+            Ok(Some(view))
         })
         .await
     }

@@ -51,6 +51,16 @@ pub trait UsageSink: Send + Sync + 'static {
         0
     }
 
+    /// This sink's pipeline id, when it has one (it publishes its pending credits under it).
+    fn pipeline_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Every tenant's pending credits (non-zero only).
+    fn pending_snapshot(&self) -> std::collections::HashMap<String, i64> {
+        std::collections::HashMap::new()
+    }
+
     /// Held while a batch is written to the store and stops counting as pending. A reader
     /// of the durable balance and the pending credits holds it across both reads, so no
     /// batch counts twice or not at all.

@@ -266,6 +266,14 @@ impl UsageSink for UsagePipeline {
     fn settle_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
         Some(Arc::clone(&self.shared.settling))
     }
+
+    fn pipeline_id(&self) -> Option<&str> {
+        Some(&self.shared.pipeline_id)
+    }
+
+    fn pending_snapshot(&self) -> HashMap<String, i64> {
+        lock(&self.shared.pending).clone()
+    }
 }
 
 impl Flusher {

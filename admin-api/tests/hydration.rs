@@ -1,0 +1,143 @@
+//! Hydration counts every replica's unflushed usage. Two gateways and a control plane on
+//! one Redis and one MongoDB (reached through a gate the test cuts): the store stops
+//! answering while both gateways take traffic (their usage waits in queues and journals),
+//! Redis is flushed, the store returns and both gateways (and the control plane, reading a
+//! balance) hydrate at once. The ledger ends at the start minus every forwarded call's cost
+//! and reconciliation finds nothing. Before, the first replica to hydrate subtracted only
+//! its own unflushed usage, and the other's was credited back to the tenant.
+
+mod common;
+
+use common::gate::TcpGate;
+use common::store::{wait_for_logs, StoreUnderTest};
+use common::{
+    admin_token, client, free_port, token, wait_for_port, Gateway, RedisServer, Upstream,
+};
+use std::process::{Child, Command};
+use std::time::Duration;
+use tollgate::config::LedgerConfig;
+use tollgate::ledger::RedisLedger;
+
+const INITIAL: i64 = 100_000;
+const COST: i64 = 5;
+
+fn yaml(upstream: &str) -> String {
+    format!(
+        "usage: {{ batch_size: 20, flush_interval_ms: 50 }}
+services:
+  - name: notes
+    upstream: {upstream}
+    endpoints:
+      - {{ method: GET, path: /x, credits: {COST} }}
+tenants:
+  - {{ id: ops, name: Ops }}
+  - {{ id: acme, name: Acme, credits: {INITIAL} }}
+"
+    )
+}
+
+/// `n` calls on `gateway`, 8 at a time; how many were forwarded (200).
+async fn calls(gateway: &Gateway, n: usize) -> i64 {
+    use futures_util::StreamExt as _;
+    let url = gateway.url("/api/proxy/notes/x");
+    let statuses: Vec<u16> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let request = client().get(&url).bearer_auth(token("acme", "u1"));
+            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 503)),
+        "served, or refused while the balance cannot be known: {statuses:?}"
+    );
+    statuses.iter().filter(|s| **s == 200).count() as i64
+}
+
+struct ControlPlane(Child);
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hydration_counts_every_replicas_unflushed_usage() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let gate = TcpGate::start(common::mongo_addr(&uri)).await;
+    let db = common::unique_db();
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let mut env = StoreUnderTest::Mongo {
+        uri: format!("mongodb://{}/?directConnection=true", gate.addr),
+        db: db.clone(),
+    }
+    .env();
+    env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
+    let a = Gateway::start_with(&yaml(&upstream.url()), env.clone());
+    let b = Gateway::start_with(&yaml(&upstream.url()), env.clone());
+    let admin_port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["admin", "--config"])
+        .arg(a.dir.join("tollgate.yaml"))
+        .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("TOLLGATE_DATA_DIR", a.dir.join("admin-data"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::fs::File::create(a.dir.join("admin.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port("tollgate admin", admin_port, &mut child);
+    let _control_plane = ControlPlane(child);
+    let store = StoreUnderTest::Mongo { uri, db }
+        .open(std::path::Path::new(""))
+        .await;
+
+    let mut forwarded = calls(&a, 5).await + calls(&b, 5).await;
+    assert_eq!(forwarded, 10);
+    wait_for_logs(&*store, 10, Duration::from_secs(30)).await;
+
+    // The store stops answering; both gateways keep serving (usage waits), then Redis
+    // forgets every balance.
+    gate.close();
+    forwarded += calls(&a, 20).await + calls(&b, 20).await;
+    assert_eq!(forwarded, 50);
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+
+    // The store returns; everyone hydrates at once.
+    gate.open();
+    let balance_reads = async {
+        let url = format!("http://127.0.0.1:{admin_port}/admin/tenants/acme");
+        for _ in 0..5 {
+            let r = client()
+                .get(&url)
+                .bearer_auth(admin_token("ops", "root"))
+                .send()
+                .await
+                .unwrap();
+            assert!(matches!(r.status().as_u16(), 200 | 503), "{}", r.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (x, y, ()) = tokio::join!(calls(&a, 20), calls(&b, 20), balance_reads);
+    forwarded += x + y;
+    assert!(x + y > 0, "the gateways serve again once the store is back");
+
+    let logs = wait_for_logs(&*store, forwarded as usize, Duration::from_secs(60)).await;
+    assert_eq!(logs.len() as i64, forwarded);
+    assert_eq!(
+        redis.balance("acme").await,
+        Some(INITIAL - COST * forwarded),
+        "the ledger took exactly what the forwarded calls cost"
+    );
+    let ledger = RedisLedger::new(&redis.url(), &LedgerConfig::default()).unwrap();
+    let reports = tollgate::reconcile::reconcile(&*store, &ledger, &|_| 0)
+        .await
+        .unwrap();
+    assert!(reports.iter().all(|r| r.is_consistent()), "{reports:?}");
+}
