@@ -13,6 +13,9 @@
 #   metered-redis-quiet  the same with credit-success notices off
 #   metered-mongo     as metered-redis, usage logged to MongoDB; only when
 #                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
+#   baseline-redis    metered-redis run by another build of tollgate, to compare a change
+#                     with what it changed side by side: only when
+#                     TOLLGATE_LOADTEST_BASELINE is the path of that binary
 # Then a moderate-load pass (4 connections) for the latency the metering adds.
 # Prints a table (medians over rounds; gateway CPU and peak RSS) and writes JSON to
 # loadtest/results/run-<time>.json. Installs wrk and redis-server through apt when missing.
@@ -28,7 +31,7 @@ start_gateway() {  # name, extra env... (CONFIG=file picks another config)
   env TOLLGATE_LISTEN=127.0.0.1:$port TOLLGATE_METRICS_LISTEN=127.0.0.1:$mport \
     TOLLGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) TOLLGATE_MQTT_EMBEDDED_LISTEN=127.0.0.1:$(free_port) \
     TOLLGATE_DATA_DIR="$work/$name" RUST_LOG=warn "$@" \
-    $bin run --config "${CONFIG:-$work/gw.yaml}" 2>"$work/$name.log" &
+    "${BIN:-$bin}" run --config "${CONFIG:-$work/gw.yaml}" 2>"$work/$name.log" &
   pid[$name]=$!; pids+=($!)
   wait_port "$port"
   url[$name]="http://127.0.0.1:$port"
@@ -39,6 +42,10 @@ start_gateway redis TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
 { cat "$work/gw.yaml"; echo "alerts: { credit_success: false }"; } > "$work/gw-quiet.yaml"
 CONFIG="$work/gw-quiet.yaml" start_gateway redis-quiet TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
 order=(upstream public metered-embedded metered-redis metered-redis-quiet)
+if [[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]]; then
+  BIN=$TOLLGATE_LOADTEST_BASELINE start_gateway baseline TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
+  order+=(baseline-redis)
+fi
 if [[ -n ${TOLLGATE_LOADTEST_MONGODB_URI:-} ]]; then
   start_gateway mongo TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/ TOLLGATE_MONGODB_URI="$TOLLGATE_LOADTEST_MONGODB_URI" \
     TOLLGATE_MONGODB_DB=tollgate_loadtest_$$
@@ -54,6 +61,7 @@ target_url() {
     metered-redis) echo "${url[redis]}/api/proxy/echo/x" ;;
     metered-redis-quiet) echo "${url[redis-quiet]}/api/proxy/echo/x" ;;
     metered-mongo) echo "${url[mongo]}/api/proxy/echo/x" ;;
+    baseline-redis) echo "${url[baseline]}/api/proxy/echo/x" ;;
   esac
 }
 target_pid() {
@@ -63,6 +71,7 @@ target_pid() {
     metered-redis) echo "${pid[redis]}" ;;
     metered-redis-quiet) echo "${pid[redis-quiet]}" ;;
     metered-mongo) echo "${pid[mongo]}" ;;
+    baseline-redis) echo "${pid[baseline]}" ;;
   esac
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -85,8 +94,10 @@ measure() {  # phase, round, target, connections, threads
 for round in $(seq "$rounds"); do
   for target in "${order[@]}"; do measure throughput "$round" "$target" "$conns" 2; done
 done
+moderate=(public metered-redis)
+[[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]] && moderate+=(baseline-redis)
 for round in $(seq "$rounds"); do
-  for target in public metered-redis; do measure moderate "$round" "$target" 4 1; done
+  for target in "${moderate[@]}"; do measure moderate "$round" "$target" 4 1; done
 done
 echo "]" >> "$results"
 

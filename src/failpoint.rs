@@ -26,6 +26,13 @@ pub fn hit(_name: &str) -> bool {
     false
 }
 
+/// Waits `pause` when the failpoint `name` is armed: a slow step, for a test to act during.
+pub async fn delay(name: &str, pause: std::time::Duration) {
+    if hit(name) {
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Ends the process on the spot (SIGABRT: nothing flushed, nothing cleaned up) when the
 /// failpoint `name` is armed: a crash between two steps, exactly there.
 pub fn crash(name: &str) {

@@ -231,6 +231,7 @@ async fn record_and_finish(state: &AdminState, intent: Intent) -> Result<Applied
         existing
     };
     tollgate::failpoint::crash("credits.after_intent");
+    tollgate::failpoint::delay("credits.slow", Duration::from_secs(1)).await;
     match intent.state {
         IntentState::Open => finish(state, intent).await,
         _ => intent.outcome(),

@@ -123,6 +123,35 @@ async fn crash_between_steps(redis: bool) {
     }
 }
 
+/// A client that gives up mid-change (here after 200 ms, while a failpoint holds the change
+/// for a second after its intent) cuts nothing: the change finishes on its own, before any
+/// recovery pass could (the next is 30 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_change_cuts_nothing() {
+    let env = vec![("TOLLGATE_FAILPOINTS".to_owned(), "credits.slow".to_owned())];
+    let gateway = Gateway::start_with(YAML, env);
+    let gone = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap()
+        .post(gateway.admin_url("/admin/tenants/acme/credits"))
+        .bearer_auth(admin_token("ops", "root"))
+        .json(&json!({"amount": 100, "reason": "goodwill"}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    wait_until(
+        "the change to finish",
+        Duration::from_secs(10),
+        async || goodwill_rows(&gateway).await.len() == 1,
+    )
+    .await;
+    let tenant = gateway
+        .admin_json("/admin/tenants/acme", &admin_token("ops", "root"))
+        .await;
+    assert_eq!(tenant["balance"], 1100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_any_two_steps_applies_a_top_up_once_embedded() {
     crash_between_steps(false).await;

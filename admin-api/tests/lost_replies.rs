@@ -106,6 +106,9 @@ impl Setup {
         let slow = slow.await.unwrap();
         assert_eq!(slow.status(), 504);
         assert_eq!(slow.headers()["x-credits-cost"], "0");
+        // The refund's answer was lost: the balance shown is the last one the ledger told,
+        // not a restored one it never confirmed (before: 95).
+        assert_eq!(slow.headers()["x-credits-remaining"], "92");
         assert_eq!(self.redis.balance("c").await, Some(95), "the refund landed");
         assert_eq!(status(&self.gateway, "a", "/api/proxy/strict/x").await, 503);
         assert_eq!(self.redis.balance("a").await, Some(90), "the charge landed");
