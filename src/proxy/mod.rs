@@ -91,8 +91,9 @@ pub struct RequestCtx {
     route: Option<RouteMatch>,
     claims: Option<Claims>,
     idempotency_key: Option<String>,
-    /// The idempotency key this request claimed, and what is taken for it as it passes.
-    keyed: Option<Keyed>,
+    /// The idempotency key this request claimed, and what is taken for it as it passes
+    /// (boxed: most calls carry no key, and the context of every call stays small).
+    keyed: Option<Box<Keyed>>,
     charge: Option<Charged>,
     /// A deferred charge's place for the call's end, held from the forward to `logging`.
     deferred: Option<Reservation>,
@@ -215,7 +216,8 @@ impl ProxyHttp for Gateway {
             Ok(ChargeOutcome::KeyTaken { balance }) => {
                 let (tenant_id, key) = (tenant_id.to_owned(), key.unwrap_or_default());
                 let request = (tenant_id.as_str(), key.as_str(), fingerprint.as_str());
-                return self.answer_retry(session, ctx, request, balance).await;
+                // Boxed: the rare path does not grow every call's future.
+                return Box::pin(self.answer_retry(session, ctx, request, balance)).await;
             }
             // Not for a fresh request id; counted as pending like a charge, so treated as one.
             Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
@@ -244,7 +246,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.claims = Some(claims);
-        ctx.keyed = key.clone().map(Keyed::new);
+        ctx.keyed = key.clone().map(|key| Box::new(Keyed::new(key)));
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
         ctx.outcome = Some(Outcome::Forwarded);
@@ -425,7 +427,10 @@ impl ProxyHttp for Gateway {
     /// Step 6: one usage event per charged call, handed off without waiting; a keyed
     /// call's response is kept with its key.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        self.keep_response(ctx).await;
+        if ctx.keyed.is_some() {
+            // Boxed, as `answer_retry`: only keyed calls pay for it.
+            Box::pin(self.keep_response(ctx)).await;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
