@@ -17,6 +17,21 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+/// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// A header value as an `Idempotency-Key`: 1 to [`MAX_KEY_BYTES`] visible ASCII
+/// characters (so it is safe in ledger keys and journal lines), or why not.
+pub fn parse_key(value: &[u8]) -> Result<&str, String> {
+    let visible = value.iter().all(|b| (0x21..=0x7e).contains(b));
+    match std::str::from_utf8(value) {
+        Ok(key) if visible && (1..=MAX_KEY_BYTES).contains(&key.len()) => Ok(key),
+        _ => Err(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_BYTES} visible ASCII characters"
+        )),
+    }
+}
+
 /// A key and the head fingerprint of the request that presents it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyClaim<'a> {

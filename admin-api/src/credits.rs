@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 use tollgate::ledger::{Change, MAX_BALANCE};
 use utoipa::ToSchema;
 
-/// Longest `Idempotency-Key` accepted (as at the gateway).
-const MAX_KEY_BYTES: usize = 255;
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreditsView {
     tenant_id: String,
@@ -45,17 +42,9 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    if bytes.is_empty()
-        || bytes.len() > MAX_KEY_BYTES
-        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
-    {
-        return Err(ApiError::invalid(
-            "Idempotency-Key",
-            format!("1 to {MAX_KEY_BYTES} visible ASCII characters"),
-        ));
-    }
-    Ok(value.to_str().ok())
+    tollgate::idempotency::parse_key(value.as_bytes())
+        .map(Some)
+        .map_err(|why| ApiError::invalid("Idempotency-Key", why))
 }
 
 fn check_reason(reason: &str) -> ApiResult<()> {

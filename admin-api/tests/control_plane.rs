@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{client, free_port, token, wait_for_port, wait_until, Gateway, RedisServer, Upstream};
+use common::{client, token, wait_until, ControlPlane, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `tollgate create-admin` with `password` on stdin; returns the new user's id.
@@ -115,15 +115,6 @@ async fn the_first_admin_comes_from_the_cli_and_can_log_in() {
     assert!(metrics.contains(line), "{metrics}");
 }
 
-struct AdminProcess(Child);
-
-impl Drop for AdminProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_alone_changes_what_a_separate_gateway_charges() {
     let Some(mongo) = common::mongo_uri() else {
@@ -140,19 +131,8 @@ async fn a_control_plane_alone_changes_what_a_separate_gateway_charges() {
     let config = gateway.dir.join("tollgate.yaml");
     create_admin(&config, &env, "root@example.com", "a long enough password").unwrap();
 
-    let port = free_port();
-    let log = std::fs::File::create(gateway.dir.join("admin.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["admin", "--config"])
-        .arg(&config)
-        .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_for_port("tollgate admin", port, &mut child);
-    let _admin_process = AdminProcess(child);
-    let admin = format!("http://127.0.0.1:{port}");
+    let control_plane = ControlPlane::start(&config, &env, &gateway.dir.join("admin.log"));
+    let admin = control_plane.url("");
     let body: Value = login(&admin, "root@example.com", "a long enough password")
         .await
         .json()

@@ -342,13 +342,14 @@ async fn refunds_when_the_upstream_fails(backend: Backend) {
 /// endpoint opened a 7-credit one to a tenant who could not pay for it).
 async fn idempotency_key_means_this_request_once(backend: Backend) {
     let s = Setup::new(backend).await;
-    let post = |path: &str, key: &str, body: &'static str| {
+    let keyed = |method: &str, path: &str, tenant: &str, key: &str, body: &'static str| {
         client()
-            .post(s.gateway.url(path))
-            .bearer_auth(token("rich", "alice"))
+            .request(method.parse().unwrap(), s.gateway.url(path))
+            .bearer_auth(token(tenant, "alice"))
             .header("idempotency-key", key)
             .body(body)
     };
+    let post = |path: &str, key: &str, body: &'static str| keyed("POST", path, "rich", key, body);
     let first = post("/api/proxy/notes/expensive?x=1", "order-42", "hello")
         .send()
         .await
@@ -382,11 +383,7 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
         ("POST", "/api/proxy/notes/notes/create", "hello"),
         ("PUT", "/api/proxy/notes/search/a", "hello"),
     ] {
-        let r = client()
-            .request(method.parse().unwrap(), s.gateway.url(path))
-            .bearer_auth(token("rich", "alice"))
-            .header("idempotency-key", "order-42")
-            .body(body)
+        let r = keyed(method, path, "rich", "order-42", body)
             .send()
             .await
             .unwrap();
@@ -399,22 +396,10 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
     assert_eq!(s.balance("rich").await, 993);
 
     // A key first used on a free endpoint does not open a paid one.
-    let free = client()
-        .get(s.gateway.url("/api/proxy/notes/balance"))
-        .bearer_auth(token("poor", "bob"))
-        .header("idempotency-key", "k-free")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(free.status(), 200);
-    let paid = client()
-        .post(s.gateway.url("/api/proxy/notes/expensive"))
-        .bearer_auth(token("poor", "bob"))
-        .header("idempotency-key", "k-free")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(paid.status(), 422);
+    let free = keyed("GET", "/api/proxy/notes/balance", "poor", "k-free", "");
+    assert_eq!(free.send().await.unwrap().status(), 200);
+    let paid = keyed("POST", "/api/proxy/notes/expensive", "poor", "k-free", "");
+    assert_eq!(paid.send().await.unwrap().status(), 422);
     // Keys are per tenant: another tenant's identical key is its own request.
     let r = post("/api/proxy/notes/search/q", "k-free", "")
         .send()
@@ -454,13 +439,14 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
     // call, forwarded and charged (and refunded again here).
     let before = s.upstream.requests();
     for _ in 0..2 {
-        let r = client()
-            .get(s.gateway.url("/api/proxy/flaky/x?status=503"))
-            .bearer_auth(token("rich", "alice"))
-            .header("idempotency-key", "k-flaky")
-            .send()
-            .await
-            .unwrap();
+        let flaky = keyed(
+            "GET",
+            "/api/proxy/flaky/x?status=503",
+            "rich",
+            "k-flaky",
+            "",
+        );
+        let r = flaky.send().await.unwrap();
         assert_eq!(r.status(), 503);
         assert!(r.headers().get("idempotent-replayed").is_none());
         assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
@@ -498,27 +484,20 @@ async fn gateway_errors_after_the_charge_are_refunded(backend: Backend) {
         env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
     }
     let gateway = Gateway::start_with(&services_yaml(&upstream.url(), closed.port), env);
-    let r = client()
-        .post(gateway.url("/api/proxy/notes/expensive"))
-        .bearer_auth(token("rich", "alice"))
-        .header("idempotency-key", "k-500")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 500);
-    assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
-    assert_eq!(header_i64(&r, "x-credits-remaining"), Some(1000));
-    assert_eq!(upstream.requests(), 1);
-    // The key was released with the refund: the retry is a new call.
-    let r = client()
-        .post(gateway.url("/api/proxy/notes/expensive"))
-        .bearer_auth(token("rich", "alice"))
-        .header("idempotency-key", "k-500")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 500);
-    assert_eq!(upstream.requests(), 2);
+    for tries in 1..=2 {
+        let r = client()
+            .post(gateway.url("/api/proxy/notes/expensive"))
+            .bearer_auth(token("rich", "alice"))
+            .header("idempotency-key", "k-500")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert_eq!(header_i64(&r, "x-credits-cost"), Some(0));
+        assert_eq!(header_i64(&r, "x-credits-remaining"), Some(1000));
+        // The key was released with the refund: the retry is a new call.
+        assert_eq!(upstream.requests(), tries);
+    }
 }
 
 /// Balance 1000, cost 7, 300 concurrent callers: exactly ⌊1000/7⌋ = 142 get through.

@@ -10,10 +10,7 @@ mod common;
 
 use common::gate::TcpGate;
 use common::store::{wait_for_logs, StoreUnderTest};
-use common::{
-    admin_token, client, free_port, token, wait_for_port, Gateway, RedisServer, Upstream,
-};
-use std::process::{Child, Command};
+use common::{admin_token, client, token, ControlPlane, Gateway, RedisServer, Upstream};
 use std::time::Duration;
 use tollgate::config::LedgerConfig;
 use tollgate::ledger::RedisLedger;
@@ -55,15 +52,6 @@ async fn calls(gateway: &Gateway, n: usize) -> i64 {
     statuses.iter().filter(|s| **s == 200).count() as i64
 }
 
-struct ControlPlane(Child);
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hydration_counts_every_replicas_unflushed_usage() {
     let Some(uri) = common::mongo_uri() else {
@@ -81,18 +69,13 @@ async fn hydration_counts_every_replicas_unflushed_usage() {
     env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
     let a = Gateway::start_with(&yaml(&upstream.url()), env.clone());
     let b = Gateway::start_with(&yaml(&upstream.url()), env.clone());
-    let admin_port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["admin", "--config"])
-        .arg(a.dir.join("tollgate.yaml"))
-        .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("TOLLGATE_DATA_DIR", a.dir.join("admin-data"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stderr(std::fs::File::create(a.dir.join("admin.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port("tollgate admin", admin_port, &mut child);
-    let _control_plane = ControlPlane(child);
+    let mut admin_env = env.clone();
+    admin_env.push((
+        "TOLLGATE_DATA_DIR".into(),
+        a.dir.join("admin-data").display().to_string(),
+    ));
+    let config = a.dir.join("tollgate.yaml");
+    let control_plane = ControlPlane::start(&config, &admin_env, &a.dir.join("admin.log"));
     let store = StoreUnderTest::Mongo { uri, db }
         .open(std::path::Path::new(""))
         .await;
@@ -112,7 +95,7 @@ async fn hydration_counts_every_replicas_unflushed_usage() {
     // The store returns; everyone hydrates at once.
     gate.open();
     let balance_reads = async {
-        let url = format!("http://127.0.0.1:{admin_port}/admin/tenants/acme");
+        let url = control_plane.url("/admin/tenants/acme");
         for _ in 0..5 {
             let r = client()
                 .get(&url)

@@ -45,9 +45,6 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
-
 pub struct Gateway {
     /// Services and tenants, swapped in whole when the admin API changes them.
     catalog: Arc<Catalog>,

@@ -1,7 +1,7 @@
 //! Steps 1–3 of the request path as the gateway's helpers, each turning its stage's
 //! outcome into either what the next step needs or the [`Problem`] to answer with.
 
-use super::{Gateway, Problem, RequestCtx, MAX_IDEMPOTENCY_KEY_BYTES};
+use super::{Gateway, Problem, RequestCtx};
 use crate::auth::{AuthError, Claims};
 use crate::config::{OnLedgerError, TenantStatus};
 use crate::deferred::{DeferredCharge, Reservation};
@@ -288,22 +288,16 @@ pub(super) fn idempotency_key(
     let Some(value) = session.req_header().headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    if bytes.is_empty()
-        || bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES
-        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
-    {
-        return Err(Box::new(
+    match crate::idempotency::parse_key(value.as_bytes()) {
+        Ok(key) => Ok(Some(key.to_owned())),
+        Err(why) => Err(Box::new(
             Problem::new(
                 400,
                 "bad-idempotency-key",
                 "Bad Idempotency-Key header",
-                format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
-            ),
+                why,
             )
             .with("header", "Idempotency-Key"),
-        ));
+        )),
     }
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }

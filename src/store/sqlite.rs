@@ -176,6 +176,20 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
     })
 }
 
+/// A `credit_transactions` row selected as (id, tenant_id, amount, reason, actor,
+/// balance_after, at_ms).
+fn transaction_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CreditTransaction> {
+    Ok(CreditTransaction {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        amount: row.get(2)?,
+        reason: row.get(3)?,
+        actor: row.get(4)?,
+        balance_after: row.get(5)?,
+        at_ms: row.get(6)?,
+    })
+}
+
 fn insert_transaction(
     tx: &rusqlite::Transaction<'_>,
     id: Option<&str>,
@@ -191,17 +205,7 @@ fn insert_transaction(
                 "SELECT id, tenant_id, amount, reason, actor, balance_after, at_ms
                  FROM credit_transactions WHERE id = ?1",
                 [id],
-                |row| {
-                    Ok(CreditTransaction {
-                        id: row.get(0)?,
-                        tenant_id: row.get(1)?,
-                        amount: row.get(2)?,
-                        reason: row.get(3)?,
-                        actor: row.get(4)?,
-                        balance_after: row.get(5)?,
-                        at_ms: row.get(6)?,
-                    })
-                },
+                transaction_row,
             )
             .optional()?;
         if let Some(row) = existing {
@@ -359,17 +363,7 @@ impl Store for SqliteStore {
                 "SELECT id, tenant_id, amount, reason, actor, balance_after, at_ms
                  FROM credit_transactions WHERE tenant_id = ?1 ORDER BY at_ms, id",
             )?;
-            let rows = stmt.query_map([tenant], |row| {
-                Ok(CreditTransaction {
-                    id: row.get(0)?,
-                    tenant_id: row.get(1)?,
-                    amount: row.get(2)?,
-                    reason: row.get(3)?,
-                    actor: row.get(4)?,
-                    balance_after: row.get(5)?,
-                    at_ms: row.get(6)?,
-                })
-            })?;
+            let rows = stmt.query_map([tenant], transaction_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

@@ -15,7 +15,7 @@ pub mod raw;
 pub mod store;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -409,6 +409,42 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success(), printed)
+    }
+}
+
+/// `tollgate admin`: the control plane alone, as its own process, on `config` and `env`.
+pub struct ControlPlane {
+    pub port: u16,
+    child: Child,
+}
+
+impl ControlPlane {
+    /// Starts it on a free port, logging to `log`; returns once it listens.
+    pub fn start(config: &Path, env: &[(String, String)], log: &Path) -> ControlPlane {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["admin", "--config"])
+            .arg(config)
+            .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_MONGODB_URI")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port("tollgate admin", port, &mut child);
+        ControlPlane { port, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
