@@ -264,10 +264,8 @@ pub fn run(
         interval: crate::catalog::POLL_INTERVAL,
     };
     server.add_service(background_service("catalog", watcher));
-    let publisher = PendingPublisher {
-        ledger: Arc::clone(&ledger),
-        usage: Arc::clone(&usage),
-    };
+    let publisher = PendingPublisher::new(Arc::clone(&ledger), Arc::clone(&usage));
+    let last_publish = publisher.clone();
     server.add_service(background_service("pending credits", publisher));
     control_plane(&mut server, &handles)?;
     if config.reconcile_interval_secs > 0 {
@@ -305,6 +303,14 @@ pub fn run(
     let _ = stop_flusher.send(true);
     if let Err(e) = store_rt.block_on(flushing) {
         tracing::error!(error = %e, "usage flusher failed at shutdown");
+    }
+    // What the drain settled, published (through a fresh connection), so no replica
+    // hydrating later subtracts credits the store already has.
+    if let Some(url) = &config.ledger.redis_url {
+        match RedisLedger::new(url, &config.ledger) {
+            Ok(fresh) => store_rt.block_on(last_publish.publish_through(&fresh)),
+            Err(e) => tracing::warn!(error = %e, "cannot publish the last pending credits"),
+        }
     }
     store_rt.block_on(ledger.close());
     Ok(())

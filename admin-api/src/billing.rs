@@ -260,7 +260,8 @@ async fn finish(state: &AdminState, mut intent: Intent) -> Result<Applied, Billi
                     actor: &intent.actor,
                     live_balance: Some(balance),
                 })
-                .await?;
+                .await
+                .map_err(pending)?;
             tollgate::failpoint::crash("credits.after_transaction");
             intent.state = IntentState::Done;
             intent.applied = Some(Applied {
@@ -289,8 +290,14 @@ async fn mark(state: &AdminState, intent: &Intent) -> Result<(), BillingError> {
     state
         .store
         .update_doc(Kind::CreditIntents, &intent.id, &fields)
-        .await?;
+        .await
+        .map_err(pending)?;
     Ok(())
+}
+
+/// A store error once the intent is recorded: the change is not lost, only unfinished.
+fn pending(e: tollgate::store::StoreError) -> BillingError {
+    BillingError::Pending(e.to_string())
 }
 
 async fn adjust(

@@ -319,7 +319,9 @@ pub async fn subscribe(
     }
     let now = crate::time::now_ms();
     let (start, end) = month_of(now);
-    let subscription = Subscription {
+    // The period is marked granted only once the grant is made (below): a grant that
+    // fails is then made by the scheduler, under the same key, never twice.
+    let mut subscription = Subscription {
         id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
         tenant_id: body.tenant_id.clone(),
         plan_id: plan.id.clone(),
@@ -327,7 +329,7 @@ pub async fn subscribe(
         current_period_start: rfc3339(start),
         current_period_end: rfc3339(end),
         created_at: rfc3339(now),
-        last_refill_period: Some(period_of(now)),
+        last_refill_period: None,
     };
     if !state
         .store
@@ -359,6 +361,14 @@ pub async fn subscribe(
         };
         change_credits(&state, request).await?;
     }
+    let period = period_of(now);
+    let mut fields = Doc::new();
+    fields.insert("last_refill_period".into(), period.clone().into());
+    state
+        .store
+        .update_doc(Kind::Subscriptions, &subscription.id, &fields)
+        .await?;
+    subscription.last_refill_period = Some(period);
     Ok((StatusCode::CREATED, Json(subscription)))
 }
 

@@ -9,9 +9,7 @@
 //! window or period, so even two runs of one window write it once.
 
 use crate::billing::{change_credits, refill_key, CreditRequest};
-use crate::plans::{
-    day_of, from_doc, month_of, period_of, to_doc, Plan, Subscription, SubscriptionStatus,
-};
+use crate::plans::{day_of, from_doc, month_of, period_of, Plan, Subscription, SubscriptionStatus};
 use crate::problem::ApiError;
 use crate::time::rfc3339;
 use crate::users::UserDoc;
@@ -272,7 +270,7 @@ impl Scheduler {
         let period = period_of(now_ms);
         let (start, end) = month_of(now_ms);
         for doc in store.docs(Kind::Subscriptions, None).await? {
-            let mut subscription: Subscription = from_doc(doc)?;
+            let subscription: Subscription = from_doc(doc)?;
             if subscription.status != SubscriptionStatus::Active
                 || subscription.last_refill_period.as_deref() == Some(period.as_str())
             {
@@ -302,11 +300,13 @@ impl Scheduler {
                 tracing::warn!(subscription = %subscription.id, %period, error = %e, "refill not applied yet");
                 continue;
             }
-            subscription.last_refill_period = Some(period.clone());
-            subscription.current_period_start = rfc3339(start);
-            subscription.current_period_end = rfc3339(end);
+            // Only the period's fields: a cancellation made meanwhile stands.
+            let mut fields = Doc::new();
+            fields.insert("last_refill_period".into(), period.clone().into());
+            fields.insert("current_period_start".into(), rfc3339(start).into());
+            fields.insert("current_period_end".into(), rfc3339(end).into());
             store
-                .replace_doc(Kind::Subscriptions, &to_doc(&subscription))
+                .update_doc(Kind::Subscriptions, &subscription.id, &fields)
                 .await?;
             report.refills += 1;
         }

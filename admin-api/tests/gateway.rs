@@ -435,6 +435,16 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!(s.upstream.requests(), before + 1);
 
+    // A response without a body (204) is kept and replayed like any other.
+    for replayed in [false, true] {
+        let r = post("/api/proxy/notes/search/gone?status=204", "k-204", "")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(r.headers().contains_key("idempotent-replayed"), replayed);
+    }
+
     // A refunded first use (a 5xx the service refunds) releases its key: the retry is a new
     // call, forwarded and charged (and refunded again here).
     let before = s.upstream.requests();
@@ -466,7 +476,7 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
     let problem: Value = r.json().await.unwrap();
     assert_eq!(problem["original_status"], 200, "{problem}");
     assert_eq!(s.upstream.requests(), before);
-    assert_eq!(s.balance("rich").await, 993 - 2 - 2 - 2);
+    assert_eq!(s.balance("rich").await, 993 - 2 - 2 - 2 - 2);
 }
 
 /// A gateway error after the charge (here a failing response header step, forced by a

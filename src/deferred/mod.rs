@@ -38,6 +38,11 @@ use tokio::sync::mpsc;
 /// The journal kind of a deferred call.
 const KIND: &str = "deferred";
 
+/// The journal kind that says a deferred call's charge was taken (and the balance after):
+/// a restart then gives back rather than charges again. Apart from [`KIND`], so the
+/// worker's note and the request's end never overwrite each other.
+const TAKEN: &str = "deferred-taken";
+
 /// Calls served on credit at once, per gateway (each holds two places in the queue). At
 /// ~1 KB each (the usage event) this bounds the queue to ~50 MB, and its charges drain in
 /// about a second once the ledger answers ([`CONCURRENT_CHARGES`] round trips at a time),
@@ -68,6 +73,9 @@ pub struct DeferredCharge {
     /// lives `ledger.charge_ttl_secs` from then); set by the worker.
     #[serde(default)]
     pub refund_since_ms: Option<i64>,
+    /// The balance after the charge, once the ledger took it (restored from the journal).
+    #[serde(default)]
+    pub taken_balance: Option<i64>,
 }
 
 /// What the journal keeps of a deferred call until its books are closed.
@@ -289,15 +297,24 @@ impl DeferredWorker {
 
     /// The deferred calls journaled as open (see [`WorkLog::open`]).
     pub fn restore(open: &mut OpenWork) -> Vec<Restored> {
+        let taken: HashMap<String, i64> = open
+            .remove(TAKEN)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, balance)| Some((id, balance.as_i64()?)))
+            .collect();
         open.remove(KIND)
             .unwrap_or_default()
             .into_iter()
             .filter_map(
                 |(id, item)| match serde_json::from_value::<Journaled>(item) {
-                    Ok(j) => Some(Restored {
-                        charge: j.charge,
-                        event: j.event,
-                    }),
+                    Ok(mut j) => {
+                        j.charge.taken_balance = j.charge.taken_balance.or(taken.get(&id).copied());
+                        Some(Restored {
+                            charge: j.charge,
+                            event: j.event,
+                        })
+                    }
                     Err(e) => {
                         tracing::error!(charge_id = %id, error = %e, "unreadable journaled deferred charge");
                         None
@@ -314,6 +331,9 @@ impl DeferredWorker {
         charge: DeferredCharge,
         mut stop: Option<ShutdownWatch>,
     ) -> (DeferredCharge, Taken) {
+        if let Some(balance) = charge.taken_balance {
+            return (charge, Taken::Charged { balance });
+        }
         let attempt = Charge {
             tenant_id: &charge.tenant_id,
             cost: charge.cost,
@@ -337,9 +357,13 @@ impl DeferredWorker {
         let taken = match outcome {
             Some(ChargeOutcome::Charged { balance, warnings }) => {
                 announce(warnings, balance);
+                self.worklog.put(TAKEN, &charge.charge_id, &balance);
                 Taken::Charged { balance }
             }
-            Some(ChargeOutcome::AlreadyCharged { balance }) => Taken::Charged { balance },
+            Some(ChargeOutcome::AlreadyCharged { balance }) => {
+                self.worklog.put(TAKEN, &charge.charge_id, &balance);
+                Taken::Charged { balance }
+            }
             Some(ChargeOutcome::Insufficient { balance, warnings }) => {
                 announce(warnings, balance);
                 Taken::Refused {
@@ -400,6 +424,7 @@ impl DeferredWorker {
             credits: charge.cost,
         };
         self.worklog.give_up(KIND, &charge.charge_id, &unresolved);
+        self.worklog.done(TAKEN, &charge.charge_id);
     }
 
     /// Closes the books on a call that ended: gives back what a failed call was charged,
@@ -445,6 +470,7 @@ impl DeferredWorker {
         let (charge_id, cost) = (&charge.charge_id, charge.cost);
         if settled != Settled::Lost {
             self.worklog.done(KIND, charge_id);
+            self.worklog.done(TAKEN, charge_id);
         }
         DEFERRED_PENDING.dec();
         DEFERRED_CHARGES[settled as usize].inc();

@@ -86,6 +86,7 @@ fn charge(_: &Setup) -> DeferredCharge {
         threshold: 0,
         charged_at_ms: crate::store::now_ms(),
         refund_since_ms: None,
+        taken_balance: None,
     }
 }
 
@@ -286,4 +287,48 @@ async fn a_charge_not_taken_before_its_record_expires_is_given_up() {
         (unresolved[0].kind.as_str(), unresolved[0].credits),
         ("deferred", 5)
     );
+}
+
+/// A restart while a failed call's refund was still being asked for, past the deadline
+/// of the charge itself: the restored call knows its charge was taken (journaled apart),
+/// so it gives it back under the refund's own deadline. Before, it asked for the charge
+/// again, found its deadline gone, and reported a refund that was still possible as lost.
+#[tokio::test(start_paused = true)]
+async fn a_restart_mid_refund_gives_back_and_never_charges_again() {
+    let dir = std::env::temp_dir().join(format!("tollgate-deferred-{}", uuid::Uuid::now_v7()));
+    let life = Duration::from_secs(20);
+    let s = setup_in(dir.clone(), 100, 0, life, Vec::new()).await;
+    let mut c = charge(&s);
+    c.charged_at_ms -= 15_000; // charged 15 s ago: its own deadline passes in 3 s
+    let e = event(&c, true);
+    let r = s.queue.defer(c).unwrap();
+    let (tx, stop) = watch::channel(false);
+    let work = async {
+        s.until(async || s.balance().await == 95).await;
+        s.ledger.fail_next(u32::MAX);
+        r.finish(e);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(true).unwrap();
+    };
+    tokio::join!(s.worker.start(stop), work);
+    assert!(
+        s.recorded().is_empty(),
+        "not settled: left to the next start"
+    );
+
+    let (_, mut open) = WorkLog::open(&dir).unwrap();
+    let restored = DeferredWorker::restore(&mut open);
+    assert_eq!(restored[0].charge.taken_balance, Some(95));
+    let mut restored = restored;
+    restored[0].charge.charged_at_ms -= 10_000; // the charge's deadline is long gone
+    let next = setup_in(dir.clone(), 95, 0, life, restored).await;
+    next.drive(async {}, async || next.recorded().len() == 1)
+        .await;
+    assert_eq!(
+        next.balance().await,
+        100,
+        "given back once, not charged again"
+    );
+    assert!(next.recorded()[0].refunded);
+    assert!(crate::ledger::worklog::unresolved(&dir).unwrap().is_empty());
 }

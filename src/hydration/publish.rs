@@ -9,16 +9,23 @@ use crate::usage::UsageSink;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often the pending credits are published: also how stale they may be, so hydration
 /// waits a little over this for a fresh publish.
 pub const PUBLISH_TICK: Duration = Duration::from_millis(100);
 
+/// Publishes through the ledger it was built with, every [`PUBLISH_TICK`]; clones share
+/// what was last published, so the server can make a last publish after the usage queue
+/// drained at shutdown (through a fresh connection: the ledger's own died with Pingora's
+/// runtimes).
+#[derive(Clone)]
 pub struct PendingPublisher {
-    pub ledger: Arc<dyn Ledger>,
-    pub usage: Arc<dyn UsageSink>,
+    ledger: Arc<dyn Ledger>,
+    usage: Arc<dyn UsageSink>,
+    /// What the ledger holds from us, as of the last publish that succeeded.
+    published: Arc<Mutex<HashMap<String, i64>>>,
 }
 
 /// What changed between two snapshots (0 for a tenant no longer pending).
@@ -37,28 +44,45 @@ fn changes(before: &HashMap<String, i64>, now: &HashMap<String, i64>) -> Vec<(St
     changed
 }
 
+impl PendingPublisher {
+    pub fn new(ledger: Arc<dyn Ledger>, usage: Arc<dyn UsageSink>) -> PendingPublisher {
+        PendingPublisher {
+            ledger,
+            usage,
+            published: Arc::default(),
+        }
+    }
+
+    /// Publishes what changed since the last publish that succeeded, through `ledger`.
+    pub async fn publish_through(&self, ledger: &dyn Ledger) {
+        let Some(pipeline) = self.usage.pipeline_id() else {
+            return;
+        };
+        let now = self.usage.pending_snapshot();
+        let changed = {
+            let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            changes(&published, &now)
+        };
+        let result = ledger.publish_pending(pipeline, &changed).await;
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(true) => *published = now,
+            // The ledger lost us (flushed): everything again next time.
+            Ok(false) => published.clear(),
+            // Some of it may not have landed: the next diff repeats it (writes are absolute).
+            Err(e) => tracing::debug!(error = %e, "cannot publish pending credits"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl BackgroundService for PendingPublisher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(pipeline) = self.usage.pipeline_id().map(str::to_owned) else {
+        if self.usage.pipeline_id().is_none() {
             return;
-        };
-        let mut published = HashMap::new();
+        }
         loop {
-            let now = self.usage.pending_snapshot();
-            match self
-                .ledger
-                .publish_pending(&pipeline, &changes(&published, &now))
-                .await
-            {
-                Ok(true) => published = now,
-                // The ledger lost us (flushed): everything again at the next tick.
-                Ok(false) => published.clear(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot publish pending credits");
-                    published.clear();
-                }
-            }
+            self.publish_through(&*self.ledger).await;
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(PUBLISH_TICK) => {}

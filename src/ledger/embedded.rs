@@ -306,7 +306,10 @@ impl Ledger for EmbeddedLedger {
         // An operator's change is acted on by the store next: it must be on disk first, or
         // a crash in between would forget it here and apply it again on recovery.
         if let (AdjustOutcome::Applied { .. }, Some(journal)) = (outcome, &self.journal) {
-            journal.written().await;
+            if !journal.written().await {
+                // Applied in memory, not yet on disk: the caller retries by the same id.
+                return Err(LedgerError::Timeout);
+            }
         }
         Ok(outcome)
     }

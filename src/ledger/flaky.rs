@@ -27,6 +27,11 @@ impl Flaky {
         }
     }
 
+    /// The next `n` charges and voids time out (the ledger goes down now).
+    pub fn fail_next(&self, n: u32) {
+        self.failures.store(n, Ordering::SeqCst);
+    }
+
     fn fail(&self) -> Result<(), LedgerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let left = self.failures.load(Ordering::SeqCst);

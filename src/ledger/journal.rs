@@ -152,13 +152,19 @@ impl Journal {
     }
 
     /// Waits (without blocking a thread) until everything appended so far is written to
-    /// the file: what must survive a crash of the process right after.
-    pub async fn written(&self) {
+    /// the file: what must survive a crash of the process right after. False when it was
+    /// not written in time (or the writer is gone).
+    pub async fn written(&self) -> bool {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Message::Written(done_tx)).is_ok()
-            && tokio::time::timeout(FLUSH_WAIT, done_rx).await.is_err()
-        {
-            tracing::error!("ledger journal did not write in time");
+        if self.tx.send(Message::Written(done_tx)).is_err() {
+            return false;
+        }
+        match tokio::time::timeout(FLUSH_WAIT, done_rx).await {
+            Ok(Ok(())) => true,
+            _ => {
+                tracing::error!("ledger journal did not write in time");
+                false
+            }
         }
     }
 
@@ -206,6 +212,13 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
             tracing::error!(error = %e, "ledger journal flush failed");
         }
         if written >= COMPACT_AFTER_BYTES {
+            // Expired keys (and their kept responses) and operations leave the mirror here,
+            // so neither it nor the compacted file grows with them.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            mirror.idempotency.retain(|_, entry| entry.expires > now);
+            mirror.adjusted.retain(|_, (_, expires)| *expires > now);
             match compact(path, &mirror) {
                 Ok(file) => {
                     out = BufWriter::new(file);

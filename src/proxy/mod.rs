@@ -322,7 +322,7 @@ impl ProxyHttp for Gateway {
     /// Step 5: the credits headers on the upstream's response.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -332,7 +332,13 @@ impl ProxyHttp for Gateway {
         let status = response.status.as_u16();
         ctx.upstream_status = Some(status);
         if let Some(keyed) = &mut ctx.keyed {
-            keyed.response_header(response);
+            let bodiless = session.req_header().method == http::Method::HEAD
+                || matches!(status, 204 | 304)
+                || response
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_some_and(|l| l.as_bytes() == b"0");
+            keyed.response_header(response, bodiless);
         }
         if crate::failpoint::hit("response_filter") {
             return Error::e_explain(ErrorType::InternalError, "failpoint response_filter");

@@ -52,9 +52,12 @@ impl Keyed {
         self.body_digest.update(chunk);
     }
 
-    /// The upstream's response header, before the gateway adds its own.
-    pub(super) fn response_header(&mut self, response: &ResponseHeader) {
+    /// The upstream's response header, before the gateway adds its own. `bodiless`: the
+    /// response ends with its header (a `HEAD`, `204`, `304`, `Content-Length: 0`), so no
+    /// body phase will come to say it is whole.
+    pub(super) fn response_header(&mut self, response: &ResponseHeader, bodiless: bool) {
         self.status = Some(response.status.as_u16());
+        self.complete = bodiless;
         self.headers = response
             .headers
             .iter()
@@ -152,7 +155,10 @@ impl Gateway {
         for (name, value) in kept.headers {
             header.append_header(name, value)?;
         }
-        header.insert_header("content-length", body.len())?;
+        // RFC 9110 §8.6: no Content-Length on a 204 or 304.
+        if !matches!(kept.status, 204 | 304) {
+            header.insert_header("content-length", body.len())?;
+        }
         header.insert_header("idempotent-replayed", "true")?;
         header.insert_header("x-credits-cost", 0)?;
         header.insert_header("x-credits-remaining", balance)?;

@@ -218,6 +218,7 @@ impl Gateway {
             threshold: charge.threshold,
             charged_at_ms: crate::store::now_ms(),
             refund_since_ms: None,
+            taken_balance: None,
         });
         if reservation.is_none() {
             tracing::warn!(request_id = %charge.charge_id, "deferred charges queue full: failing closed");

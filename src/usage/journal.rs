@@ -47,6 +47,19 @@ impl Journal {
         })
     }
 
+    /// The journal as it is, for reading beside the gateway that writes it (`tollgate
+    /// reconcile`): never repaired, never appended to.
+    pub fn read_only(path: &Path) -> std::io::Result<Journal> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Journal {
+            path: path.to_owned(),
+            file,
+            len,
+            max_bytes: 0,
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

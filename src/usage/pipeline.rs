@@ -195,7 +195,7 @@ pub fn journaled_credits(data_dir: &Path) -> std::io::Result<HashMap<String, i64
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    Ok(scan(&Journal::open(&path, u64::MAX)?)?.0)
+    Ok(scan(&Journal::read_only(&path)?)?.0)
 }
 
 /// The pipeline id of this data dir, made once and kept, so sequence guards in the store
