@@ -110,6 +110,13 @@ pub enum VoidOutcome {
     NoBalance,
 }
 
+/// Unix time in ms: when ledger work began, compared with when it must end.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The highest balance a tenant may hold: far beyond any real account, and exact in the
 /// double-precision numbers of Redis's Lua.
 pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
@@ -170,7 +177,7 @@ pub struct LoginPolicy {
 }
 
 /// What other processes hold for a tenant in usage not yet in the store, as hydration sees
-/// it through a shared ledger (see `crate::hydration`).
+/// it through a shared ledger (docs/DESIGN.md, "Hydration").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PendingElsewhere {
     /// The ledger's clock, ms.

@@ -35,7 +35,7 @@ pub enum Answer<T> {
 pub fn deadline(since_ms: i64, life: Duration) -> Instant {
     let margin = (life / 10).max(Duration::from_secs(1)).min(life / 2);
     let end_ms = since_ms.saturating_add((life - margin).as_millis() as i64);
-    let left = end_ms.saturating_sub(crate::store::now_ms());
+    let left = end_ms.saturating_sub(super::unix_ms());
     Instant::now() + Duration::from_millis(left.max(0) as u64)
 }
 

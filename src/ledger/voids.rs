@@ -154,7 +154,7 @@ impl BackgroundService for VoidWorker {
                 Answer::Stopped => unvoided += 1,
                 Answer::Expired => {
                     let unresolved = Unresolved {
-                        at_ms: crate::store::now_ms(),
+                        at_ms: super::unix_ms(),
                         kind: if void.applied_cost.is_some() {
                             "refund"
                         } else {
@@ -189,7 +189,7 @@ mod tests {
             idempotency_key: None,
             applied_cost: Some(5),
             cost: 5,
-            since_ms: crate::store::now_ms(),
+            since_ms: crate::ledger::unix_ms(),
         }
     }
 
