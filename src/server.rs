@@ -13,7 +13,7 @@ use crate::hydration::{Hydrator, PendingPublisher};
 use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker, WorkLog};
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
-use crate::store::{Kind, MongoStore, NewTenant, SqliteStore, Store};
+use crate::store::{Kind, MongoStore, NewTenant, SqliteStore, Store, TenantPatch};
 use crate::usage::{UsagePipeline, UsageSettings, UsageSink};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -100,7 +100,14 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
             initial_credits: tenant.credits,
             actor: "config",
         };
-        store.ensure_tenant(&new).await?;
+        let created = store.ensure_tenant(&new).await?;
+        if let (true, Some(threshold)) = (created, tenant.low_credit_threshold) {
+            let patch = TenantPatch {
+                low_credit_threshold: Some(threshold),
+                ..TenantPatch::default()
+            };
+            store.update_tenant(&tenant.id, &patch).await?;
+        }
     }
     for service in &config.services {
         if store

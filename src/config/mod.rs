@@ -334,6 +334,10 @@ pub struct TenantConfig {
     pub credits: i64,
     #[serde(default = "active")]
     pub status: TenantStatus,
+    /// The balance at or below which a `low` warning is announced (default 100), set when
+    /// the tenant is first stored.
+    #[serde(default)]
+    pub low_credit_threshold: Option<i64>,
 }
 
 fn active() -> TenantStatus {

@@ -25,6 +25,19 @@ fn the_shipped_quickstart_config_is_valid() {
     assert!(!config.is_distributed());
     assert_eq!(config.services[0].endpoints.len(), 3);
     crate::routing::Router::new(&config.services).unwrap();
+    // The README's tour: the trial tenant's first create crosses its low-credit threshold
+    // (a `low` warning needs a balance that starts above it), the second leaves too little
+    // for a third, which is refused (`exhausted`).
+    let trial = config.tenants.iter().find(|t| t.id == "trial").unwrap();
+    let threshold = trial.low_credit_threshold.unwrap_or(100);
+    let create = config.services[0]
+        .endpoints
+        .iter()
+        .find(|e| e.path == "/notes/create")
+        .map(|e| i64::from(e.credits))
+        .unwrap();
+    assert!(trial.credits > threshold && trial.credits - create <= threshold);
+    assert!((0..create).contains(&(trial.credits - 2 * create)));
 }
 
 #[test]
