@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,20 +103,21 @@ async fn echo(State(counters): State<Arc<Counters>>, request: Request) -> Respon
 
 /// The demo upstream as a Pingora background service of `tollgate run`.
 pub struct DemoUpstream {
-    pub listen: SocketAddr,
+    /// `demo_upstream.listen`, bound at start-up.
+    pub listener: crate::listen::Reserved,
 }
 
 #[async_trait::async_trait]
 impl BackgroundService for DemoUpstream {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.listen).await {
+        let listener = match self.listener.listen() {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(listen = %self.listen, error = %e, "demo upstream cannot listen");
+                tracing::error!(listen = %self.listener.addr, error = %e, "demo upstream cannot listen");
                 return;
             }
         };
-        tracing::info!(listen = %self.listen, "demo upstream listening");
+        tracing::info!(listen = %self.listener.addr, "demo upstream listening");
         tokio::select! {
             result = serve(listener, Arc::default()) => {
                 if let Err(e) = result {

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod hydration;
 pub mod idempotency;
 pub mod ledger;
+pub mod listen;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

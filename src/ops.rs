@@ -12,7 +12,6 @@ use axum::Json;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,17 +70,18 @@ async fn ready(State(backends): State<Backends>) -> Response {
 
 /// The endpoint as a Pingora background service of `tollgate run`.
 pub struct OpsService {
-    pub listen: SocketAddr,
+    /// `metrics_listen`, bound at start-up.
+    pub listener: crate::listen::Reserved,
     pub backends: Backends,
 }
 
 #[async_trait::async_trait]
 impl BackgroundService for OpsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.listen).await {
+        let listener = match self.listener.listen() {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(listen = %self.listen, error = %e, "metrics endpoint cannot listen");
+                tracing::error!(listen = %self.listener.addr, error = %e, "metrics endpoint cannot listen");
                 return;
             }
         };

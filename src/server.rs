@@ -167,6 +167,14 @@ pub fn open_alerts(
     Ok((Arc::new(sink), publisher))
 }
 
+/// Binds a side listener now, or says which and where it could not (see [`crate::listen`]).
+pub fn reserve(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<crate::listen::Reserved, StartError> {
+    crate::listen::reserve(addr).map_err(|source| StartError::Listen { what, addr, source })
+}
+
 /// Builds and runs the server until shutdown; returns once everything has stopped.
 /// `control_plane` adds the services that share the gateway's [`Handles`].
 pub fn run(
@@ -286,7 +294,10 @@ pub fn run(
         server.add_service(background_service("reconciliation", reconciler));
     }
     let ops = crate::ops::OpsService {
-        listen: crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
+        listener: reserve(
+            "the metrics endpoint (metrics_listen)",
+            crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
+        )?,
         backends: crate::ops::Backends {
             ledger: Arc::clone(&ledger),
             store: Arc::clone(&store),
@@ -295,7 +306,11 @@ pub fn run(
     server.add_service(background_service("metrics", ops));
     if let Some(demo) = &config.demo_upstream {
         let listen = crate::config::parse_addr("demo_upstream.listen", &demo.listen)?;
-        server.add_service(background_service("demo upstream", DemoUpstream { listen }));
+        let listener = reserve("the demo upstream (demo_upstream.listen)", listen)?;
+        server.add_service(background_service(
+            "demo upstream",
+            DemoUpstream { listener },
+        ));
     }
     tracing::info!(
         listen = %config.listen,

@@ -26,7 +26,6 @@ pub use problem::ApiError;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tollgate::auth::Verifier;
 use tollgate::catalog::Catalog;
@@ -178,21 +177,22 @@ pub async fn serve(
 
 /// The admin API as a Pingora background service of `tollgate run`.
 pub struct AdminService {
-    pub listen: SocketAddr,
+    /// `admin_listen`, bound at start-up.
+    pub listener: tollgate::listen::Reserved,
     pub state: AdminState,
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.listen).await {
+        let listener = match self.listener.listen() {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::error!(listen = %self.listen, error = %e, "admin API cannot listen");
+                tracing::error!(listen = %self.listener.addr, error = %e, "admin API cannot listen");
                 return;
             }
         };
-        tracing::info!(listen = %self.listen, "admin API listening");
+        tracing::info!(listen = %self.listener.addr, "admin API listening");
         let stop = async move {
             let _ = shutdown.changed().await;
         };

@@ -285,9 +285,10 @@ fn execute(command: Command) -> Result<(), String> {
                 }
                 let recovery = Recovery(state.clone());
                 server.add_service(background_service("credit recovery", recovery));
+                let listener = server::reserve("the admin API (admin_listen)", listen)?;
                 server.add_service(background_service(
                     "admin api",
-                    AdminService { listen, state },
+                    AdminService { listener, state },
                 ));
                 Ok(())
             };

@@ -58,7 +58,7 @@ struct Setup {
     gateway: Gateway,
     gate: TcpGate,
     redis: RedisServer,
-    _upstream: Upstream,
+    upstream: Upstream,
 }
 
 async fn setup(charge_ttl_secs: u64) -> Setup {
@@ -84,7 +84,7 @@ async fn setup(charge_ttl_secs: u64) -> Setup {
         gateway,
         gate,
         redis,
-        _upstream: upstream,
+        upstream,
     }
 }
 
@@ -93,15 +93,20 @@ impl Setup {
     /// replies flowing, then timed out at the upstream); a's charge lands for a call that
     /// gets `503`; b's charge lands for a call served on credit. Every reply is lost.
     async fn lose_replies(&self) {
+        let forwarded = self.upstream.requests();
         let slow = {
             let url = self.gateway.url("/api/proxy/slowish/x?delay_ms=3000");
             let request = client().get(url).bearer_auth(token("c", "u1"));
             tokio::spawn(async move { request.send().await.unwrap() })
         };
-        wait_until("c's charge", Duration::from_secs(10), async || {
-            self.redis.balance("c").await == Some(92)
-        })
+        // Forwarded: the gateway has the charge's answer (not only Redis its command).
+        wait_until(
+            "c's call to reach the upstream",
+            Duration::from_secs(10),
+            async || self.upstream.requests() > forwarded,
+        )
         .await;
+        assert_eq!(self.redis.balance("c").await, Some(92));
         self.gate.lose_replies();
         let slow = slow.await.unwrap();
         assert_eq!(slow.status(), 504);

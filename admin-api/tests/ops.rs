@@ -437,3 +437,57 @@ async fn a_graceful_upgrade_under_load_loses_nothing() {
     );
     eprintln!("upgrade under load: {ok} served, {retried} retried, {logged} logged");
 }
+
+/// A side port that cannot be had (the admin API's, the metrics endpoint's) stops start-up
+/// with the address named. Before, the error was logged and the gateway ran without it.
+#[test]
+fn a_port_that_cannot_be_had_stops_start_up_naming_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    for (variable, key) in [
+        ("TOLLGATE_ADMIN_LISTEN", "admin_listen"),
+        ("TOLLGATE_METRICS_LISTEN", "metrics_listen"),
+    ] {
+        let dir = common::temp_dir("tollgate-bind");
+        let config = dir.join("tollgate.yaml");
+        std::fs::write(
+            &config,
+            "grace_period_secs: 0\nscheduler:\n  enabled: false\n",
+        )
+        .unwrap();
+        let free = || format!("127.0.0.1:{}", common::free_port());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("TOLLGATE_DATA_DIR", dir.join("data"))
+            .env("TOLLGATE_LISTEN", free())
+            .env("TOLLGATE_ADMIN_LISTEN", free())
+            .env("TOLLGATE_METRICS_LISTEN", free())
+            .env("TOLLGATE_MQTT_EMBEDDED_LISTEN", free())
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_MONGODB_URI")
+            .env(variable, &taken)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{key}: the gateway started without its port");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{key}: {stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains(&taken),
+            "{key} {taken}: {stderr}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
