@@ -110,7 +110,7 @@ pub struct DemoUpstream {
 #[async_trait::async_trait]
 impl BackgroundService for DemoUpstream {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match self.listener.listen() {
+        let listener = match self.listener.listen().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(listen = %self.listener.addr, error = %e, "demo upstream cannot listen");

@@ -1,17 +1,23 @@
 //! Side listeners (the admin API, metrics, the demo upstream) are bound before anything is
 //! served: a port that cannot be had stops start-up, naming the address, instead of leaving
-//! a gateway that runs without it. Bound with `SO_REUSEPORT`, so the process that replaces
-//! this one in a graceful upgrade binds the same ports while this one still serves them.
+//! a gateway that runs without it. In a graceful upgrade the process being replaced still
+//! holds them until it exits, so there they are bound when free (as the embedded MQTT
+//! broker's port is).
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: u32 = 1024;
 
-/// A port bound (held against other processes) but not yet listening: listening needs the
-/// runtime that will serve it, which Pingora starts later.
+/// How often a port still held by the process being replaced is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A side port: bound now (held against other processes) but not yet listening, since
+/// listening needs the runtime that will serve it, which Pingora starts later; or, in a
+/// graceful upgrade, to be bound once the old process lets it go.
 pub struct Reserved {
     pub addr: SocketAddr,
     socket: Mutex<Option<TcpSocket>>,
@@ -25,8 +31,6 @@ pub fn reserve(addr: SocketAddr) -> std::io::Result<Reserved> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     Ok(Reserved {
         addr,
@@ -34,16 +38,34 @@ pub fn reserve(addr: SocketAddr) -> std::io::Result<Reserved> {
     })
 }
 
+/// `addr`, to be bound when the process being replaced (a graceful upgrade) releases it.
+pub fn when_free(addr: SocketAddr) -> Reserved {
+    Reserved {
+        addr,
+        socket: Mutex::new(None),
+    }
+}
+
 impl Reserved {
-    /// Starts listening, inside the runtime that serves it; once only.
-    pub fn listen(&self) -> std::io::Result<TcpListener> {
-        let socket = self
-            .socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or_else(|| std::io::Error::other("listener already taken"))?;
-        socket.listen(BACKLOG)
+    /// Starts listening, inside the runtime that serves it.
+    pub async fn listen(&self) -> std::io::Result<TcpListener> {
+        let bound = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(socket) = bound {
+            return socket.listen(BACKLOG);
+        }
+        let mut warned = false;
+        loop {
+            match TcpListener::bind(self.addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    if !warned {
+                        tracing::warn!(listen = %self.addr, "waiting for the replaced process to release its port");
+                        warned = true;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                bound => return bound,
+            }
+        }
     }
 }
 
@@ -55,16 +77,19 @@ mod tests {
     async fn a_taken_port_is_refused_and_a_reserved_one_listens() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        assert!(
-            reserve(addr).is_err(),
-            "held by a socket without SO_REUSEPORT"
-        );
+        assert!(reserve(addr).is_err());
         let reserved = reserve("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = reserved.listen().unwrap();
-        assert!(reserved.listen().is_err(), "once only");
+        let listener = reserved.listen().await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connected, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         assert!(connected.is_ok() && accepted.is_ok());
+        // In an upgrade: bound once the old holder lets go.
+        let later = when_free(taken.local_addr().unwrap());
+        let (listened, ()) = tokio::join!(later.listen(), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(taken);
+        });
+        assert!(listened.is_ok());
     }
 }

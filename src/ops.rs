@@ -78,7 +78,7 @@ pub struct OpsService {
 #[async_trait::async_trait]
 impl BackgroundService for OpsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match self.listener.listen() {
+        let listener = match self.listener.listen().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(listen = %self.listener.addr, error = %e, "metrics endpoint cannot listen");

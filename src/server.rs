@@ -167,11 +167,16 @@ pub fn open_alerts(
     Ok((Arc::new(sink), publisher))
 }
 
-/// Binds a side listener now, or says which and where it could not (see [`crate::listen`]).
+/// Binds a side listener now, or says which and where it could not (see [`crate::listen`]);
+/// in a graceful `upgrade`, once the process being replaced lets it go.
 pub fn reserve(
     what: &'static str,
     addr: std::net::SocketAddr,
+    upgrade: bool,
 ) -> Result<crate::listen::Reserved, StartError> {
+    if upgrade {
+        return Ok(crate::listen::when_free(addr));
+    }
     crate::listen::reserve(addr).map_err(|source| StartError::Listen { what, addr, source })
 }
 
@@ -297,6 +302,7 @@ pub fn run(
         listener: reserve(
             "the metrics endpoint (metrics_listen)",
             crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
+            options.upgrade,
         )?,
         backends: crate::ops::Backends {
             ledger: Arc::clone(&ledger),
@@ -306,7 +312,11 @@ pub fn run(
     server.add_service(background_service("metrics", ops));
     if let Some(demo) = &config.demo_upstream {
         let listen = crate::config::parse_addr("demo_upstream.listen", &demo.listen)?;
-        let listener = reserve("the demo upstream (demo_upstream.listen)", listen)?;
+        let listener = reserve(
+            "the demo upstream (demo_upstream.listen)",
+            listen,
+            options.upgrade,
+        )?;
         server.add_service(background_service(
             "demo upstream",
             DemoUpstream { listener },

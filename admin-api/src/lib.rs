@@ -8,6 +8,7 @@
 
 mod auth;
 pub mod billing;
+pub mod cli;
 mod credits;
 mod extract;
 mod me;
@@ -185,7 +186,7 @@ pub struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match self.listener.listen() {
+        let listener = match self.listener.listen().await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::error!(listen = %self.listener.addr, error = %e, "admin API cannot listen");
