@@ -7,31 +7,23 @@
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
-
-/// Connections waiting to be accepted, per listener.
-const BACKLOG: u32 = 1024;
+use tokio::net::TcpListener;
 
 /// How often a port still held by the process being replaced is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// A side port: bound now (held against other processes) but not yet listening, since
-/// listening needs the runtime that will serve it, which Pingora starts later; or, in a
-/// graceful upgrade, to be bound once the old process lets it go.
+/// A side port: listening from now on (so no other socket can take it; connections wait in
+/// the backlog until it is served), handed to the runtime that serves it, which Pingora
+/// starts later; or, in a graceful upgrade, to be bound once the old process lets it go.
 pub struct Reserved {
     pub addr: SocketAddr,
-    socket: Mutex<Option<TcpSocket>>,
+    socket: Mutex<Option<std::net::TcpListener>>,
 }
 
-/// Binds `addr` now.
+/// Binds and listens on `addr` now.
 pub fn reserve(addr: SocketAddr) -> std::io::Result<Reserved> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
     Ok(Reserved {
         addr,
         socket: Mutex::new(Some(socket)),
@@ -51,7 +43,7 @@ impl Reserved {
     pub async fn listen(&self) -> std::io::Result<TcpListener> {
         let bound = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(socket) = bound {
-            return socket.listen(BACKLOG);
+            return TcpListener::from_std(socket);
         }
         let mut warned = false;
         loop {

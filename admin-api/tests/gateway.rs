@@ -412,7 +412,7 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
 
     // In flight: a retry gets 409 with Retry-After and is not forwarded.
     let before = s.upstream.requests();
-    let slow = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "").send();
+    let slow = post("/api/proxy/notes/search/slow?delay_ms=3000", "k-slow", "").send();
     let slow = tokio::spawn(slow);
     common::wait_until(
         "the slow call to reach the upstream",
@@ -420,7 +420,7 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
         async || s.upstream.requests() > before,
     )
     .await;
-    let r = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "")
+    let r = post("/api/proxy/notes/search/slow?delay_ms=3000", "k-slow", "")
         .send()
         .await
         .unwrap();
@@ -428,7 +428,7 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
     assert_eq!(r.headers()["retry-after"], "1");
     assert_problem(&r.json().await.unwrap(), 409);
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
-    let r = post("/api/proxy/notes/search/slow?delay_ms=1500", "k-slow", "")
+    let r = post("/api/proxy/notes/search/slow?delay_ms=3000", "k-slow", "")
         .send()
         .await
         .unwrap();

@@ -22,6 +22,14 @@ use pingora::Result;
 /// `Retry-After` on a `409` for a key whose first call is still running.
 const IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
 
+/// How long a retry that finds its key in flight waits for the first call's response to be
+/// kept before answering `409`: the response is kept right after its last byte is sent, so
+/// a client that retries the moment it has it would otherwise race the gateway.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often that wait looks again.
+const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A first use in progress: the key this request claimed and what is taken for it.
 #[derive(Debug)]
 pub(super) struct Keyed {
@@ -104,12 +112,21 @@ impl Gateway {
         (tenant_id, key, fingerprint): (&str, &str, &str),
         balance: i64,
     ) -> Result<bool> {
-        let record = match self.ledger.key_record(tenant_id, key).await {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable reading an idempotency key");
-                return super::refuse(session, ctx, &Problem::ledger_unavailable()).await;
+        let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+        let record = loop {
+            let record = match self.ledger.key_record(tenant_id, key).await {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "ledger unavailable reading an idempotency key");
+                    return super::refuse(session, ctx, &Problem::ledger_unavailable()).await;
+                }
+            };
+            let in_flight =
+                matches!(&record, Some(r) if r.response.is_none() && r.fingerprint == fingerprint);
+            if !in_flight || tokio::time::Instant::now() >= deadline {
+                break record;
             }
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
         };
         let problem = match record {
             // Released between the charge and this read (its first use was refunded): the
