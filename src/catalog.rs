@@ -31,7 +31,7 @@ const REVOCATION_HORIZON_SECS: u64 = crate::config::MAX_TOKEN_TTL_SECS + 24 * 36
 /// version bump was lost (Redis down at that moment) still arrives, a minute late.
 const FULL_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
-/// How often each replica asks whether the catalog changed (SPEC §7 allows 2 s in all).
+/// How often each replica asks whether the catalog changed (docs/ADMIN-API.md allows 2 s in all).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// User id → unix ms of the change: tokens issued before it are void.

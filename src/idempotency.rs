@@ -4,7 +4,7 @@
 //! it: the method, the service, the full path and query (the *head*, known before the
 //! body) and a SHA-256 digest of the body, taken as the body streams through. The ledger
 //! claims the key in the same atomic step as the charge; the gateway keeps the response
-//! with it once the call completes; a refund releases it. See docs/DESIGN.md, "Idempotency".
+//! with it once the call completes; a refund releases it. See docs/DESIGN.md §Idempotency.
 //!
 //! ```text
 //!   (absent) ──charge──► in flight ──call completes──► kept (status, headers, body)

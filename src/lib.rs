@@ -1,6 +1,6 @@
 //! Tollgate: a credit-metered API gateway on Pingora.
 //!
-//! Each module is one stage of the request path of SPEC §2 (`routing`, `auth`, `ledger`,
+//! Each module is one stage of the request path of docs/DESIGN.md §Request path (`routing`, `auth`, `ledger`,
 //! `usage`), tied together by the one `ProxyHttp` implementation in [`proxy`] and wired into
 //! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
 

@@ -2,7 +2,7 @@
 //! refills and a subscription's first grant all go through [`change_credits`]. No HTTP
 //! here: the credits handlers, subscriptions and the scheduler call it alike.
 //!
-//! A change is an intent (an outbox, docs/DESIGN.md "Credit changes") written to the store
+//! A change is an intent (an outbox, docs/DESIGN.md §Credit changes) written to the store
 //! before anything moves, then applied to the ledger by its id (the ledger keeps each
 //! operation id for [`ADJUSTMENT_RECORD_LIFE`]: a retry applies nothing twice), then
 //! recorded as the `credit_transactions` row with the same id (the store applies a row id

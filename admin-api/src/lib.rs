@@ -1,4 +1,4 @@
-//! Tollgate's control plane: the admin REST API of SPEC §7 (`docs/ADMIN-API.md`).
+//! Tollgate's control plane: the admin REST API of docs/ADMIN-API.md (`docs/ADMIN-API.md`).
 //!
 //! One `axum` router over the same store, ledger and token verifier as the gateway.
 //! `tollgate run` serves it beside the gateway (sharing the gateway's [`Handles`], so a
@@ -122,7 +122,7 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
         .split_for_parts();
     api.info.title = "Tollgate admin API".into();
     api.info.version = env!("CARGO_PKG_VERSION").into();
-    api.info.description = Some("The control plane of Tollgate (SPEC §7).".into());
+    api.info.description = Some("The control plane of Tollgate (docs/ADMIN-API.md).".into());
     let components = api.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",

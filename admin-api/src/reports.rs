@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tollgate::store::{Kind, UsageQuery};
 use utoipa::{IntoParams, ToSchema};
 
-/// A list of stored documents (their shapes: SPEC §3).
+/// A list of stored documents (their shapes: docs/DESIGN.md §Data model).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocList {
     #[schema(value_type = Vec<Object>)]

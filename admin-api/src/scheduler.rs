@@ -1,4 +1,4 @@
-//! The control plane's periodic work (SPEC §6): usage summaries per window, invoices per
+//! The control plane's periodic work (docs/DESIGN.md §Scheduler): usage summaries per window, invoices per
 //! billing period, and monthly refills from subscriptions.
 //!
 //! Windows are contiguous across runs and restarts: each starts where the last stored

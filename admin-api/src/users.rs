@@ -1,4 +1,4 @@
-//! Users: the accounts that log in. Stored in `users` (SPEC §3) with an argon2id hash that
+//! Users: the accounts that log in. Stored in `users` (docs/DESIGN.md §Data model) with an argon2id hash that
 //! never leaves the store.
 
 use crate::extract::{Admin, Body};

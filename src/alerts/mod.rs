@@ -1,4 +1,4 @@
-//! Step 7 of the request path: real-time alerts over MQTT (SPEC §5).
+//! Step 7 of the request path: real-time alerts over MQTT (docs/DESIGN.md §Alerts).
 //!
 //! The ledger decides *whether* to warn (atomically with the charge, see `charge.lua`); the
 //! gateway hands the warning to an [`AlertSink`], which must return at once. The MQTT

@@ -239,7 +239,7 @@ impl Default for UsageConfig {
     }
 }
 
-/// MQTT alerts (SPEC §5).
+/// MQTT alerts (docs/DESIGN.md §Alerts).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
@@ -268,7 +268,7 @@ impl Default for AlertsConfig {
     }
 }
 
-/// The control plane's periodic work (SPEC §6).
+/// The control plane's periodic work (docs/DESIGN.md §Scheduler).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {

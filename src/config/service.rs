@@ -16,7 +16,7 @@ pub struct ServiceConfig {
     /// Give the credits back when the upstream answers 5xx.
     #[serde(default)]
     pub refund_on_5xx: bool,
-    /// What to do when the ledger cannot answer (SPEC §2).
+    /// What to do when the ledger cannot answer (docs/DESIGN.md §Request path).
     #[serde(default)]
     pub on_ledger_error: OnLedgerError,
     /// Free and open: no token, no charge, no usage log (public endpoints; also the load

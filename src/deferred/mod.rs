@@ -1,4 +1,4 @@
-//! Deferred charges (SPEC §2, `on_ledger_error: allow`): a call to such a service that
+//! Deferred charges (docs/DESIGN.md §Request path, `on_ledger_error: allow`): a call to such a service that
 //! finds the ledger unavailable is forwarded anyway, and its charge is applied here, in the
 //! background, as soon as the ledger answers again.
 //!
@@ -8,7 +8,7 @@
 //! charge that timed out may have landed after all (a stalled Redis resuming), and only
 //! while its record lives (`ledger.charge_ttl_secs`) does a retry by the same charge id find
 //! it instead of taking the cost twice. The second place is kept for the call's end: its
-//! usage event, recorded with what the ledger really took, so the books (SPEC §4: logs =
+//! usage event, recorded with what the ledger really took, so the books (docs/DESIGN.md §Usage pipeline and journal: logs =
 //! ledger) stay exact. A call the upstream failed owes nothing: what was taken is given back.
 //! A tenant without enough credits by then was served for free: logged at 0 credits and
 //! counted as `uncollected`.

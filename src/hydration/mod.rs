@@ -10,7 +10,7 @@
 //! theirs only drains, so hydration waits until every live replica has published, after
 //! it began, that it holds nothing for the tenant (a store outage makes that a `503` until
 //! the store is back), and subtracts what replicas that stopped publishing last held.
-//! Seeding is set-if-absent, so racing replicas agree. See docs/DESIGN.md, "Hydration".
+//! Seeding is set-if-absent, so racing replicas agree. See docs/DESIGN.md §Hydration.
 
 mod inflight;
 mod publish;

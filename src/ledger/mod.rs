@@ -37,7 +37,7 @@ pub struct Charge<'a> {
     pub threshold: i64,
 }
 
-/// The warnings (SPEC §5) a ledger operation decided to announce: each fires once per
+/// The warnings (docs/DESIGN.md §Alerts) a ledger operation decided to announce: each fires once per
 /// crossing, decided atomically with the balance change, and is re-armed by a top-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Warnings {
@@ -177,7 +177,7 @@ pub struct LoginPolicy {
 }
 
 /// What other processes hold for a tenant in usage not yet in the store, as hydration sees
-/// it through a shared ledger (docs/DESIGN.md, "Hydration").
+/// it through a shared ledger (docs/DESIGN.md §Hydration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PendingElsewhere {
     /// The ledger's clock, ms.

@@ -3,7 +3,7 @@
 //! A background worker retries each until the ledger answers, so a 503 or a failed upstream
 //! never costs the tenant credits. Each is journaled ([`WorkLog`]) until done, so a restart
 //! finishes it; one that cannot be done before its exactly-once record expires is given up
-//! and reported (docs/DESIGN.md, "Unfinished ledger work").
+//! and reported (docs/DESIGN.md §Unfinished ledger work).
 
 use super::retry::{deadline, stopping, until_answered, Answer};
 use super::worklog::{Unresolved, WorkLog};

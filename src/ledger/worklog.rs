@@ -2,7 +2,7 @@
 //! ledger survive a restart (SIGKILL, or a shutdown while the ledger is down) and are
 //! finished at the next start. What a worker gives up for good (its exactly-once record in
 //! the ledger is about to expire) goes to a second, append-only file that `tollgate
-//! reconcile` reports. See docs/DESIGN.md, "Unfinished ledger work".
+//! reconcile` reports. See docs/DESIGN.md §Unfinished ledger work.
 //!
 //! `ledger-work.journal` holds JSON lines: `put` (an item, or its newer state) and `done`.
 //! It is read and compacted to the items still open when it is opened. Writes happen only

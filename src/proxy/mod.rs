@@ -1,5 +1,5 @@
 //! The gateway: the one [`ProxyHttp`] implementation, reading top to bottom like the
-//! request path of SPEC §2.
+//! request path of docs/DESIGN.md §Request path.
 //!
 //! ```text
 //!  client ──► request_filter ─────────────────────────────────────────► upstream_peer

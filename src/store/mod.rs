@@ -1,4 +1,4 @@
-//! The durable store of SPEC §3: tenants with their durable balance, the usage logs, and
+//! The durable store of docs/DESIGN.md §Data model: tenants with their durable balance, the usage logs, and
 //! the credit transactions that audit every change of balance. Two backends answer the
 //! same [`Store`] trait: MongoDB (distributed mode) and an embedded SQLite file under the
 //! data dir (the default). One behavioural suite (`tests/store.rs`) runs against both.
@@ -65,9 +65,9 @@ pub struct TenantPatch {
     pub plan_id: Option<Option<String>>,
 }
 
-/// The control plane's collections of JSON documents (SPEC §3), each keyed by its `id`
+/// The control plane's collections of JSON documents (docs/DESIGN.md §Data model), each keyed by its `id`
 /// (`_id` in MongoDB). Their shapes belong to the admin API and the scheduler; the store
-/// only keeps them, enforces the unique keys of SPEC §3 and finds them by a field.
+/// only keeps them, enforces the unique keys of docs/DESIGN.md §Data model and finds them by a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Users,
@@ -106,7 +106,7 @@ pub type Doc = serde_json::Map<String, serde_json::Value>;
 /// The most documents one listing returns.
 pub const MAX_LIST: usize = 1000;
 
-/// Default `low_credit_threshold` of a new tenant (SPEC §3).
+/// Default `low_credit_threshold` of a new tenant (docs/DESIGN.md §Data model).
 pub const DEFAULT_LOW_CREDIT_THRESHOLD: i64 = 100;
 
 /// A batch of usage events from one pipeline, numbered in the order it sends them.

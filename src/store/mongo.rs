@@ -1,5 +1,5 @@
 //! The MongoDB store (official `mongodb` driver, 3.x) for distributed mode. Collections and
-//! indexes follow SPEC §3; indexes are created at every start (idempotent).
+//! indexes follow docs/DESIGN.md §Data model; indexes are created at every start (idempotent).
 //!
 //! Without multi-document transactions (they need a replica set), each write is made
 //! retry-safe on its own: usage logs carry their `_id` from the gateway (a duplicate on retry

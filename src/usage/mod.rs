@@ -1,6 +1,6 @@
 //! Step 6 of the request path: one usage event per charged call, handed to a
 //! [`UsageSink`] from Pingora's logging phase. The sink never blocks the request: the
-//! [`UsagePipeline`] queues the event for batched writes to the store (SPEC §4).
+//! [`UsagePipeline`] queues the event for batched writes to the store (docs/DESIGN.md §Usage pipeline and journal).
 
 mod journal;
 mod pipeline;
@@ -10,7 +10,7 @@ pub use pipeline::{journaled_credits, Flusher, UsagePipeline, UsageSettings};
 
 use serde::{Deserialize, Serialize};
 
-/// The usage log document of SPEC §3.
+/// The usage log document of docs/DESIGN.md §Data model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// A UUIDv7 made at the gateway, so a retried batch cannot duplicate a log.
@@ -35,7 +35,7 @@ pub struct UsageEvent {
 }
 
 pub trait UsageSink: Send + Sync + 'static {
-    /// Takes the event; must return at once (SPEC §4: never awaited on the request path).
+    /// Takes the event; must return at once (docs/DESIGN.md §Usage pipeline and journal: never awaited on the request path).
     fn record(&self, event: UsageEvent);
 
     /// The ledger just took `credits` from the tenant: they are pending until the event

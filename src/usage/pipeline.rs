@@ -1,4 +1,5 @@
-//! The usage pipeline of SPEC §4: the request path hands each event to a bounded queue and
+//! The usage pipeline (docs/DESIGN.md §Usage pipeline and journal): the request path hands
+//! each event to a bounded queue and
 //! returns; one background flusher writes batches to the store, and when the store cannot
 //! take them, to the disk journal, replayed in order once the store answers.
 //!
