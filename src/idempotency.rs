@@ -20,6 +20,14 @@ use sha2::{Digest, Sha256};
 /// Longest `Idempotency-Key` accepted (the common limit of Stripe and the IETF draft).
 pub const MAX_KEY_BYTES: usize = 255;
 
+/// The default of `ledger.idempotency_max_response_bytes`: most API answers fit, and a
+/// day of kept responses stays a sizing question, not an outage.
+pub const DEFAULT_MAX_KEPT_BYTES: usize = 1024 * 1024;
+
+/// The most `ledger.idempotency_max_response_bytes` may be: one kept response is one
+/// ledger write, which must stay well inside the ledger's timeout.
+pub const MAX_KEPT_BYTES: usize = 16 * 1024 * 1024;
+
 /// A header value as an `Idempotency-Key`: 1 to [`MAX_KEY_BYTES`] visible ASCII
 /// characters (so it is safe in ledger keys and journal lines), or why not.
 pub fn parse_key(value: &[u8]) -> Result<&str, String> {
@@ -73,7 +81,8 @@ impl BodyDigest {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a digest (what fingerprints and keyed ids are written in).
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -141,12 +150,6 @@ impl KeptResponse {
         let mut kept: KeptResponse = serde_json::from_slice(head).ok()?;
         kept.body = body;
         Some(kept)
-    }
-
-    /// The bytes this response takes in the ledger, before encoding overhead.
-    pub fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        headers + self.body.as_ref().map_or(0, Bytes::len)
     }
 }
 

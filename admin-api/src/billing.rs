@@ -140,8 +140,7 @@ impl Intent {
             // Deterministic: a second try with the key finds the first.
             Some(key) => {
                 let digest = Sha256::digest(format!("{tenant_id}\0{key}").as_bytes());
-                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                format!("key-{hex}")
+                format!("key-{}", tollgate::idempotency::hex(&digest))
             }
             None => uuid::Uuid::now_v7().to_string(),
         };

@@ -191,7 +191,7 @@ impl Default for LedgerConfig {
             redis_url: None,
             timeout_ms: 250,
             idempotency_ttl_secs: 24 * 3600,
-            idempotency_max_response_bytes: 1024 * 1024,
+            idempotency_max_response_bytes: crate::idempotency::DEFAULT_MAX_KEPT_BYTES,
             charge_ttl_secs: 300,
         }
     }
@@ -442,6 +442,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "ledger.idempotency_ttl_secs",
                 "must be above 0",
+            ));
+        }
+        if self.ledger.idempotency_max_response_bytes > crate::idempotency::MAX_KEPT_BYTES {
+            return Err(ConfigError::invalid(
+                "ledger.idempotency_max_response_bytes",
+                format!("at most {} (16 MiB)", crate::idempotency::MAX_KEPT_BYTES),
             ));
         }
         if let Some(url) = &self.ledger.redis_url {

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct EmbeddedLedger {
     books: Mutex<HashMap<String, Book>>,
@@ -46,9 +45,7 @@ struct Book {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::unix_ms() as u64
 }
 
 impl EmbeddedLedger {

@@ -214,9 +214,7 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
         if written >= COMPACT_AFTER_BYTES {
             // Expired keys (and their kept responses) and operations leave the mirror here,
             // so neither it nor the compacted file grows with them.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = super::unix_ms() as u64;
             mirror.idempotency.retain(|_, entry| entry.expires > now);
             mirror.adjusted.retain(|_, (_, expires)| *expires > now);
             match compact(path, &mirror) {

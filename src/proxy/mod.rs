@@ -64,9 +64,6 @@ pub struct Gateway {
 /// Pingora's own per-read default, kept until configured otherwise.
 const DEFAULT_CLIENT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The default of `ledger.idempotency_max_response_bytes`.
-pub const DEFAULT_MAX_KEPT_RESPONSE: usize = 1024 * 1024;
-
 /// The shared handles the gateway charges and records through.
 pub struct Backends {
     pub ledger: Arc<dyn Ledger>,
@@ -119,7 +116,7 @@ impl Gateway {
             hydrator: backends.hydrator,
             alerts: backends.alerts,
             client_read_timeout: DEFAULT_CLIENT_READ_TIMEOUT,
-            max_kept_response: DEFAULT_MAX_KEPT_RESPONSE,
+            max_kept_response: crate::idempotency::DEFAULT_MAX_KEPT_BYTES,
         }
     }
 
@@ -243,7 +240,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.claims = Some(claims);
-        ctx.keyed = key.clone().map(|key| Box::new(Keyed::new(key)));
+        ctx.keyed = key.is_some().then(|| Box::new(Keyed::default()));
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
         ctx.outcome = Some(Outcome::Forwarded);

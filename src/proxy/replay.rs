@@ -30,10 +30,10 @@ const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often that wait looks again.
 const IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// A first use in progress: the key this request claimed and what is taken for it.
+/// A first use in progress (its key is the request's `idempotency_key`): what is taken
+/// for it as the request and the response pass.
 #[derive(Debug)]
 pub(super) struct Keyed {
-    pub(super) key: String,
     body_digest: BodyDigest,
     status: Option<u16>,
     headers: Vec<(String, String)>,
@@ -43,10 +43,9 @@ pub(super) struct Keyed {
     complete: bool,
 }
 
-impl Keyed {
-    pub(super) fn new(key: String) -> Keyed {
+impl Default for Keyed {
+    fn default() -> Keyed {
         Keyed {
-            key,
             body_digest: BodyDigest::default(),
             status: None,
             headers: Vec::new(),
@@ -54,7 +53,9 @@ impl Keyed {
             complete: false,
         }
     }
+}
 
+impl Keyed {
     /// A chunk of the request body on its way to the upstream.
     pub(super) fn request_chunk(&mut self, chunk: &[u8]) {
         self.body_digest.update(chunk);
@@ -194,17 +195,18 @@ impl Gateway {
     /// The call ended: keeps its response with the key it claimed (unless it was refunded,
     /// which released the key). Runs after the response is sent, off the client's time.
     pub(super) async fn keep_response(&self, ctx: &mut RequestCtx) {
-        let (Some(keyed), Some(claims)) = (ctx.keyed.take(), &ctx.claims) else {
+        let (Some(keyed), Some(claims), Some(key)) =
+            (ctx.keyed.take(), &ctx.claims, &ctx.idempotency_key)
+        else {
             return;
         };
         if ctx.charge.as_ref().is_none_or(|c| c.refunded) {
             return;
         }
-        let key = keyed.key.clone();
         let kept = keyed.into_kept().encode();
         match self
             .ledger
-            .keep_response(&claims.tenant_id, &key, &ctx.request_id, &kept)
+            .keep_response(&claims.tenant_id, key, &ctx.request_id, &kept)
             .await
         {
             Ok(true) => {}
