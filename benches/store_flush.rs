@@ -4,9 +4,9 @@
 //! it prints events/s for batch sizes 50, 500 and 2000.
 
 use std::time::Instant;
-use tollgate::config::TenantStatus;
 use tollgate::store::{NewTenant, SqliteStore, Store, UsageBatch};
-use tollgate::usage::UsageEvent;
+use tollgate::vocab::TenantStatus;
+use tollgate::vocab::UsageEvent;
 
 fn event(i: u64) -> UsageEvent {
     UsageEvent {

@@ -10,9 +10,9 @@
 //! reads the current catalog through [`ArcSwap`]: no lock, no allocation.
 
 use crate::config::ServiceConfig;
-use crate::ledger::Ledger;
+use crate::ledger::Coordination;
 use crate::routing::Router;
-use crate::store::{Doc, Kind, Store, StoreError};
+use crate::store::{Doc, Documents, Kind, Store, StoreError};
 use crate::tenants::TenantDirectory;
 use arc_swap::{ArcSwap, Guard};
 use async_trait::async_trait;
@@ -46,9 +46,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads services and tenants from the store.
-    pub async fn load(store: &dyn Store) -> Result<Catalog, StoreError> {
-        let (router, tenants, revoked) = read(store).await?;
+    /// Loads services and users from the documents, tenants from the store.
+    pub async fn load(store: &dyn Store, docs: &dyn Documents) -> Result<Catalog, StoreError> {
+        let (router, tenants, revoked) = read(store, docs).await?;
         Ok(Catalog {
             router: ArcSwap::from_pointee(router),
             tenants: ArcSwap::from_pointee(tenants),
@@ -80,8 +80,8 @@ impl Catalog {
     }
 
     /// Reads the store again and swaps the new catalog in.
-    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let (router, tenants, revoked) = read(store).await?;
+    pub async fn reload(&self, store: &dyn Store, docs: &dyn Documents) -> Result<(), StoreError> {
+        let (router, tenants, revoked) = read(store, docs).await?;
         self.router.store(Arc::new(router));
         self.tenants.store(Arc::new(tenants));
         self.revoked.store(Arc::new(revoked));
@@ -96,9 +96,12 @@ impl Catalog {
 
 /// The services as stored, skipping (loudly) any that cannot be routed: one bad document
 /// must not take every other service down.
-async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory, Revocations), StoreError> {
+async fn read(
+    store: &dyn Store,
+    docs: &dyn Documents,
+) -> Result<(Router, TenantDirectory, Revocations), StoreError> {
     let mut services = Vec::new();
-    for doc in store.docs(Kind::Services, None).await? {
+    for doc in docs.docs(Kind::Services, None).await? {
         match service_from_doc(doc) {
             Ok(service) => services.push(service),
             Err(e) => tracing::error!(error = %e, "stored service skipped"),
@@ -106,10 +109,15 @@ async fn read(store: &dyn Store) -> Result<(Router, TenantDirectory, Revocations
     }
     let tenants = TenantDirectory::from_records(&store.tenants().await?);
     // A change older than the longest token life has outlived every token it voids.
-    let now_ms = crate::store::now_ms().max(0) as u64;
-    let revoked = store
-        .token_revocations(now_ms.saturating_sub(REVOCATION_HORIZON_SECS * 1000))
-        .await?;
+    // Users changed (disabled, demoted, moved) at or after `since`: the tokens they hold
+    // from before the change are void (`users` documents' `tokens_valid_after_ms`).
+    let since = crate::store::now_ms().saturating_sub(REVOCATION_HORIZON_SECS as i64 * 1000);
+    let revoked = docs
+        .docs_at_least(Kind::Users, "tokens_valid_after_ms", since)
+        .await?
+        .into_iter()
+        .map(|(user, after_ms)| (user, after_ms.max(0) as u64))
+        .collect();
     // Building resolves upstream host names: blocking work.
     let (router, errors) = tokio::task::spawn_blocking(move || Router::lenient(&services))
         .await
@@ -139,8 +147,9 @@ pub fn service_to_doc(service: &ServiceConfig) -> Doc {
 /// Polls the catalog version and reloads on change.
 pub struct CatalogWatcher {
     pub catalog: Arc<Catalog>,
-    pub ledger: Arc<dyn Ledger>,
+    pub coordination: Arc<dyn Coordination>,
     pub store: Arc<dyn Store>,
+    pub docs: Arc<dyn Documents>,
     pub interval: Duration,
 }
 
@@ -148,7 +157,7 @@ impl CatalogWatcher {
     /// One poll: reloads when the version moved, or when `forced` (nudged in-process, or
     /// the periodic reload); returns the version seen.
     async fn poll(&self, last: Option<u64>, forced: bool) -> Option<u64> {
-        let version = match self.ledger.catalog_version().await {
+        let version = match self.coordination.catalog_version().await {
             Ok(version) => Some(version),
             Err(e) => {
                 // Unknown: a forced reload goes ahead, an ordinary poll waits for the next.
@@ -159,7 +168,7 @@ impl CatalogWatcher {
         if version == last && !forced {
             return last;
         }
-        match self.catalog.reload(&*self.store).await {
+        match self.catalog.reload(&*self.store, &*self.docs).await {
             Ok(()) => {
                 tracing::debug!(?version, "catalog reloaded");
                 version
@@ -175,7 +184,7 @@ impl CatalogWatcher {
 #[async_trait]
 impl BackgroundService for CatalogWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut last = self.ledger.catalog_version().await.ok();
+        let mut last = self.coordination.catalog_version().await.ok();
         let mut reloaded = tokio::time::Instant::now();
         loop {
             let nudged = tokio::select! {

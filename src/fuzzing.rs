@@ -80,7 +80,7 @@ pub fn token(data: &[u8]) {
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(config) = Config::from_yaml(&text) {
-        let _ = config.validate();
+        let _ = crate::app::validate(&config);
     }
 }
 

@@ -5,6 +5,7 @@
 //! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
 
 pub mod alerts;
+pub mod app;
 pub mod auth;
 pub mod catalog;
 pub mod config;
@@ -26,3 +27,4 @@ pub mod server;
 pub mod store;
 pub mod tenants;
 pub mod usage;
+pub mod vocab;

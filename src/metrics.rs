@@ -53,14 +53,14 @@ pub static USAGE_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// Calls served while the ledger was unavailable (`on_ledger_error: allow`), by how their
-/// charge was settled once it answered (indexed by [`crate::deferred::Settled`]).
+/// charge was settled once it answered (indexed by [`crate::vocab::Settled`]).
 pub static DEFERRED_CHARGES: LazyLock<[IntCounter; 4]> = LazyLock::new(|| {
     let vec = counter_vec(
         "tollgate_deferred_charges_total",
         "Calls served while the ledger was unavailable, by how their charge was settled",
         &["outcome"],
     );
-    crate::deferred::Settled::ALL.map(|s| vec.with_label_values(&[s.as_str()]))
+    crate::vocab::Settled::ALL.map(|s| vec.with_label_values(&[s.as_str()]))
 });
 pub static DEFERRED_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(

@@ -1,20 +1,22 @@
-//! Wiring: turns a validated [`Config`] into a Pingora server running the gateway, the
-//! ledger's void worker, the usage flusher, the reconciliation check and, when configured,
-//! the demo upstream. The control plane (admin API, scheduler) lives in another crate and
-//! joins through the hook of [`run`], with the [`Handles`] it shares with the gateway.
+//! Running: turns a validated [`Config`] and the parts [`crate::app::open`] opened into a
+//! Pingora server running the gateway, the ledger's void worker, the usage flusher, the
+//! reconciliation check and, when configured, the demo upstream ([`run`]); or the control
+//! plane alone ([`run_control_plane`]). The control plane (admin API, scheduler) lives in
+//! another crate and joins through the hook of both, with the [`Handles`] it shares.
 
 use crate::alerts::{AlertPublisher, AlertSink, Alerts, MqttTarget};
+use crate::app::{Parts, StartError};
 use crate::auth::Verifier;
-use crate::catalog::{service_to_doc, Catalog, CatalogWatcher};
+use crate::catalog::{Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
 use crate::deferred::{DeferredWorker, WorkerParts};
 use crate::demo_upstream::DemoUpstream;
 use crate::hydration::{Hydrator, PendingPublisher};
-use crate::ledger::{EmbeddedLedger, Ledger, RedisLedger, VoidWorker, WorkLog};
+use crate::ledger::{RedisLedger, VoidWorker, WorkLog};
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
-use crate::store::{Kind, MongoStore, NewTenant, SqliteStore, Store, TenantPatch};
-use crate::usage::{UsagePipeline, UsageSettings, UsageSink};
+use crate::store::Documents;
+use crate::usage::{NoUsage, UsagePipeline, UsageSettings, UsageSink};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
@@ -25,30 +27,6 @@ use std::time::Duration;
 /// Seconds Pingora gives services to stop after the grace period.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error("auth: {0}")]
-    Auth(#[from] crate::auth::AuthError),
-    #[error("ledger: {0}")]
-    Ledger(#[from] crate::ledger::LedgerError),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("{what} in {path}: {source}")]
-    DataDir {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{what} cannot listen on {addr}: {source}")]
-    Listen {
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
-
 /// Options from the command line that Pingora itself understands.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunOptions {
@@ -56,86 +34,21 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-fn data_dir_error(
-    config: &Config,
-    what: &'static str,
-) -> impl FnOnce(std::io::Error) -> StartError {
-    let path = config.data_dir.display().to_string();
-    move |source| StartError::DataDir { what, path, source }
-}
-
-/// The runtime the store's client lives on for the whole process: the MongoDB driver keeps
-/// its connection monitors on the runtime that created the client, and Pingora's runtimes
-/// only exist once the server runs.
-pub fn store_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tollgate-store")
-        .enable_all()
-        .build()
-}
-
 /// What the gateway shares with the control plane running in the same process.
 #[derive(Clone)]
 pub struct Handles {
-    pub store: Arc<dyn Store>,
-    pub ledger: Arc<dyn Ledger>,
+    pub parts: Parts,
     pub hydrator: Arc<Hydrator>,
-    pub catalog: Arc<Catalog>,
-}
-
-/// Opens the configured store and prepares it: indexes, the config's tenants, and the
-/// config's services (added when absent: once stored, the admin API owns them).
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
-    let store: Arc<dyn Store> = match &config.store.mongodb_uri {
-        Some(uri) => Arc::new(MongoStore::connect(uri, &config.store.mongodb_db).await?),
-        None => Arc::new(SqliteStore::open(&config.data_dir)?),
-    };
-    store.migrate().await?;
-    for tenant in &config.tenants {
-        let new = NewTenant {
-            id: &tenant.id,
-            name: &tenant.name,
-            status: tenant.status.clone(),
-            initial_credits: tenant.credits,
-            actor: "config",
-        };
-        let created = store.ensure_tenant(&new).await?;
-        if let (true, Some(threshold)) = (created, tenant.low_credit_threshold) {
-            let patch = TenantPatch {
-                low_credit_threshold: Some(threshold),
-                ..TenantPatch::default()
-            };
-            store.update_tenant(&tenant.id, &patch).await?;
-        }
-    }
-    for service in &config.services {
-        if store
-            .insert_doc(Kind::Services, &service_to_doc(service))
-            .await?
-        {
-            tracing::info!(service = %service.name, "service from the config file stored");
-        }
-    }
-    Ok(store)
-}
-
-/// Opens the configured ledger.
-pub fn open_ledger(config: &Config) -> Result<Arc<dyn Ledger>, StartError> {
-    Ok(match &config.ledger.redis_url {
-        Some(url) => Arc::new(RedisLedger::new(url, &config.ledger)?),
-        None => Arc::new(
-            EmbeddedLedger::open(&config.data_dir, &config.ledger)
-                .map_err(data_dir_error(config, "embedded ledger"))?,
-        ),
-    })
+    /// The gateway's catalog, when a gateway runs in this process: a change made by the
+    /// control plane is applied at once (other replicas follow the catalog version).
+    pub catalog: Option<Arc<Catalog>>,
 }
 
 /// The alert queue and its MQTT publisher; starts the in-process broker when no broker URL
 /// is configured.
 pub fn open_alerts(
     config: &Config,
-    store: Arc<dyn Store>,
+    docs: Arc<dyn Documents>,
 ) -> Result<(Arc<dyn AlertSink>, AlertPublisher), StartError> {
     let alerts = &config.alerts;
     let target = match &alerts.mqtt_url {
@@ -163,7 +76,7 @@ pub fn open_alerts(
     } else {
         0.0
     };
-    let (sink, publisher) = Alerts::new(alerts.queue_capacity, sample, target, store);
+    let (sink, publisher) = Alerts::new(alerts.queue_capacity, sample, target, docs);
     Ok((Arc::new(sink), publisher))
 }
 
@@ -180,78 +93,9 @@ pub fn reserve(
     crate::listen::reserve(addr).map_err(|source| StartError::Listen { what, addr, source })
 }
 
-/// Builds and runs the server until shutdown; returns once everything has stopped.
-/// `control_plane` adds the services that share the gateway's [`Handles`].
-pub fn run(
-    config: Config,
-    options: RunOptions,
-    control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
-) -> Result<(), StartError> {
-    warn_about_modes(&config);
-    crate::metrics::register_all();
-    let store_rt = store_runtime().map_err(data_dir_error(&config, "store runtime"))?;
-    let store = store_rt.block_on(open_store(&config))?;
-    let ledger = open_ledger(&config)?;
-    let settings = UsageSettings {
-        batch_size: config.usage.batch_size,
-        flush_interval: Duration::from_millis(config.usage.flush_interval_ms),
-        queue_capacity: config.usage.queue_capacity,
-        journal_max_bytes: config.usage.journal_max_mb * 1024 * 1024,
-    };
-    let (pipeline, flusher) = UsagePipeline::open(&config.data_dir, Arc::clone(&store), settings)
-        .map_err(data_dir_error(&config, "usage journal"))?;
-    let usage: Arc<dyn UsageSink> = Arc::new(pipeline);
-    let (stop_flusher, stop) = tokio::sync::watch::channel(false);
-    let flushing = store_rt.spawn(async move { flusher.run(stop).await });
-    let catalog = Arc::new(store_rt.block_on(Catalog::load(&*store))?);
-    let verifier = Verifier::new(&config.auth)?;
-    // Voids and deferred charges a previous run left open are finished first.
-    let (worklog, mut open_work) =
-        WorkLog::open(&config.data_dir).map_err(data_dir_error(&config, "ledger work journal"))?;
-    let worklog = Arc::new(worklog);
-    let record_life = Duration::from_secs(config.ledger.charge_ttl_secs);
-    let restored_voids = VoidWorker::restore(&mut open_work);
-    let restored_deferred = DeferredWorker::restore(&mut open_work);
-    let (voids, void_worker) = VoidWorker::new(
-        Arc::clone(&ledger),
-        Arc::clone(&worklog),
-        record_life,
-        restored_voids,
-    );
-    let hydrator = Arc::new(Hydrator::new(
-        Arc::clone(&ledger),
-        Arc::clone(&store),
-        Arc::clone(&usage),
-        Duration::from_millis(config.ledger.timeout_ms),
-    ));
-    let (alerts, publisher) = open_alerts(&config, Arc::clone(&store))?;
-    let parts = WorkerParts {
-        ledger: Arc::clone(&ledger),
-        hydrator: Arc::clone(&hydrator),
-        usage: Arc::clone(&usage),
-        alerts: Arc::clone(&alerts),
-        worklog,
-        record_life,
-    };
-    let (deferred, deferred_worker) = DeferredWorker::new(parts, restored_deferred);
-    let backends = Backends {
-        ledger: Arc::clone(&ledger),
-        voids,
-        deferred,
-        usage: Arc::clone(&usage),
-        hydrator: Arc::clone(&hydrator),
-        alerts,
-    };
-    let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends)
-        .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms))
-        .with_max_kept_response(config.ledger.idempotency_max_response_bytes);
-    let handles = Handles {
-        store: Arc::clone(&store),
-        ledger: Arc::clone(&ledger),
-        hydrator,
-        catalog: Arc::clone(&catalog),
-    };
-
+/// A Pingora server configured from `config`, bootstrapped (in an `upgrade`, holding the
+/// sockets the running instance hands over).
+fn pingora_server(config: &Config, upgrade: bool) -> Server {
     let server_conf = ServerConf {
         threads: config.worker_threads(),
         grace_period_seconds: Some(config.grace_period_secs),
@@ -265,12 +109,90 @@ pub fn run(
         ..ServerConf::default()
     };
     let opt = Opt {
-        upgrade: options.upgrade,
+        upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    server
+}
 
+/// Builds and runs the gateway until shutdown; returns once everything has stopped.
+/// `control_plane` adds the services that share the gateway's [`Handles`].
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
+) -> Result<(), StartError> {
+    warn_about_modes(&config);
+    crate::metrics::register_all();
+    let store_rt =
+        crate::app::store_runtime().map_err(StartError::data_dir(&config, "store runtime"))?;
+    let parts = store_rt.block_on(crate::app::open(&config, crate::app::Access::Serve))?;
+    let settings = UsageSettings {
+        batch_size: config.usage.batch_size,
+        flush_interval: Duration::from_millis(config.usage.flush_interval_ms),
+        queue_capacity: config.usage.queue_capacity,
+        journal_max_bytes: config.usage.journal_max_mb * 1024 * 1024,
+    };
+    let (pipeline, flusher) =
+        UsagePipeline::open(&config.data_dir, Arc::clone(&parts.store), settings)
+            .map_err(StartError::data_dir(&config, "usage journal"))?;
+    let usage: Arc<dyn UsageSink> = Arc::new(pipeline);
+    // The flusher outlives the services (it drains the queue once they stopped): it gets
+    // its own watch of the same kind.
+    let (stop_flusher, stop) = tokio::sync::watch::channel(false);
+    let flushing = store_rt.spawn(async move { flusher.run(stop).await });
+    let catalog = Arc::new(store_rt.block_on(Catalog::load(&*parts.store, &*parts.docs))?);
+    let verifier = Verifier::new(&config.auth)?;
+    // Voids and deferred charges a previous run left open are finished first.
+    let (worklog, mut open_work) = WorkLog::open(&config.data_dir)
+        .map_err(StartError::data_dir(&config, "ledger work journal"))?;
+    let worklog = Arc::new(worklog);
+    let record_life = Duration::from_secs(config.ledger.charge_ttl_secs);
+    let restored_voids = VoidWorker::restore(&mut open_work);
+    let restored_deferred = DeferredWorker::restore(&mut open_work);
+    let ledger = &parts.ledger;
+    let (voids, void_worker) = VoidWorker::new(
+        Arc::clone(ledger),
+        Arc::clone(&worklog),
+        record_life,
+        restored_voids,
+    );
+    let hydrator = Arc::new(Hydrator::new(
+        Arc::clone(ledger),
+        Arc::clone(&parts.store),
+        Arc::clone(&usage),
+        Duration::from_millis(config.ledger.timeout_ms),
+    ));
+    let (alerts, publisher) = open_alerts(&config, Arc::clone(&parts.docs))?;
+    let workers = WorkerParts {
+        ledger: Arc::clone(ledger),
+        hydrator: Arc::clone(&hydrator),
+        usage: Arc::clone(&usage),
+        alerts: Arc::clone(&alerts),
+        worklog,
+        record_life,
+    };
+    let (deferred, deferred_worker) = DeferredWorker::new(workers, restored_deferred);
+    let backends = Backends {
+        ledger: Arc::clone(ledger),
+        voids,
+        deferred,
+        usage: Arc::clone(&usage),
+        hydrator: Arc::clone(&hydrator),
+        alerts,
+    };
+    let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends)
+        .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms))
+        .with_max_kept_response(config.ledger.idempotency_max_response_bytes);
+    let handles = Handles {
+        parts: parts.clone(),
+        hydrator,
+        catalog: Some(Arc::clone(&catalog)),
+    };
+
+    let mut server = pingora_server(&config, options.upgrade);
     let mut proxy = http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
@@ -279,37 +201,27 @@ pub fn run(
     server.add_service(background_service("alerts", publisher));
     let watcher = CatalogWatcher {
         catalog,
-        ledger: Arc::clone(&ledger),
-        store: Arc::clone(&store),
+        coordination: Arc::clone(&parts.coordination),
+        store: Arc::clone(&parts.store),
+        docs: Arc::clone(&parts.docs),
         interval: crate::catalog::POLL_INTERVAL,
     };
     server.add_service(background_service("catalog", watcher));
-    let publisher = PendingPublisher::new(Arc::clone(&ledger), Arc::clone(&usage));
+    let publisher = PendingPublisher::new(Arc::clone(ledger), Arc::clone(&usage));
     let last_publish = publisher.clone();
     server.add_service(background_service("pending credits", publisher));
     control_plane(&mut server, &handles)?;
     if config.reconcile_interval_secs > 0 {
         let reconciler = Reconciler {
-            store: Arc::clone(&store),
-            ledger: Arc::clone(&ledger),
+            store: Arc::clone(&parts.store),
+            ledger: Arc::clone(ledger),
             usage,
             interval: Duration::from_secs(config.reconcile_interval_secs),
             last: Default::default(),
         };
         server.add_service(background_service("reconciliation", reconciler));
     }
-    let ops = crate::ops::OpsService {
-        listener: reserve(
-            "the metrics endpoint (metrics_listen)",
-            crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
-            options.upgrade,
-        )?,
-        backends: crate::ops::Backends {
-            ledger: Arc::clone(&ledger),
-            store: Arc::clone(&store),
-        },
-    };
-    server.add_service(background_service("metrics", ops));
+    add_metrics(&mut server, &config, &parts, options.upgrade)?;
     if let Some(demo) = &config.demo_upstream {
         let listen = crate::config::parse_addr("demo_upstream.listen", &demo.listen)?;
         let listener = reserve(
@@ -344,7 +256,60 @@ pub fn run(
             Err(e) => tracing::warn!(error = %e, "cannot publish the last pending credits"),
         }
     }
-    store_rt.block_on(ledger.close());
+    store_rt.block_on(parts.ledger.close());
+    Ok(())
+}
+
+/// Runs the control plane alone (`tollgate admin`), against the configured backends, until
+/// shutdown: the same server and shutdown as [`run`], without a gateway. No catalog here
+/// to nudge: the replicas follow the catalog version.
+pub fn run_control_plane(
+    config: Config,
+    control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
+) -> Result<(), StartError> {
+    warn_about_modes(&config);
+    crate::metrics::register_all();
+    let store_rt =
+        crate::app::store_runtime().map_err(StartError::data_dir(&config, "store runtime"))?;
+    let parts = store_rt.block_on(crate::app::open(&config, crate::app::Access::Serve))?;
+    let hydrator = Arc::new(Hydrator::new(
+        Arc::clone(&parts.ledger),
+        Arc::clone(&parts.store),
+        Arc::new(NoUsage),
+        Duration::from_millis(config.ledger.timeout_ms),
+    ));
+    let handles = Handles {
+        parts: parts.clone(),
+        hydrator,
+        catalog: None,
+    };
+    let mut server = pingora_server(&config, false);
+    control_plane(&mut server, &handles)?;
+    tracing::info!("tollgate control plane starting (no gateway in this process)");
+    server.run(RunArgs::default());
+    store_rt.block_on(parts.ledger.close());
+    Ok(())
+}
+
+/// The metrics and health endpoint (`metrics_listen`).
+fn add_metrics(
+    server: &mut Server,
+    config: &Config,
+    parts: &Parts,
+    upgrade: bool,
+) -> Result<(), StartError> {
+    let ops = crate::ops::OpsService {
+        listener: reserve(
+            "the metrics endpoint (metrics_listen)",
+            crate::config::parse_addr("metrics_listen", &config.metrics_listen)?,
+            upgrade,
+        )?,
+        backends: crate::ops::Backends {
+            ledger: Arc::clone(&parts.ledger),
+            store: Arc::clone(&parts.store),
+        },
+    };
+    server.add_service(background_service("metrics", ops));
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The tenants the gateway knows and their status (active or suspended), as the store
 //! holds them; [`crate::catalog`] keeps the directory current.
 
-use crate::config::{TenantConfig, TenantStatus};
+use crate::config::TenantConfig;
 use crate::store::TenantRecord;
+use crate::vocab::{TenantStatus, DEFAULT_LOW_CREDIT_THRESHOLD};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -27,7 +28,7 @@ impl TenantDirectory {
                     id: t.id.clone(),
                     name: t.name.clone(),
                     status: t.status.clone(),
-                    low_credit_threshold: crate::store::DEFAULT_LOW_CREDIT_THRESHOLD,
+                    low_credit_threshold: DEFAULT_LOW_CREDIT_THRESHOLD,
                 };
                 (t.id.clone(), tenant)
             })
@@ -54,14 +55,4 @@ impl TenantDirectory {
     pub fn get(&self, id: &str) -> Option<&Tenant> {
         self.tenants.get(id)
     }
-}
-
-/// Tenant ids become parts of ledger keys (`tg:{id}:...`, a Redis Cluster hash tag), so
-/// they keep to a small alphabet without braces or separators.
-pub fn is_valid_tenant_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }

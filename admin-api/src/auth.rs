@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tollgate::auth::Role;
-use tollgate::config::TenantStatus;
-use tollgate::ledger::{Ledger, LoginOp, LoginPolicy};
-use tollgate::store::{Kind, NewTenant, Store};
+use tollgate::ledger::{Coordination, LoginOp, LoginPolicy};
+use tollgate::store::{Documents, Kind, NewTenant, Store};
+use tollgate::vocab::TenantStatus;
 use utoipa::ToSchema;
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -116,12 +116,12 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
 /// control-plane replica sees the same count, so N replicas do not give N times the
 /// guesses), else, or while the ledger cannot answer, in this process.
 pub struct Throttle {
-    ledger: Arc<dyn Ledger>,
+    ledger: Arc<dyn Coordination>,
     local: LocalThrottle,
 }
 
 impl Throttle {
-    pub fn new(ledger: Arc<dyn Ledger>) -> Throttle {
+    pub fn new(ledger: Arc<dyn Coordination>) -> Throttle {
         Throttle {
             ledger,
             local: LocalThrottle::default(),
@@ -258,7 +258,7 @@ pub async fn register(
     check_password(&body.password)?;
     check_name("tenant_name", &body.tenant_name)?;
     if state
-        .store
+        .docs
         .find_doc(Kind::Users, "email", &email)
         .await?
         .is_some()
@@ -293,7 +293,7 @@ pub async fn register(
         last_login_at_ms: None,
         tokens_valid_after_ms: None,
     };
-    if !state.store.insert_doc(Kind::Users, &user.to_doc()).await? {
+    if !state.docs.insert_doc(Kind::Users, &user.to_doc()).await? {
         return Err(ApiError::conflict(
             "email",
             "this email is already registered",
@@ -339,7 +339,7 @@ pub async fn login(
     if let Some(retry_after) = state.throttle.locked(&email).await {
         return Err(ApiError::too_many(retry_after));
     }
-    let user = match state.store.find_doc(Kind::Users, "email", &email).await? {
+    let user = match state.docs.find_doc(Kind::Users, "email", &email).await? {
         Some(doc) => Some(UserDoc::from_doc(doc)?),
         None => None,
     };
@@ -359,7 +359,7 @@ pub async fn login(
     // role, tenant) made while the password was being checked.
     let mut seen = tollgate::store::Doc::new();
     seen.insert("last_login_at_ms".into(), crate::time::now_ms().into());
-    if let Err(e) = state.store.update_doc(Kind::Users, &user.id, &seen).await {
+    if let Err(e) = state.docs.update_doc(Kind::Users, &user.id, &seen).await {
         tracing::warn!(user_id = %user.id, error = %e, "last_login_at not recorded");
     }
     // The token states the user as they are now, not as read before the password check:
@@ -384,6 +384,7 @@ pub async fn login(
 /// operators' tenant (0 credits) when it does not exist.
 pub async fn create_admin(
     store: &dyn Store,
+    docs: &dyn Documents,
     email: &str,
     password: &str,
     tenant_id: &str,
@@ -391,7 +392,7 @@ pub async fn create_admin(
     let email = normalize_email(email);
     check_email(&email).map_err(|e| format!("--email: {}", e.detail))?;
     check_password(password).map_err(|e| format!("password: {}", e.detail))?;
-    if !tollgate::tenants::is_valid_tenant_id(tenant_id) {
+    if !tollgate::vocab::is_valid_tenant_id(tenant_id) {
         return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());
     }
     let tenant = NewTenant {
@@ -416,7 +417,7 @@ pub async fn create_admin(
         last_login_at_ms: None,
         tokens_valid_after_ms: None,
     };
-    if !store
+    if !docs
         .insert_doc(Kind::Users, &user.to_doc())
         .await
         .map_err(|e| e.to_string())?

@@ -211,14 +211,14 @@ pub async fn change_credits(
 
 async fn record_and_finish(state: &AdminState, intent: Intent) -> Result<Applied, BillingError> {
     let intent = if state
-        .store
+        .docs
         .insert_doc(Kind::CreditIntents, &to_doc(&intent))
         .await?
     {
         intent
     } else {
         let existing = state
-            .store
+            .docs
             .doc(Kind::CreditIntents, &intent.id)
             .await?
             .ok_or_else(|| BillingError::Pending(format!("intent {} id taken", intent.id)))?;
@@ -287,7 +287,7 @@ async fn mark(state: &AdminState, intent: &Intent) -> Result<(), BillingError> {
     let mut fields = to_doc(intent);
     fields.remove("id");
     state
-        .store
+        .docs
         .update_doc(Kind::CreditIntents, &intent.id, &fields)
         .await
         .map_err(pending)?;
@@ -337,7 +337,7 @@ pub async fn recover(state: &AdminState, min_age: Duration) -> Result<Recovered,
     let mut done = Recovered::default();
     let now = tollgate::store::now_ms();
     let open = state
-        .store
+        .docs
         .docs(Kind::CreditIntents, Some(("state", "open")))
         .await?;
     for doc in open {

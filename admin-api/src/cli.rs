@@ -2,18 +2,11 @@
 //! they fail with (the binary prints it and exits 1). `src/main.rs` only parses and
 //! sets up logging.
 
-use crate::billing::Recovery;
-use crate::scheduler::{Scheduler, SchedulerService};
-use crate::{AdminService, AdminState};
 use clap::{Subcommand, ValueEnum};
-use pingora::services::background::background_service;
-use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::Arc;
+use tollgate::app::{self, Access};
 use tollgate::auth::{self, Role};
-use tollgate::catalog::Catalog;
 use tollgate::config::Config;
-use tollgate::hydration::Hydrator;
 use tollgate::server::{self, RunOptions};
 
 pub const DEFAULT_CONFIG: &str = "conf/tollgate.yaml";
@@ -24,7 +17,7 @@ pub enum CliError {
     #[error(transparent)]
     Config(#[from] tollgate::config::ConfigError),
     #[error(transparent)]
-    Start(#[from] tollgate::server::StartError),
+    Start(#[from] tollgate::app::StartError),
     #[error(transparent)]
     Store(#[from] tollgate::store::StoreError),
     #[error(transparent)]
@@ -114,90 +107,13 @@ pub enum RoleArg {
     Admin,
 }
 
-/// `tollgate admin`: the control plane without a gateway in the process.
-async fn admin_alone(config: Config) -> Result<(), CliError> {
-    tollgate::metrics::register_all();
-    let store = server::open_store(&config).await?;
-    let ledger = server::open_ledger(&config)?;
-    let hydrator = Arc::new(Hydrator::new(
-        Arc::clone(&ledger),
-        Arc::clone(&store),
-        Arc::new(tollgate::usage::NoUsage),
-        std::time::Duration::from_millis(config.ledger.timeout_ms),
-    ));
-    let catalog = Arc::new(Catalog::load(&*store).await?);
-    let handles = server::Handles {
-        store,
-        ledger: Arc::clone(&ledger),
-        hydrator,
-        catalog,
-    };
-    let mut state = AdminState::new(&handles, &config.auth, &config.admin)?;
-    // No gateway here to nudge: replicas follow the catalog version.
-    state.catalog = None;
-    let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("admin_listen {listen}: {e}"))?;
-    tracing::info!(%listen, "admin API listening (control plane only)");
-    let stop = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    };
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = config.scheduler.enabled.then(|| {
-        let scheduler = Scheduler::new(
-            state.clone(),
-            std::time::Duration::from_secs(config.scheduler.interval_secs),
-        );
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            scheduler
-                .run(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    });
-    let recovery = {
-        let recovery = Recovery(state.clone());
-        let stopped = stopped.clone();
-        tokio::spawn(async move { recovery.start(stopped).await })
-    };
-    let served = crate::serve(listener, state, stop).await;
-    let _ = stopping.send(true);
-    if let Some(task) = scheduler {
-        let _ = task.await;
-    }
-    let _ = recovery.await;
-    ledger.close().await;
-    served.map_err(CliError::from)
-}
-
 /// Prints one line per tenant; returns whether all agree.
 async fn reconcile(config: &Config) -> Result<bool, CliError> {
-    let store = server::open_store(config).await?;
-    let ledger: std::sync::Arc<dyn tollgate::ledger::Ledger> = match &config.ledger.redis_url {
-        Some(_) => server::open_ledger(config)?,
-        None => std::sync::Arc::new(
-            tollgate::ledger::EmbeddedLedger::read_only(&config.data_dir, &config.ledger)
-                .map_err(|e| format!("embedded ledger in {}: {e}", config.data_dir.display()))?,
-        ),
-    };
+    let parts = app::open(config, Access::Offline).await?;
     let journaled = tollgate::usage::journaled_credits(&config.data_dir)
         .map_err(|e| format!("usage journal in {}: {e}", config.data_dir.display()))?;
     let pending = |tenant: &str| journaled.get(tenant).copied().unwrap_or(0);
-    let reports = tollgate::reconcile::reconcile(&*store, &*ledger, &pending).await?;
+    let reports = tollgate::reconcile::reconcile(&*parts.store, &*parts.ledger, &pending).await?;
     let data_dir = |e: std::io::Error| format!("ledger work in {}: {e}", config.data_dir.display());
     let unresolved = tollgate::ledger::worklog::unresolved(&config.data_dir).map_err(data_dir)?;
     let open = tollgate::ledger::worklog::still_open(&config.data_dir).map_err(data_dir)?;
@@ -250,53 +166,30 @@ async fn reconcile(config: &Config) -> Result<bool, CliError> {
 pub fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run { config, upgrade } => {
-            let config = Config::load(&config)?;
-            let auth = config.auth.clone();
-            let settings = config.admin.clone();
-            let schedule = config
-                .scheduler
-                .enabled
-                .then(|| std::time::Duration::from_secs(config.scheduler.interval_secs));
-            let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen)?;
-            let control_plane = move |server: &mut pingora::server::Server,
-                                      handles: &server::Handles| {
-                let state = AdminState::new(handles, &auth, &settings)?;
-                if let Some(interval) = schedule {
-                    let scheduler = Scheduler::new(state.clone(), interval);
-                    server
-                        .add_service(background_service("scheduler", SchedulerService(scheduler)));
-                }
-                let recovery = Recovery(state.clone());
-                server.add_service(background_service("credit recovery", recovery));
-                let listener = server::reserve("the admin API (admin_listen)", listen, upgrade)?;
-                server.add_service(background_service(
-                    "admin api",
-                    AdminService { listener, state },
-                ));
-                Ok(())
-            };
+            let config = app::load_config(&config)?;
+            let control_plane = crate::control_plane(&config, upgrade);
             server::run(config, RunOptions { upgrade }, control_plane).map_err(CliError::from)
         }
         Command::Admin { config } => {
-            let config = Config::load(&config)?;
-            let runtime = server::store_runtime()?;
-            runtime.block_on(admin_alone(config))
+            let config = app::load_config(&config)?;
+            let control_plane = crate::control_plane(&config, false);
+            server::run_control_plane(config, control_plane).map_err(CliError::from)
         }
         Command::CreateAdmin {
             config,
             email,
             tenant,
         } => {
-            let config = Config::load(&config)?;
+            let config = app::load_config(&config)?;
             let mut password = String::new();
             std::io::stdin()
                 .read_line(&mut password)
                 .map_err(|e| format!("reading the password from stdin: {e}"))?;
             let password = password.trim_end_matches(['\r', '\n']);
-            let runtime = server::store_runtime()?;
+            let runtime = app::store_runtime()?;
             let id = runtime.block_on(async {
-                let store = server::open_store(&config).await?;
-                crate::create_admin(&*store, &email, password, &tenant)
+                let parts = app::open(&config, Access::Offline).await?;
+                crate::create_admin(&*parts.store, &*parts.docs, &email, password, &tenant)
                     .await
                     .map_err(CliError::Message)
             })?;
@@ -310,12 +203,12 @@ pub fn execute(command: Command) -> Result<(), CliError> {
             role,
             ttl,
         } => {
-            let config = Config::load(&config)?;
+            let config = app::load_config(&config)?;
             let role = match role {
                 RoleArg::User => Role::User,
                 RoleArg::Admin => Role::Admin,
             };
-            if !tollgate::tenants::is_valid_tenant_id(&tenant) {
+            if !tollgate::vocab::is_valid_tenant_id(&tenant) {
                 return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());
             }
             // A longer-lived token would outlive the revocation of a change to its user.
@@ -330,8 +223,8 @@ pub fn execute(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Reconcile { config } => {
-            let config = Config::load(&config)?;
-            let runtime = server::store_runtime()?;
+            let config = app::load_config(&config)?;
+            let runtime = app::store_runtime()?;
             let consistent = runtime.block_on(reconcile(&config))?;
             if consistent {
                 Ok(())
@@ -350,7 +243,7 @@ pub fn execute(command: Command) -> Result<(), CliError> {
                 .map_err(|e| CliError::Message(format!("echo upstream on {listen}: {e}")))
         }
         Command::CheckConfig { config } => {
-            Config::load(&config)?;
+            app::load_config(&config)?;
             println!("{}: ok", config.display());
             Ok(())
         }

@@ -26,15 +26,16 @@ pub use problem::ApiError;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
+use pingora::services::background::{background_service, BackgroundService};
 use std::sync::Arc;
+use tollgate::app::StartError;
 use tollgate::auth::Verifier;
 use tollgate::catalog::Catalog;
 use tollgate::config::{AdminConfig, AuthConfig};
 use tollgate::hydration::Hydrator;
-use tollgate::ledger::Ledger;
+use tollgate::ledger::{Coordination, Ledger};
 use tollgate::server::Handles;
-use tollgate::store::Store;
+use tollgate::store::{Documents, Store};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,7 +45,9 @@ use utoipa_axum::routes;
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Arc<dyn Store>,
+    pub docs: Arc<dyn Documents>,
     pub ledger: Arc<dyn Ledger>,
+    pub coordination: Arc<dyn Coordination>,
     pub hydrator: Arc<Hydrator>,
     /// The gateway's catalog when it runs in this process (changes apply at once).
     pub catalog: Option<Arc<Catalog>>,
@@ -61,25 +64,62 @@ impl AdminState {
         settings: &AdminConfig,
     ) -> Result<AdminState, tollgate::auth::AuthError> {
         Ok(AdminState {
-            store: Arc::clone(&handles.store),
-            ledger: Arc::clone(&handles.ledger),
+            store: Arc::clone(&handles.parts.store),
+            docs: Arc::clone(&handles.parts.docs),
+            ledger: Arc::clone(&handles.parts.ledger),
+            coordination: Arc::clone(&handles.parts.coordination),
             hydrator: Arc::clone(&handles.hydrator),
-            catalog: Some(Arc::clone(&handles.catalog)),
+            catalog: handles.catalog.clone(),
             verifier: Arc::new(Verifier::new(auth)?),
             auth: Arc::new(auth.clone()),
             settings: Arc::new(settings.clone()),
-            throttle: Arc::new(auth::Throttle::new(Arc::clone(&handles.ledger))),
+            throttle: Arc::new(auth::Throttle::new(Arc::clone(&handles.parts.coordination))),
         })
     }
 
     /// Announces a change of services or tenant status to every gateway replica.
     pub async fn catalog_changed(&self) {
-        if let Err(e) = self.ledger.bump_catalog_version().await {
+        if let Err(e) = self.coordination.bump_catalog_version().await {
             tracing::warn!(error = %e, "catalog version not bumped: other replicas see the change at their next successful poll");
         }
         if let Some(catalog) = &self.catalog {
             catalog.changed();
         }
+    }
+}
+
+/// The control plane's services (the admin API on `admin_listen`, the scheduler when
+/// enabled, the recovery of credit changes), added to the server that `tollgate run` (beside
+/// the gateway) or `tollgate admin` (alone) runs; in a graceful `upgrade`, the admin port is
+/// taken once the replaced process lets it go.
+pub fn control_plane(
+    config: &tollgate::config::Config,
+    upgrade: bool,
+) -> impl FnOnce(&mut pingora::server::Server, &Handles) -> Result<(), StartError> {
+    let auth = config.auth.clone();
+    let settings = config.admin.clone();
+    let schedule = config
+        .scheduler
+        .enabled
+        .then(|| std::time::Duration::from_secs(config.scheduler.interval_secs));
+    let listen = tollgate::config::parse_addr("admin_listen", &config.admin_listen);
+    move |server, handles| {
+        let state = AdminState::new(handles, &auth, &settings)?;
+        if let Some(interval) = schedule {
+            let scheduler = scheduler::Scheduler::new(state.clone(), interval);
+            server.add_service(background_service(
+                "scheduler",
+                scheduler::SchedulerService(scheduler),
+            ));
+        }
+        let recovery = billing::Recovery(state.clone());
+        server.add_service(background_service("credit recovery", recovery));
+        let listener = tollgate::server::reserve("the admin API (admin_listen)", listen?, upgrade)?;
+        server.add_service(background_service(
+            "admin api",
+            AdminService { listener, state },
+        ));
+        Ok(())
     }
 }
 

@@ -77,7 +77,7 @@ impl Plan {
             ));
         }
         for (i, o) in self.price_overrides.iter().enumerate() {
-            if o.credits > tollgate::config::MAX_ENDPOINT_CREDITS {
+            if o.credits > tollgate::vocab::MAX_ENDPOINT_CREDITS {
                 return Err(ApiError::invalid(
                     format!("price_overrides[{i}].credits"),
                     "at most 1000000",
@@ -108,7 +108,7 @@ pub async fn create(
     _admin: Admin,
     Body(body): Body<NewPlan>,
 ) -> ApiResult<(StatusCode, Json<Plan>)> {
-    if !tollgate::tenants::is_valid_tenant_id(&body.id) {
+    if !tollgate::vocab::is_valid_tenant_id(&body.id) {
         return Err(ApiError::invalid(
             "id",
             "1 to 64 characters of A-Z a-z 0-9 _ . -",
@@ -122,7 +122,7 @@ pub async fn create(
         price_overrides: body.price_overrides,
     };
     plan.check()?;
-    if !state.store.insert_doc(Kind::Plans, &to_doc(&plan)).await? {
+    if !state.docs.insert_doc(Kind::Plans, &to_doc(&plan)).await? {
         return Err(ApiError::conflict("id", "a plan with this id exists"));
     }
     Ok((StatusCode::CREATED, Json(plan)))
@@ -136,13 +136,13 @@ pub struct PlanList {
 #[utoipa::path(get, path = "/admin/plans", tag = "plans", security(("bearer" = [])),
     responses((status = 200, body = PlanList)))]
 pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<Json<PlanList>> {
-    let docs = state.store.docs(Kind::Plans, None).await?;
+    let docs = state.docs.docs(Kind::Plans, None).await?;
     let items = docs.into_iter().map(from_doc).collect::<ApiResult<_>>()?;
     Ok(Json(PlanList { items }))
 }
 
 async fn plan(state: &AdminState, id: &str) -> ApiResult<Plan> {
-    let doc = state.store.doc(Kind::Plans, id).await?;
+    let doc = state.docs.doc(Kind::Plans, id).await?;
     from_doc(doc.ok_or_else(|| ApiError::not_found("plan"))?)
 }
 
@@ -190,7 +190,7 @@ pub async fn update(
         plan.price_overrides = overrides;
     }
     plan.check()?;
-    if !state.store.replace_doc(Kind::Plans, &to_doc(&plan)).await? {
+    if !state.docs.replace_doc(Kind::Plans, &to_doc(&plan)).await? {
         return Err(ApiError::not_found("plan"));
     }
     Ok(Json(plan))
@@ -205,7 +205,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let subscribed = state
-        .store
+        .docs
         .find_doc(Kind::Subscriptions, "plan_id", &id)
         .await?;
     if subscribed.is_some() {
@@ -214,7 +214,7 @@ pub async fn delete(
             "tenants subscribe to this plan; delete their subscriptions first",
         ));
     }
-    if !state.store.delete_doc(Kind::Plans, &id).await? {
+    if !state.docs.delete_doc(Kind::Plans, &id).await? {
         return Err(ApiError::not_found("plan"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -297,12 +297,12 @@ pub async fn subscribe(
     let Some(tenant) = state.store.tenant(&body.tenant_id).await? else {
         return Err(ApiError::invalid("tenant_id", "no such tenant"));
     };
-    let Some(plan_doc) = state.store.doc(Kind::Plans, &body.plan_id).await? else {
+    let Some(plan_doc) = state.docs.doc(Kind::Plans, &body.plan_id).await? else {
         return Err(ApiError::invalid("plan_id", "no such plan"));
     };
     let plan: Plan = from_doc(plan_doc)?;
     let current = state
-        .store
+        .docs
         .docs(Kind::Subscriptions, Some(("tenant_id", &body.tenant_id)))
         .await?
         .into_iter()
@@ -332,7 +332,7 @@ pub async fn subscribe(
         last_refill_period: None,
     };
     if !state
-        .store
+        .docs
         .insert_doc(Kind::Subscriptions, &to_doc(&subscription))
         .await?
     {
@@ -365,7 +365,7 @@ pub async fn subscribe(
     let mut fields = Doc::new();
     fields.insert("last_refill_period".into(), period.clone().into());
     state
-        .store
+        .docs
         .update_doc(Kind::Subscriptions, &subscription.id, &fields)
         .await?;
     subscription.last_refill_period = Some(period);
@@ -391,13 +391,13 @@ pub async fn subscriptions(
     Query(filter): Query<SubscriptionFilter>,
 ) -> ApiResult<Json<SubscriptionList>> {
     let filter = filter.tenant_id.as_deref().map(|t| ("tenant_id", t));
-    let docs = state.store.docs(Kind::Subscriptions, filter).await?;
+    let docs = state.docs.docs(Kind::Subscriptions, filter).await?;
     let items = docs.into_iter().map(from_doc).collect::<ApiResult<_>>()?;
     Ok(Json(SubscriptionList { items }))
 }
 
 async fn stored_subscription(state: &AdminState, id: &str) -> ApiResult<Subscription> {
-    let doc = state.store.doc(Kind::Subscriptions, id).await?;
+    let doc = state.docs.doc(Kind::Subscriptions, id).await?;
     from_doc(doc.ok_or_else(|| ApiError::not_found("subscription"))?)
 }
 
@@ -432,7 +432,7 @@ pub async fn update_subscription(
     let mut subscription = stored_subscription(&state, &id).await?;
     subscription.status = patch.status;
     if !state
-        .store
+        .docs
         .replace_doc(Kind::Subscriptions, &to_doc(&subscription))
         .await?
     {
@@ -451,7 +451,7 @@ pub async fn delete_subscription(
 ) -> ApiResult<StatusCode> {
     let subscription = stored_subscription(&state, &id).await?;
     existing(&state, &subscription.tenant_id).await?;
-    if !state.store.delete_doc(Kind::Subscriptions, &id).await? {
+    if !state.docs.delete_doc(Kind::Subscriptions, &id).await? {
         return Err(ApiError::not_found("subscription"));
     }
     let patch = TenantPatch {

@@ -24,7 +24,7 @@ pub async fn docs_of(
     tenant: Option<&str>,
 ) -> ApiResult<Json<DocList>> {
     let filter = tenant.map(|t| ("tenant_id", t));
-    let docs = state.store.docs(kind, filter).await?;
+    let docs = state.docs.docs(kind, filter).await?;
     Ok(Json(DocList {
         items: docs.into_iter().map(serde_json::Value::Object).collect(),
     }))

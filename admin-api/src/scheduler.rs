@@ -105,7 +105,7 @@ impl Scheduler {
                 _ = &mut stop => return,
                 _ = ticks.tick() => {}
             }
-            match self.state.ledger.lead(&self.owner, lease).await {
+            match self.state.coordination.lead(&self.owner, lease).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -132,10 +132,10 @@ impl Scheduler {
     }
 
     async fn summaries(&self, now_ms: i64, report: &mut Report) -> Result<(), ScheduleError> {
-        let store = &self.state.store;
+        let (store, docs) = (&self.state.store, &self.state.docs);
         let step = self.interval.as_millis() as i64;
         let closed = now_ms - SETTLE.as_millis() as i64;
-        let mut start = match store.latest_doc(Kind::ScheduledSummaries).await? {
+        let mut start = match docs.latest_doc(Kind::ScheduledSummaries).await? {
             Some(last) => int(&last, "window_end_ms").ok_or_else(|| {
                 ScheduleError::Api("a scheduled_summary without window_end_ms".into())
             })?,
@@ -157,7 +157,7 @@ impl Scheduler {
                     "lines": lines(totals.lines),
                 });
                 if let serde_json::Value::Object(doc) = summary {
-                    if store.insert_doc(Kind::UsageSummaries, &doc).await? {
+                    if docs.insert_doc(Kind::UsageSummaries, &doc).await? {
                         report.summaries += 1;
                     }
                 }
@@ -172,7 +172,7 @@ impl Scheduler {
                 "finished_at": rfc3339(tollgate::store::now_ms()),
             });
             if let serde_json::Value::Object(doc) = run {
-                store.insert_doc(Kind::ScheduledSummaries, &doc).await?;
+                docs.insert_doc(Kind::ScheduledSummaries, &doc).await?;
             }
             report.windows += 1;
             start = end;
@@ -182,13 +182,13 @@ impl Scheduler {
 
     /// Tenants with usage or a login in `[from, to)`.
     async fn active_tenants(&self, from: i64, to: i64) -> Result<Vec<String>, ScheduleError> {
-        let store = &self.state.store;
+        let (store, docs) = (&self.state.store, &self.state.docs);
         let mut tenants: BTreeSet<String> = store
             .tenants_with_usage(from, to)
             .await?
             .into_iter()
             .collect();
-        for doc in store.docs(Kind::Users, None).await? {
+        for doc in docs.docs(Kind::Users, None).await? {
             let Ok(user) = UserDoc::from_doc(doc) else {
                 continue;
             };
@@ -234,10 +234,10 @@ impl Scheduler {
         status: &str,
         now_ms: i64,
     ) -> Result<bool, ScheduleError> {
-        let store = &self.state.store;
+        let (store, docs) = (&self.state.store, &self.state.docs);
         let period = period_of(start);
         let id = format!("{tenant_id}:{period}");
-        let existing = store.doc(Kind::Invoices, &id).await?;
+        let existing = docs.doc(Kind::Invoices, &id).await?;
         if existing
             .as_ref()
             .is_some_and(|d| d.get("status").and_then(|s| s.as_str()) == Some("final"))
@@ -256,7 +256,7 @@ impl Scheduler {
             "generated_at": rfc3339(now_ms),
         });
         if let serde_json::Value::Object(doc) = invoice {
-            upsert_doc(&**store, Kind::Invoices, &doc).await?;
+            upsert_doc(&**docs, Kind::Invoices, &doc).await?;
         }
         Ok(true)
     }
@@ -266,17 +266,17 @@ impl Scheduler {
     /// planes whose leader leases overlapped, or a crash before the period is marked, still
     /// grant it once; the period is marked after.
     async fn refills(&self, now_ms: i64, report: &mut Report) -> Result<(), ScheduleError> {
-        let store = &self.state.store;
+        let (store, docs) = (&self.state.store, &self.state.docs);
         let period = period_of(now_ms);
         let (start, end) = month_of(now_ms);
-        for doc in store.docs(Kind::Subscriptions, None).await? {
+        for doc in docs.docs(Kind::Subscriptions, None).await? {
             let subscription: Subscription = from_doc(doc)?;
             if subscription.status != SubscriptionStatus::Active
                 || subscription.last_refill_period.as_deref() == Some(period.as_str())
             {
                 continue;
             }
-            let Some(plan_doc) = store.doc(Kind::Plans, &subscription.plan_id).await? else {
+            let Some(plan_doc) = docs.doc(Kind::Plans, &subscription.plan_id).await? else {
                 continue;
             };
             let plan: Plan = from_doc(plan_doc)?;
@@ -305,8 +305,7 @@ impl Scheduler {
             fields.insert("last_refill_period".into(), period.clone().into());
             fields.insert("current_period_start".into(), rfc3339(start).into());
             fields.insert("current_period_end".into(), rfc3339(end).into());
-            store
-                .update_doc(Kind::Subscriptions, &subscription.id, &fields)
+            docs.update_doc(Kind::Subscriptions, &subscription.id, &fields)
                 .await?;
             report.refills += 1;
         }

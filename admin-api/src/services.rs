@@ -91,7 +91,7 @@ impl From<ServiceConfig> for ServiceView {
 
 /// The config's rules, with the key turned into the body's field name.
 async fn check(service: &ServiceConfig) -> ApiResult<()> {
-    service.validate("").map_err(|e| match e {
+    tollgate::routing::check_service(service, "").map_err(|e| match e {
         ConfigError::Invalid { key, message } => {
             ApiError::invalid(key.trim_start_matches('.'), message)
         }
@@ -110,7 +110,7 @@ async fn check(service: &ServiceConfig) -> ApiResult<()> {
 
 async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
     let doc = state
-        .store
+        .docs
         .doc(Kind::Services, name)
         .await?
         .ok_or_else(|| ApiError::not_found("service"))?;
@@ -120,7 +120,7 @@ async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
 async fn save(state: &AdminState, service: ServiceConfig) -> ApiResult<Json<ServiceView>> {
     check(&service).await?;
     if !state
-        .store
+        .docs
         .replace_doc(Kind::Services, &service_to_doc(&service))
         .await?
     {
@@ -177,7 +177,7 @@ pub async fn create(
     };
     check(&service).await?;
     if !state
-        .store
+        .docs
         .insert_doc(Kind::Services, &service_to_doc(&service))
         .await?
     {
@@ -199,7 +199,7 @@ pub struct ServiceList {
     responses((status = 200, body = ServiceList)))]
 pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<Json<ServiceList>> {
     let mut items = Vec::new();
-    for doc in state.store.docs(Kind::Services, None).await? {
+    for doc in state.docs.docs(Kind::Services, None).await? {
         match service_from_doc(doc) {
             Ok(service) => items.push(ServiceView::from(service)),
             Err(e) => tracing::error!(error = %e, "stored service does not parse"),
@@ -273,7 +273,7 @@ pub async fn delete(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !state.store.delete_doc(Kind::Services, &name).await? {
+    if !state.docs.delete_doc(Kind::Services, &name).await? {
         return Err(ApiError::not_found("service"));
     }
     state.catalog_changed().await;

@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tollgate::config::TenantStatus;
 use tollgate::ledger::MAX_BALANCE;
 use tollgate::store::{Kind, NewTenant, TenantPatch, TenantRecord};
+use tollgate::vocab::TenantStatus;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -81,7 +81,7 @@ fn check_threshold(threshold: i64) -> ApiResult<()> {
 }
 
 async fn check_plan(state: &AdminState, plan_id: &str) -> ApiResult<()> {
-    if state.store.doc(Kind::Plans, plan_id).await?.is_none() {
+    if state.docs.doc(Kind::Plans, plan_id).await?.is_none() {
         return Err(ApiError::invalid("plan_id", "no such plan"));
     }
     Ok(())
@@ -109,7 +109,7 @@ pub async fn create(
     Body(body): Body<NewTenantBody>,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     let id = match body.id {
-        Some(id) if tollgate::tenants::is_valid_tenant_id(&id) => id,
+        Some(id) if tollgate::vocab::is_valid_tenant_id(&id) => id,
         Some(_) => {
             return Err(ApiError::invalid(
                 "id",

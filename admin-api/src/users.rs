@@ -49,7 +49,7 @@ impl UserDoc {
 
 pub async fn user(state: &AdminState, id: &str) -> ApiResult<Option<UserDoc>> {
     state
-        .store
+        .docs
         .doc(Kind::Users, id)
         .await?
         .map(UserDoc::from_doc)
@@ -103,7 +103,7 @@ pub async fn list(
     Query(filter): Query<UserFilter>,
 ) -> ApiResult<Json<UserList>> {
     let filter = filter.tenant_id.as_deref().map(|t| ("tenant_id", t));
-    let docs = state.store.docs(Kind::Users, filter).await?;
+    let docs = state.docs.docs(Kind::Users, filter).await?;
     let users = docs
         .into_iter()
         .map(UserDoc::from_doc)
@@ -185,7 +185,7 @@ pub async fn update(
         .filter(|(_, named)| *named)
         .filter_map(|(k, _)| Some((k.to_owned(), all.get(k).filter(|v| !v.is_null())?.clone())))
         .collect();
-    if !state.store.update_doc(Kind::Users, &id, &fields).await? {
+    if !state.docs.update_doc(Kind::Users, &id, &fields).await? {
         return Err(ApiError::not_found("user"));
     }
     if changed {

@@ -3,7 +3,6 @@
 
 use std::process::Command;
 use tollgate::auth::Verifier;
-use tollgate::config::Config;
 
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -42,7 +41,7 @@ fn token_mints_a_verifiable_token_for_the_default_config() {
         &[],
     );
     assert!(ok, "{stderr}");
-    let config = Config::load(std::path::Path::new(concat!(
+    let config = tollgate::app::load_config(std::path::Path::new(concat!(
         concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
         "/conf/tollgate.yaml"
     )))

@@ -7,8 +7,8 @@ use common::RedisServer;
 use tollgate::config::LedgerConfig;
 use tollgate::idempotency::{KeyClaim, KeyRecord};
 use tollgate::ledger::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, EmbeddedLedger, Ledger, RedisLedger,
-    Void, VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, EmbeddedLedger, Ledger,
+    RedisLedger, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 
 const NONE: Warnings = Warnings::NONE;

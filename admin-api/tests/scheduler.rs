@@ -9,13 +9,18 @@ use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate::app::Parts;
 use tollgate::catalog::Catalog;
-use tollgate::config::{AdminConfig, AuthConfig, LedgerConfig, TenantStatus};
+use tollgate::config::{AdminConfig, AuthConfig, LedgerConfig};
 use tollgate::hydration::Hydrator;
-use tollgate::ledger::{EmbeddedLedger, Ledger};
+use tollgate::ledger::{Coordination, EmbeddedLedger, Ledger};
 use tollgate::server::Handles;
-use tollgate::store::{Doc, Kind, MongoStore, NewTenant, SqliteStore, Store, UsageBatch};
-use tollgate::usage::{NoUsage, UsageEvent};
+use tollgate::store::{
+    Doc, Documents, Kind, MongoStore, NewTenant, SqliteStore, Store, UsageBatch,
+};
+use tollgate::usage::NoUsage;
+use tollgate::vocab::TenantStatus;
+use tollgate::vocab::UsageEvent;
 use tollgate_admin_api::scheduler::Scheduler;
 use tollgate_admin_api::AdminState;
 
@@ -42,7 +47,7 @@ fn event(id: &str, tenant: &str, credits: i64, refunded: bool, ts: i64) -> Usage
     }
 }
 
-async fn state(store: Arc<dyn Store>) -> AdminState {
+async fn state(store: Arc<dyn Store>, docs: Arc<dyn Documents>) -> AdminState {
     store.migrate().await.unwrap();
     for id in ["acme", "zeta"] {
         let tenant = NewTenant {
@@ -54,19 +59,25 @@ async fn state(store: Arc<dyn Store>) -> AdminState {
         };
         store.ensure_tenant(&tenant).await.unwrap();
     }
-    let ledger: Arc<dyn Ledger> = Arc::new(EmbeddedLedger::in_memory(&LedgerConfig::default()));
+    let embedded = Arc::new(EmbeddedLedger::in_memory(&LedgerConfig::default()));
+    let (ledger, coordination): (Arc<dyn Ledger>, Arc<dyn Coordination>) =
+        (embedded.clone(), embedded);
     let hydrator = Arc::new(Hydrator::new(
         Arc::clone(&ledger),
         Arc::clone(&store),
         Arc::new(NoUsage),
         Duration::from_millis(250),
     ));
-    let catalog = Arc::new(Catalog::load(&*store).await.unwrap());
+    let catalog = Arc::new(Catalog::load(&*store, &*docs).await.unwrap());
     let handles = Handles {
-        store,
-        ledger,
+        parts: Parts {
+            store,
+            docs,
+            ledger,
+            coordination,
+        },
         hydrator,
-        catalog,
+        catalog: Some(catalog),
     };
     let auth = AuthConfig {
         secret: common::SECRET.into(),
@@ -88,8 +99,9 @@ fn int(doc: &Doc, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("{key} in {doc:?}"))
 }
 
-async fn scenario(store: Arc<dyn Store>) {
-    let state = state(Arc::clone(&store)).await;
+async fn scenario<S: Store + Documents>(backend: Arc<S>) {
+    let (store, docs): (Arc<dyn Store>, Arc<dyn Documents>) = (backend.clone(), backend);
+    let state = state(Arc::clone(&store), Arc::clone(&docs)).await;
     let events = [
         event("e1", "acme", 5, false, BASE + 10_000),
         event("e2", "acme", 3, true, BASE + 70_000), // refunded: never billed
@@ -104,13 +116,12 @@ async fn scenario(store: Arc<dyn Store>) {
     store.insert_usage(&batch).await.unwrap();
     let plan = json!({"id": "gold", "name": "Gold", "monthly_credits": 100, "refill_day": 1,
         "price_overrides": []});
-    store.insert_doc(Kind::Plans, &doc(plan)).await.unwrap();
+    docs.insert_doc(Kind::Plans, &doc(plan)).await.unwrap();
     let subscription = json!({"id": "sub1", "tenant_id": "zeta", "plan_id": "gold",
         "status": "active", "current_period_start": "2026-01-01T00:00:00.000Z",
         "current_period_end": "2026-02-01T00:00:00.000Z",
         "created_at": "2026-01-05T00:00:00.000Z", "last_refill_period": "2026-01"});
-    store
-        .insert_doc(Kind::Subscriptions, &doc(subscription))
+    docs.insert_doc(Kind::Subscriptions, &doc(subscription))
         .await
         .unwrap();
 
@@ -131,7 +142,7 @@ async fn scenario(store: Arc<dyn Store>) {
     let report = restarted.run_once(BASE + 16 * MIN).await.unwrap();
     assert_eq!((report.windows, report.summaries), (2, 2));
 
-    let runs = store.docs(Kind::ScheduledSummaries, None).await.unwrap();
+    let runs = docs.docs(Kind::ScheduledSummaries, None).await.unwrap();
     assert_eq!(runs.len(), 4);
     for pair in runs.windows(2) {
         assert_eq!(
@@ -145,7 +156,7 @@ async fn scenario(store: Arc<dyn Store>) {
     );
     assert_eq!((first, last), (BASE - 5 * MIN, BASE + 15 * MIN));
     for tenant in ["acme", "zeta"] {
-        let summaries = store
+        let summaries = docs
             .docs(Kind::UsageSummaries, Some(("tenant_id", tenant)))
             .await
             .unwrap();
@@ -153,7 +164,7 @@ async fn scenario(store: Arc<dyn Store>) {
         let totals = store.usage_totals(tenant, first, last).await.unwrap();
         assert_eq!(credits, totals.credits, "{tenant}: {summaries:?}");
     }
-    let acme = store
+    let acme = docs
         .doc(Kind::UsageSummaries, &format!("acme:{BASE:013}"))
         .await
         .unwrap()
@@ -162,7 +173,7 @@ async fn scenario(store: Arc<dyn Store>) {
     assert_eq!(acme["lines"][0]["endpoint"], "/notes/create");
 
     // Invoices: the running period as a draft, totals from the non-refunded logs.
-    let draft = store
+    let draft = docs
         .doc(Kind::Invoices, "acme:2026-01")
         .await
         .unwrap()
@@ -181,7 +192,7 @@ async fn scenario(store: Arc<dyn Store>) {
         tokio::join!(restarted.run_once(february), overlapping.run_once(february));
     let (report, other) = (report.unwrap(), other.unwrap());
     assert!(report.refills + other.refills >= 1);
-    let final_ = store
+    let final_ = docs
         .doc(Kind::Invoices, "acme:2026-01")
         .await
         .unwrap()
@@ -197,13 +208,13 @@ async fn scenario(store: Arc<dyn Store>) {
     store.insert_usage(&batch).await.unwrap();
     let report = restarted.run_once(february + MIN).await.unwrap();
     assert_eq!(report.refills, 0, "once per period");
-    let still = store
+    let still = docs
         .doc(Kind::Invoices, "acme:2026-01")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(still, final_, "a final invoice never changes");
-    let invoices = store.docs(Kind::Invoices, None).await.unwrap();
+    let invoices = docs.docs(Kind::Invoices, None).await.unwrap();
     let ids: Vec<_> = invoices.iter().map(|i| i["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["acme:2026-01", "zeta:2026-01"]);
 

@@ -5,12 +5,12 @@ mod common;
 
 use common::tx;
 use serde_json::json;
-use tollgate::config::TenantStatus;
 use tollgate::store::{
-    Doc, Kind, MongoStore, NewTenant, NewTransaction, SqliteStore, Store, TenantPatch, UsageBatch,
-    UsageQuery,
+    Doc, Documents, Kind, MongoStore, NewTenant, NewTransaction, SqliteStore, Store, TenantPatch,
+    UsageBatch, UsageQuery,
 };
-use tollgate::usage::UsageEvent;
+use tollgate::vocab::TenantStatus;
+use tollgate::vocab::UsageEvent;
 
 fn event(
     id: &str,
@@ -48,7 +48,7 @@ fn tenant<'a>(id: &'a str, credits: i64) -> NewTenant<'a> {
     }
 }
 
-async fn contract(store: &dyn Store) {
+async fn contract<S: Store + Documents>(store: &S) {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
@@ -247,7 +247,7 @@ fn doc(value: serde_json::Value) -> Doc {
 
 /// The control plane's documents: unique keys, lookups by field, replace, delete — and a
 /// query operator given as a value is only ever a string.
-async fn documents(store: &dyn Store) {
+async fn documents<S: Store + Documents>(store: &S) {
     let ada = doc(json!({"id": "u1", "email": "ada@example.com", "tenant_id": "acme", "n": 1}));
     let bob = doc(json!({"id": "u2", "email": "bob@example.com", "tenant_id": "zeta", "n": 2}));
     assert!(store.insert_doc(Kind::Users, &ada).await.unwrap());
@@ -335,12 +335,13 @@ async fn documents(store: &dyn Store) {
         .update_doc(Kind::Users, "u2", &revoke(2_000))
         .await
         .unwrap());
-    let revoked = store.token_revocations(1_500).await.unwrap();
-    assert_eq!(
-        revoked.into_iter().collect::<Vec<_>>(),
-        vec![("u2".to_owned(), 2_000)]
-    );
-    assert_eq!(store.token_revocations(0).await.unwrap().len(), 2);
+    let revoked = store
+        .docs_at_least(Kind::Users, "tokens_valid_after_ms", 1_500)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![("u2".to_owned(), 2_000)]);
+    let all = store.docs_at_least(Kind::Users, "tokens_valid_after_ms", 0);
+    assert_eq!(all.await.unwrap().len(), 2);
     assert!(store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert!(!store.delete_doc(Kind::Users, "u2").await.unwrap());
     assert_eq!(store.docs(Kind::Users, None).await.unwrap().len(), 1);

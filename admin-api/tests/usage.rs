@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tollgate::config::LedgerConfig;
 use tollgate::ledger::RedisLedger;
 use tollgate::store::{SqliteStore, Store};
-use tollgate::usage::UsageEvent;
+use tollgate::vocab::UsageEvent;
 
 const INITIAL: i64 = 1_000_000;
 

@@ -11,6 +11,7 @@ pub mod publisher;
 
 pub use publisher::{AlertPublisher, Alerts, MqttTarget};
 
+use crate::config::{AlertsConfig, ConfigError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,4 +91,30 @@ pub fn announce(
 
 pub fn rfc3339_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Checks the `alerts` section: a broker URL this module can reach or an address for
+/// the embedded one, a sampling fraction, a queue.
+pub fn check_config(alerts: &AlertsConfig) -> Result<(), ConfigError> {
+    match &alerts.mqtt_url {
+        Some(url) => {
+            MqttTarget::parse(url).map_err(|m| ConfigError::invalid("alerts.mqtt_url", m))?;
+        }
+        None => {
+            crate::config::parse_addr("alerts.embedded_listen", &alerts.embedded_listen)?;
+        }
+    }
+    if !(0.0..=1.0).contains(&alerts.credit_success_sample) {
+        return Err(ConfigError::invalid(
+            "alerts.credit_success_sample",
+            "a fraction from 0 to 1",
+        ));
+    }
+    if alerts.queue_capacity == 0 {
+        return Err(ConfigError::invalid(
+            "alerts.queue_capacity",
+            "must be above 0",
+        ));
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@
 
 use super::{AlertSink, CreditSuccess, Warning};
 use crate::metrics::{ALERTS_DROPPED, ALERTS_PUBLISHED};
-use crate::store::{Doc, Kind, Store};
+use crate::store::{Doc, Documents, Kind};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -120,7 +120,7 @@ impl Alerts {
         queue_capacity: usize,
         credit_sample: f64,
         target: MqttTarget,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Documents>,
     ) -> (Alerts, AlertPublisher) {
         let (warnings, warnings_rx) = mpsc::channel(queue_capacity.max(1));
         let credits = Arc::new(CreditQueue {
@@ -179,7 +179,7 @@ pub struct AlertPublisher {
     queues: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     credits: Arc<CreditQueue>,
     target: MqttTarget,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Documents>,
 }
 
 fn notification(warning: &Warning, topic: &str) -> Doc {
@@ -217,7 +217,7 @@ impl AlertPublisher {
         mut warnings: mpsc::Receiver<Outgoing>,
         credits: Arc<CreditQueue>,
         deliveries: Arc<Mutex<Deliveries>>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Documents>,
     ) {
         let mut burst = tokio::time::interval(CREDIT_BATCH_INTERVAL);
         burst.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -7,7 +7,7 @@
 mod cache;
 
 use crate::config::{AuthConfig, JwtAlgorithm};
-use crate::tenants::is_valid_tenant_id;
+use crate::vocab::is_valid_tenant_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -8,10 +8,8 @@
 mod env;
 mod service;
 
-pub use service::{
-    is_valid_service_name, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig,
-    MAX_ENDPOINT_CREDITS,
-};
+use crate::vocab::TenantStatus;
+pub use service::{EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -316,13 +314,6 @@ pub struct DemoUpstreamConfig {
     pub listen: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TenantStatus {
-    Active,
-    Suspended,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
@@ -345,8 +336,10 @@ fn active() -> TenantStatus {
 }
 
 impl Config {
-    /// Reads `path`, applies the `TOLLGATE_*` environment and validates the result.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads `path` and applies the `TOLLGATE_*` environment; nothing is validated yet:
+    /// `tollgate::app::load_config` reads and validates (the config's own rules here, the
+    /// services' in [`crate::routing`], the alerts' in [`crate::alerts`]).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -356,7 +349,6 @@ impl Config {
             message,
         })?;
         config.apply_env(|name| std::env::var(name).ok())?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -385,7 +377,8 @@ impl Config {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
-    /// Checks every value once, so the request path can trust the config.
+    /// The checks whose meaning lives here (addresses, limits, tenants, auth); the
+    /// composition root adds the services' and the alerts' (`tollgate::app::validate`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr("listen", &self.listen)?;
         parse_addr("admin_listen", &self.admin_listen)?;
@@ -394,7 +387,6 @@ impl Config {
             parse_addr("demo_upstream.listen", &demo.listen)?;
         }
         self.validate_auth()?;
-        self.validate_alerts()?;
         if self.scheduler.interval_secs == 0 {
             return Err(ConfigError::invalid(
                 "scheduler.interval_secs",
@@ -455,19 +447,9 @@ impl Config {
                 ConfigError::invalid("ledger.redis_url", format!("not a Redis URL: {e}"))
             })?;
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, service) in self.services.iter().enumerate() {
-            service.validate(&format!("services[{i}]"))?;
-            if !names.insert(service.name.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("services[{i}].name"),
-                    format!("duplicate service name `{}`", service.name),
-                ));
-            }
-        }
         let mut ids = std::collections::HashSet::new();
         for (i, tenant) in self.tenants.iter().enumerate() {
-            if !crate::tenants::is_valid_tenant_id(&tenant.id) {
+            if !crate::vocab::is_valid_tenant_id(&tenant.id) {
                 return Err(ConfigError::invalid(
                     format!("tenants[{i}].id"),
                     "1 to 64 characters of A-Z a-z 0-9 _ . -",
@@ -485,32 +467,6 @@ impl Config {
                     format!("duplicate tenant id `{}`", tenant.id),
                 ));
             }
-        }
-        Ok(())
-    }
-
-    fn validate_alerts(&self) -> Result<(), ConfigError> {
-        let alerts = &self.alerts;
-        match &alerts.mqtt_url {
-            Some(url) => {
-                crate::alerts::MqttTarget::parse(url)
-                    .map_err(|m| ConfigError::invalid("alerts.mqtt_url", m))?;
-            }
-            None => {
-                parse_addr("alerts.embedded_listen", &alerts.embedded_listen)?;
-            }
-        }
-        if !(0.0..=1.0).contains(&alerts.credit_success_sample) {
-            return Err(ConfigError::invalid(
-                "alerts.credit_success_sample",
-                "a fraction from 0 to 1",
-            ));
-        }
-        if alerts.queue_capacity == 0 {
-            return Err(ConfigError::invalid(
-                "alerts.queue_capacity",
-                "must be above 0",
-            ));
         }
         Ok(())
     }
@@ -555,6 +511,3 @@ pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         .parse()
         .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,7 +1,6 @@
 //! The declarative shape of a metered service: its upstream, timeouts, options and the
 //! priced endpoints that make up its routing table.
 
-use super::ConfigError;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,65 +63,4 @@ pub struct EndpointConfig {
     /// `/exact/path`, `/notes/{id}` segments, or a trailing `/*` prefix.
     pub path: String,
     pub credits: u32,
-}
-
-impl ServiceConfig {
-    /// Checks the service as the config loader and the admin API accept it; errors name
-    /// the key below `key`.
-    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if !is_valid_service_name(&self.name) {
-            return Err(ConfigError::invalid(
-                format!("{key}.name"),
-                "1 to 64 characters of a-z A-Z 0-9 _ . -",
-            ));
-        }
-        crate::routing::Upstream::parse(&self.upstream)
-            .map_err(|msg| ConfigError::invalid(format!("{key}.upstream"), msg))?;
-        let t = &self.timeouts;
-        for (name, value) in [
-            ("connect_ms", t.connect_ms),
-            ("read_ms", t.read_ms),
-            ("write_ms", t.write_ms),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::invalid(
-                    format!("{key}.timeouts.{name}"),
-                    "must be above 0",
-                ));
-            }
-        }
-        if self.endpoints.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("{key}.endpoints"),
-                "a service needs at least one endpoint",
-            ));
-        }
-        let mut table = crate::routing::EndpointTable::default();
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
-            if endpoint.credits > MAX_ENDPOINT_CREDITS {
-                return Err(ConfigError::invalid(
-                    format!("{key}.endpoints[{i}].credits"),
-                    format!("at most {MAX_ENDPOINT_CREDITS}"),
-                ));
-            }
-            table
-                .insert(&endpoint.method, &endpoint.path, i)
-                .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
-        }
-        Ok(())
-    }
-}
-
-/// The most one call may cost.
-pub const MAX_ENDPOINT_CREDITS: u32 = 1_000_000;
-
-/// Service names appear in URLs and metric labels: keep them to a safe alphabet.
-pub fn is_valid_service_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && name != "."
-        && name != ".."
 }

@@ -26,7 +26,8 @@ use crate::ledger::retry::{deadline, stopping, until_answered, Answer};
 use crate::ledger::worklog::{OpenWork, Unresolved};
 use crate::ledger::{Charge, ChargeOutcome, Ledger, Void, VoidOutcome, WorkLog};
 use crate::metrics::{ServiceMetrics, DEFERRED_CHARGES, DEFERRED_PENDING};
-use crate::usage::{UsageEvent, UsageSink};
+use crate::usage::UsageSink;
+use crate::vocab::{Settled, UsageEvent};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -162,39 +163,6 @@ impl DeferredQueue {
             charge_id,
             charge: Some((charge, Arc::clone(&self.worklog))),
         })
-    }
-}
-
-/// How a deferred call's charge ended (the `outcome` label of
-/// `tollgate_deferred_charges_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// The cost was taken (by the worker, or by the first try whose answer was lost).
-    Charged,
-    /// The tenant no longer had the credits: served for free.
-    Uncollected,
-    /// The upstream failed the call: nothing owed, anything taken given back.
-    Voided,
-    /// Given up: the ledger did not answer before the charge's record expired (reported
-    /// by reconciliation as unresolved).
-    Lost,
-}
-
-impl Settled {
-    pub const ALL: [Settled; 4] = [
-        Settled::Charged,
-        Settled::Uncollected,
-        Settled::Voided,
-        Settled::Lost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Settled::Charged => "charged",
-            Settled::Uncollected => "uncollected",
-            Settled::Voided => "voided",
-            Settled::Lost => "lost",
-        }
     }
 }
 

@@ -10,8 +10,8 @@
 use super::expiring::ExpiringMap;
 use super::journal::{read_state, Journal, KeyEntry, Record, Restored};
 use super::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, Void,
-    VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
+    Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -311,14 +311,6 @@ impl Ledger for EmbeddedLedger {
         Ok(outcome)
     }
 
-    async fn catalog_version(&self) -> Result<u64, LedgerError> {
-        Ok(self.catalog_version.load(Ordering::Acquire))
-    }
-
-    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
-        Ok(self.catalog_version.fetch_add(1, Ordering::AcqRel) + 1)
-    }
-
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
         self.with_book(tenant_id, |book, _| {
             if book.balance.is_none() {
@@ -340,5 +332,16 @@ impl Ledger for EmbeddedLedger {
         if let Some(journal) = &self.journal {
             journal.flush();
         }
+    }
+}
+
+#[async_trait]
+impl Coordination for EmbeddedLedger {
+    async fn catalog_version(&self) -> Result<u64, LedgerError> {
+        Ok(self.catalog_version.load(Ordering::Acquire))
+    }
+
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
+        Ok(self.catalog_version.fetch_add(1, Ordering::AcqRel) + 1)
     }
 }

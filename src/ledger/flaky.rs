@@ -2,8 +2,8 @@
 //! down, then back). For the background workers' tests, in paused time.
 
 use super::{
-    AdjustOutcome, Adjustment, Charge, ChargeOutcome, EmbeddedLedger, Ledger, LedgerError, Void,
-    VoidOutcome,
+    AdjustOutcome, Adjustment, Charge, ChargeOutcome, Coordination, EmbeddedLedger, Ledger,
+    LedgerError, Void, VoidOutcome,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -80,9 +80,14 @@ impl Ledger for Flaky {
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
         self.inner.adjust(adjustment).await
     }
+}
+
+#[async_trait::async_trait]
+impl Coordination for Flaky {
     async fn catalog_version(&self) -> Result<u64, LedgerError> {
         self.inner.catalog_version().await
     }
+
     async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
         self.inner.bump_catalog_version().await
     }

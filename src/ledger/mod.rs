@@ -6,6 +6,7 @@
 //! operation, shared by any number of gateway replicas) and [`EmbeddedLedger`] (in-process,
 //! journaled under the data dir). The behavioural test suite runs against both.
 
+mod coordination;
 mod embedded;
 mod expiring;
 #[cfg(test)]
@@ -16,6 +17,7 @@ pub mod retry;
 mod voids;
 pub mod worklog;
 
+pub use coordination::{Coordination, LoginOp, LoginPolicy};
 pub use embedded::EmbeddedLedger;
 pub use redis::RedisLedger;
 pub use voids::{PendingVoid, VoidQueue, VoidWorker};
@@ -155,27 +157,6 @@ pub enum AdjustOutcome {
     OutOfRange { amount: i64, balance: i64 },
 }
 
-/// What a login attempt tells the shared failed-login count (see [`Ledger::login_attempts`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginOp {
-    /// Only ask whether the account is locked.
-    Check,
-    /// Count a failure.
-    Fail,
-    /// A success: forget the failures.
-    Reset,
-}
-
-/// How failed logins lock an account: after `free` failures within `window`, a lock of
-/// `first_lock`, doubling with each further failure up to `longest_lock`.
-#[derive(Debug, Clone, Copy)]
-pub struct LoginPolicy {
-    pub free: u32,
-    pub window: std::time::Duration,
-    pub first_lock: std::time::Duration,
-    pub longest_lock: std::time::Duration,
-}
-
 /// What other processes hold for a tenant in usage not yet in the store, as hydration sees
 /// it through a shared ledger (docs/DESIGN.md §Hydration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,31 +219,6 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Moves a balance by an operator's decision, atomically with concurrent charges.
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError>;
-
-    /// The version of the catalog (services, endpoints, tenant status) that every replica
-    /// polls: a bump makes each reload its catalog from the store.
-    async fn catalog_version(&self) -> Result<u64, LedgerError>;
-
-    /// Announces a change of the catalog; returns the new version.
-    async fn bump_catalog_version(&self) -> Result<u64, LedgerError>;
-
-    /// Takes or renews the scheduler's leader lock for `owner`, for `ttl`; true when
-    /// `owner` leads. The embedded ledger belongs to one process: it always leads.
-    async fn lead(&self, _owner: &str, _ttl: std::time::Duration) -> Result<bool, LedgerError> {
-        Ok(true)
-    }
-
-    /// Applies `op` to the failed-login count of `account`, shared by every process on this
-    /// ledger, and returns how long the account stays locked. `None`: this ledger shares
-    /// nothing (the embedded one serves one process), and the caller counts in memory.
-    async fn login_attempts(
-        &self,
-        _account: &str,
-        _op: LoginOp,
-        _policy: &LoginPolicy,
-    ) -> Result<Option<std::time::Duration>, LedgerError> {
-        Ok(None)
-    }
 
     /// Publishes the tenants' pending credits of usage pipeline `pipeline` that changed
     /// (0: none left), then its heartbeat. False when the ledger had lost this pipeline (a

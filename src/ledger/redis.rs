@@ -3,8 +3,8 @@
 //! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
 
 use super::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Ledger, LedgerError, LoginOp,
-    LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
+    LoginOp, LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -256,53 +256,6 @@ impl Ledger for RedisLedger {
         .await
     }
 
-    async fn lead(&self, owner: &str, ttl: Duration) -> Result<bool, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let led: i64 = self
-                .lead
-                .key("tg:scheduler:leader")
-                .arg(owner)
-                .arg(ttl.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(led == 1)
-        })
-        .await
-    }
-
-    async fn login_attempts(
-        &self,
-        account: &str,
-        op: LoginOp,
-        policy: &LoginPolicy,
-    ) -> Result<Option<Duration>, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let op = match op {
-                LoginOp::Check => "check",
-                LoginOp::Fail => "fail",
-                LoginOp::Reset => "reset",
-            };
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let locked_ms: u64 = self
-                .login
-                .key(format!("tg:login:{account}"))
-                .arg(op)
-                .arg(now_ms)
-                .arg(policy.free)
-                .arg(policy.window.as_millis() as u64)
-                .arg(policy.first_lock.as_millis() as u64)
-                .arg(policy.longest_lock.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(Some(Duration::from_millis(locked_ms)))
-        })
-        .await
-    }
-
     async fn publish_pending(
         &self,
         pipeline: &str,
@@ -374,23 +327,6 @@ impl Ledger for RedisLedger {
         .await
     }
 
-    async fn catalog_version(&self) -> Result<u64, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let version: Option<u64> = conn.get(CATALOG_VERSION_KEY).await?;
-            Ok(version.unwrap_or(0))
-        })
-        .await
-    }
-
-    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            Ok(conn.incr(CATALOG_VERSION_KEY, 1u64).await?)
-        })
-        .await
-    }
-
     async fn seed(&self, tenant_id: &str, balance: i64) -> Result<(), LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
@@ -414,6 +350,73 @@ impl Ledger for RedisLedger {
         self.bounded(async {
             let mut conn = self.conn().await?;
             Ok(conn.get(format!("tg:{{{tenant_id}}}:bal")).await?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Coordination for RedisLedger {
+    async fn catalog_version(&self) -> Result<u64, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let version: Option<u64> = conn.get(CATALOG_VERSION_KEY).await?;
+            Ok(version.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn bump_catalog_version(&self) -> Result<u64, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            Ok(conn.incr(CATALOG_VERSION_KEY, 1u64).await?)
+        })
+        .await
+    }
+
+    async fn lead(&self, owner: &str, ttl: Duration) -> Result<bool, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let led: i64 = self
+                .lead
+                .key("tg:scheduler:leader")
+                .arg(owner)
+                .arg(ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(led == 1)
+        })
+        .await
+    }
+
+    async fn login_attempts(
+        &self,
+        account: &str,
+        op: LoginOp,
+        policy: &LoginPolicy,
+    ) -> Result<Option<Duration>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let op = match op {
+                LoginOp::Check => "check",
+                LoginOp::Fail => "fail",
+                LoginOp::Reset => "reset",
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let locked_ms: u64 = self
+                .login
+                .key(format!("tg:login:{account}"))
+                .arg(op)
+                .arg(now_ms)
+                .arg(policy.free)
+                .arg(policy.window.as_millis() as u64)
+                .arg(policy.first_lock.as_millis() as u64)
+                .arg(policy.longest_lock.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(Some(Duration::from_millis(locked_ms)))
         })
         .await
     }

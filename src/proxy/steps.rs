@@ -3,10 +3,11 @@
 
 use super::{Gateway, Problem, RequestCtx};
 use crate::auth::{AuthError, Claims};
-use crate::config::{OnLedgerError, TenantStatus};
+use crate::config::OnLedgerError;
 use crate::deferred::{DeferredCharge, Reservation};
 use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
 use crate::routing::{RouteError, RouteMatch};
+use crate::vocab::TenantStatus;
 use pingora::proxy::Session;
 
 /// The most request-header bytes accepted (names, values and separators): far above any

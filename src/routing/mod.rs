@@ -11,7 +11,8 @@ mod upstream;
 pub use table::{EndpointTable, ANY_METHOD};
 pub use upstream::Upstream;
 
-use crate::config::{OnLedgerError, ServiceConfig, TimeoutsConfig};
+use crate::config::{ConfigError, OnLedgerError, ServiceConfig, TimeoutsConfig};
+use crate::vocab::{is_valid_service_name, MAX_ENDPOINT_CREDITS};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -206,3 +207,65 @@ fn check_path(path: &str) -> Result<(), RouteError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks the config's services: each as [`check_service`] does, names unique.
+pub fn check_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, service) in services.iter().enumerate() {
+        check_service(service, &format!("services[{i}]"))?;
+        if !names.insert(service.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("services[{i}].name"),
+                format!("duplicate service name `{}`", service.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a service as the config loader and the admin API accept it (an upstream this
+/// module can reach, endpoints its table can hold); errors name the key below `key`.
+/// Checks the service as the config loader and the admin API accept it; errors name
+/// the key below `key`.
+pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigError> {
+    if !is_valid_service_name(&service.name) {
+        return Err(ConfigError::invalid(
+            format!("{key}.name"),
+            "1 to 64 characters of a-z A-Z 0-9 _ . -",
+        ));
+    }
+    Upstream::parse(&service.upstream)
+        .map_err(|msg| ConfigError::invalid(format!("{key}.upstream"), msg))?;
+    let t = &service.timeouts;
+    for (name, value) in [
+        ("connect_ms", t.connect_ms),
+        ("read_ms", t.read_ms),
+        ("write_ms", t.write_ms),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.timeouts.{name}"),
+                "must be above 0",
+            ));
+        }
+    }
+    if service.endpoints.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.endpoints"),
+            "a service needs at least one endpoint",
+        ));
+    }
+    let mut table = EndpointTable::default();
+    for (i, endpoint) in service.endpoints.iter().enumerate() {
+        if endpoint.credits > MAX_ENDPOINT_CREDITS {
+            return Err(ConfigError::invalid(
+                format!("{key}.endpoints[{i}].credits"),
+                format!("at most {MAX_ENDPOINT_CREDITS}"),
+            ));
+        }
+        table
+            .insert(&endpoint.method, &endpoint.path, i)
+            .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
+    }
+    Ok(())
+}

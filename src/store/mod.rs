@@ -16,8 +16,7 @@ mod sqlite;
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
-use crate::config::TenantStatus;
-use crate::usage::UsageEvent;
+use crate::vocab::{TenantStatus, UsageEvent};
 use async_trait::async_trait;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,9 +104,6 @@ pub type Doc = serde_json::Map<String, serde_json::Value>;
 
 /// The most documents one listing returns.
 pub const MAX_LIST: usize = 1000;
-
-/// Default `low_credit_threshold` of a new tenant (docs/DESIGN.md §Data model).
-pub const DEFAULT_LOW_CREDIT_THRESHOLD: i64 = 100;
 
 /// A batch of usage events from one pipeline, numbered in the order it sends them.
 #[derive(Debug, Clone, Copy)]
@@ -256,6 +252,17 @@ pub trait Store: Send + Sync + 'static {
         patch: &TenantPatch,
     ) -> Result<Option<TenantRecord>, StoreError>;
 
+    /// Tenants with at least one usage log in `[from_ms, to_ms)`, in id order.
+    async fn tenants_with_usage(&self, from_ms: i64, to_ms: i64)
+        -> Result<Vec<String>, StoreError>;
+}
+
+/// The control plane's documents ([`Kind`]): plans, users, services and the rest, kept as
+/// JSON whose shape belongs to their owner (the admin crate, the catalog). A trait apart
+/// from [`Store`], which keeps tenants, balances and usage, so that each caller takes only
+/// what it needs (docs/DESIGN.md §Layering); both backends implement both.
+#[async_trait]
+pub trait Documents: Send + Sync + 'static {
     /// Inserts `doc` (its `id` field is the key); false when the id or a unique field
     /// (a user's email, a service's name) is taken.
     async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError>;
@@ -283,27 +290,24 @@ pub trait Store: Send + Sync + 'static {
     /// is given, at most [`MAX_LIST`].
     async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError>;
 
-    /// Users changed (disabled, demoted, moved) at or after `since` (unix ms), with the time
-    /// of the change: the tokens they hold from before it are void (`users` documents'
-    /// `tokens_valid_after_ms`).
-    async fn token_revocations(
+    /// The ids of the documents whose integer `field` is at least `min`, with its value (the
+    /// users whose tokens from before a change are void: `tokens_valid_after_ms`).
+    async fn docs_at_least(
         &self,
-        since: u64,
-    ) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+        kind: Kind,
+        field: &str,
+        min: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Deletes a document; false when there was none.
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError>;
 
     /// The document with the highest id (ids that sort by time: the latest).
     async fn latest_doc(&self, kind: Kind) -> Result<Option<Doc>, StoreError>;
-
-    /// Tenants with at least one usage log in `[from_ms, to_ms)`, in id order.
-    async fn tenants_with_usage(&self, from_ms: i64, to_ms: i64)
-        -> Result<Vec<String>, StoreError>;
 }
 
 /// Writes `doc` whether or not its id exists (replace, else insert).
-pub async fn upsert_doc(store: &dyn Store, kind: Kind, doc: &Doc) -> Result<(), StoreError> {
+pub async fn upsert_doc(store: &dyn Documents, kind: Kind, doc: &Doc) -> Result<(), StoreError> {
     if !store.replace_doc(kind, doc).await? && !store.insert_doc(kind, doc).await? {
         // Inserted by someone else between the two calls: theirs is as new as ours.
         store.replace_doc(kind, doc).await?;

@@ -8,12 +8,11 @@
 //! between a balance change and its audit row is what reconciliation reports.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
     NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
-    UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
+    UsageQuery, UsageTotals, MAX_LIST,
 };
-use crate::config::TenantStatus;
-use crate::usage::UsageEvent;
+use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -544,6 +543,29 @@ impl Store for MongoStore {
         updated.as_ref().map(tenant_from).transpose()
     }
 
+    async fn tenants_with_usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let filter = doc! { "timestamp": {
+            "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms),
+        } };
+        let values = self
+            .coll("usage_logs")
+            .distinct("tenant_id", filter)
+            .await?;
+        let mut tenants: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        tenants.sort();
+        Ok(tenants)
+    }
+}
+
+#[async_trait]
+impl Documents for MongoStore {
     async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
         match self.coll(kind.collection()).insert_one(to_bson(doc)?).await {
             Ok(_) => Ok(true),
@@ -614,29 +636,30 @@ impl Store for MongoStore {
             .collect())
     }
 
-    async fn token_revocations(
+    async fn docs_at_least(
         &self,
-        since: u64,
-    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
-        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        kind: Kind,
+        field: &str,
+        min: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let cursor = self
-            .coll(Kind::Users.collection())
-            .find(doc! { "tokens_valid_after_ms": { "$gte": since } })
-            .projection(doc! { "_id": 1, "tokens_valid_after_ms": 1 })
+            .coll(kind.collection())
+            .find(doc! { field: { "$gte": min } })
+            .projection(doc! { "_id": 1, field: 1 })
             .await?;
-        let mut revoked = std::collections::HashMap::new();
-        for user in self.collect(cursor).await? {
-            let after = match user.get("tokens_valid_after_ms") {
+        let mut found = Vec::new();
+        for document in self.collect(cursor).await? {
+            let value = match document.get(field) {
                 Some(Bson::Int64(n)) => *n,
                 Some(Bson::Int32(n)) => i64::from(*n),
                 Some(Bson::Double(n)) => *n as i64,
                 _ => continue,
             };
-            if let Ok(id) = user.get_str("_id") {
-                revoked.insert(id.to_owned(), after.max(0) as u64);
+            if let Ok(id) = document.get_str("_id") {
+                found.push((id.to_owned(), value));
             }
         }
-        Ok(revoked)
+        Ok(found)
     }
 
     async fn delete_doc(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
@@ -654,25 +677,5 @@ impl Store for MongoStore {
             .sort(doc! { "_id": -1 })
             .await?;
         Ok(found.map(from_bson))
-    }
-
-    async fn tenants_with_usage(
-        &self,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let filter = doc! { "timestamp": {
-            "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms),
-        } };
-        let values = self
-            .coll("usage_logs")
-            .distinct("tenant_id", filter)
-            .await?;
-        let mut tenants: Vec<String> = values
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
-        tenants.sort();
-        Ok(tenants)
     }
 }

@@ -6,12 +6,11 @@
 //! commit in one real transaction. WAL mode lets readers run beside the single writer.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Kind, NewTenant,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
     NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
-    UsageQuery, UsageTotals, DEFAULT_LOW_CREDIT_THRESHOLD, MAX_LIST,
+    UsageQuery, UsageTotals, MAX_LIST,
 };
-use crate::config::TenantStatus;
-use crate::usage::UsageEvent;
+use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -493,6 +492,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn tenants_with_usage(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT DISTINCT tenant_id FROM usage_logs
+                 WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2 ORDER BY tenant_id",
+            )?;
+            let rows = stmt.query_map(params![from_ms, to_ms], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Documents for SqliteStore {
     async fn insert_doc(&self, kind: Kind, doc: &Doc) -> Result<bool, StoreError> {
         let id = doc_id(doc)?.to_owned();
         let body = serde_json::to_string(doc).map_err(|e| StoreError::Data(e.to_string()))?;
@@ -602,22 +620,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn token_revocations(
+    async fn docs_at_least(
         &self,
-        since: u64,
-    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
-        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        kind: Kind,
+        field: &str,
+        min: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let path = json_path(field)?;
         self.run(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, CAST(json_extract(body, '$.tokens_valid_after_ms') AS INTEGER)
+                "SELECT id, CAST(json_extract(body, ?3) AS INTEGER)
                  FROM documents
-                 WHERE collection = ?1 AND json_extract(body, '$.tokens_valid_after_ms') >= ?2",
+                 WHERE collection = ?1 AND json_extract(body, ?3) >= ?2",
             )?;
-            let rows = stmt.query_map(params![Kind::Users.collection(), since], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?.max(0) as u64,
-                ))
+            let rows = stmt.query_map(params![kind.collection(), min, path], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -645,22 +662,6 @@ impl Store for SqliteStore {
             .optional()?
             .map(parse_doc)
             .transpose()
-        })
-        .await
-    }
-
-    async fn tenants_with_usage(
-        &self,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        self.run(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT DISTINCT tenant_id FROM usage_logs
-                 WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2 ORDER BY tenant_id",
-            )?;
-            let rows = stmt.query_map(params![from_ms, to_ms], |row| row.get(0))?;
-            Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
         .await
     }

@@ -3,7 +3,7 @@
 //! again and truncated once fully replayed. Each line keeps the stream and sequence number
 //! its batch was given, so a replay (even after a crash mid-replay) applies it exactly once.
 
-use super::UsageEvent;
+use crate::vocab::UsageEvent;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};

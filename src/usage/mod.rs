@@ -8,31 +8,7 @@ mod seq;
 
 pub use pipeline::{journaled_credits, Flusher, UsagePipeline, UsageSettings};
 
-use serde::{Deserialize, Serialize};
-
-/// The usage log document of docs/DESIGN.md §Data model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UsageEvent {
-    /// A UUIDv7 made at the gateway, so a retried batch cannot duplicate a log.
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub tenant_id: String,
-    pub user_id: String,
-    pub service: String,
-    /// The endpoint's declared pattern (`/notes/{id}`), what bills group by.
-    pub endpoint: String,
-    pub method: String,
-    pub credits_used: i64,
-    pub balance_after: i64,
-    /// Status sent to the client (0 if the client went away first).
-    pub status: u16,
-    pub latency_ms: f64,
-    pub request_id: String,
-    pub idempotency_key: Option<String>,
-    pub refunded: bool,
-    /// When the call ended, unix ms (a BSON date in MongoDB).
-    pub timestamp_ms: i64,
-}
+use crate::vocab::UsageEvent;
 
 pub trait UsageSink: Send + Sync + 'static {
     /// Takes the event; must return at once (docs/DESIGN.md §Usage pipeline and journal: never awaited on the request path).

@@ -17,11 +17,12 @@
 
 use super::journal::{Entry, Journal};
 use super::seq::{clock_us, SeqSource};
-use super::{UsageEvent, UsageSink};
+use super::UsageSink;
 use crate::metrics::{
     USAGE_DROPPED, USAGE_FLUSHED, USAGE_JOURNALED, USAGE_JOURNAL_BYTES, USAGE_QUEUE_DEPTH,
 };
 use crate::store::{Store, UsageBatch};
+use crate::vocab::UsageEvent;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -49,10 +49,17 @@ pub async fn wait_until(what: &str, deadline: Duration, mut ready: impl AsyncFnM
 }
 
 pub fn wait_for_port(what: &str, port: u16, child: &mut Child) {
+    if let Err(status) = listening(what, port, child) {
+        panic!("{what} exited before listening: {status}");
+    }
+}
+
+/// Polls until `port` accepts; the child's exit status if it exited first.
+fn listening(what: &str, port: u16, child: &mut Child) -> Result<(), std::process::ExitStatus> {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening: {status}");
+            return Err(status);
         }
         assert!(
             start.elapsed() < READY_DEADLINE,
@@ -60,6 +67,7 @@ pub fn wait_for_port(what: &str, port: u16, child: &mut Child) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
 }
 
 pub fn signal_pid(pid: u32, signal: libc::c_int) {
@@ -245,19 +253,39 @@ impl Gateway {
         );
         std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
-            port: free_port(),
-            metrics_port: free_port(),
-            admin_port: free_port(),
-            mqtt_port: free_port(),
+            port: 0,
+            metrics_port: 0,
+            admin_port: 0,
+            mqtt_port: 0,
             dir,
             child: None,
             env,
         };
-        gateway.spawn();
+        // A port found free can be taken by another test before the gateway binds it: the
+        // gateway then refuses to start, naming the address, and is started again on others.
+        for attempt in 1.. {
+            gateway.port = free_port();
+            gateway.metrics_port = free_port();
+            gateway.admin_port = free_port();
+            gateway.mqtt_port = free_port();
+            match gateway.try_spawn() {
+                Ok(()) => break,
+                Err(e) if e.contains("cannot listen on") && attempt < 5 => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
         gateway
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process; once it listens on the proxy and admin ports, `Ok`; if it exits
+    /// first, why (its exit status and the last line of its log).
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log =
             std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.port))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -287,9 +315,18 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("the tollgate binary");
-        wait_for_port("tollgate", self.port, &mut child);
-        wait_for_port("tollgate admin API", self.admin_port, &mut child);
+        for (what, port) in [
+            ("tollgate", self.port),
+            ("tollgate admin API", self.admin_port),
+        ] {
+            if let Err(status) = listening(what, port, &mut child) {
+                let log = self.log();
+                let last = log.lines().last().unwrap_or_default();
+                return Err(format!("{what} exited before listening: {status}: {last}"));
+            }
+        }
         self.child = Some(child);
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

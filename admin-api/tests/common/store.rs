@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::store::{MongoStore, SqliteStore, Store, UsageQuery};
-use tollgate::usage::UsageEvent;
+use tollgate::vocab::UsageEvent;
 
 /// The store a gateway writes to, opened from the test.
 pub enum StoreUnderTest {

@@ -1,5 +1,10 @@
+//! Loading a config: each rule refused with the key at fault (the config's own rules and
+//! those of the modules that own the meaning).
+
 use super::*;
+use crate::config::*;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let map: HashMap<String, String> = vars
@@ -21,7 +26,7 @@ fn shipped(name: &str) -> String {
 #[test]
 fn the_shipped_quickstart_config_is_valid() {
     let config = Config::from_yaml(&shipped("tollgate.yaml")).unwrap();
-    config.validate().unwrap();
+    validate(&config).unwrap();
     assert!(!config.is_distributed());
     assert_eq!(config.services[0].endpoints.len(), 3);
     crate::routing::Router::new(&config.services).unwrap();
@@ -44,7 +49,7 @@ fn the_shipped_quickstart_config_is_valid() {
 fn the_shipped_distributed_example_needs_a_real_secret() {
     let mut config = Config::from_yaml(&shipped("distributed.example.yaml")).unwrap();
     config.apply_env(env(&[])).unwrap();
-    let err = config.validate().unwrap_err().to_string();
+    let err = validate(&config).unwrap_err().to_string();
     assert!(err.contains("auth.secret"), "{err}");
     config
         .apply_env(env(&[(
@@ -52,7 +57,7 @@ fn the_shipped_distributed_example_needs_a_real_secret() {
             "0123456789abcdef0123456789abcdef",
         )]))
         .unwrap();
-    config.validate().unwrap();
+    validate(&config).unwrap();
 }
 
 #[test]
@@ -61,7 +66,7 @@ fn services_and_tenants_alone_are_a_whole_config() {
         "services:\n  - { name: s, upstream: 'http://127.0.0.1:1', endpoints: [{ method: GET, path: /, credits: 1 }] }\ntenants:\n  - { id: t }\n",
     )
     .unwrap();
-    config.validate().unwrap();
+    validate(&config).unwrap();
     assert_eq!(config.listen, "0.0.0.0:8080");
     assert_eq!(config.ledger.timeout_ms, 250);
     assert_eq!(config.tenants[0].credits, 0);
@@ -95,9 +100,7 @@ fn bad_values_are_refused_by_key() {
         ("auth:\n  algorithm: RS256\n", "auth.public_key_file"),
     ];
     for (yaml, key) in cases {
-        let err = Config::from_yaml(yaml)
-            .unwrap()
-            .validate()
+        let err = validate(&Config::from_yaml(yaml).unwrap())
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("`{key}`")), "{yaml:?} gave {err}");
@@ -112,7 +115,7 @@ fn on_ledger_error_is_deny_or_allow() {
         format!("services:\n  - {{ name: s, upstream: 'http://x', on_ledger_error: {mode}, endpoints: [{{ method: GET, path: /, credits: 1 }}] }}\n")
     };
     let config = Config::from_yaml(&service("allow")).unwrap();
-    config.validate().unwrap();
+    validate(&config).unwrap();
     assert_eq!(config.services[0].on_ledger_error, OnLedgerError::Allow);
     let err = Config::from_yaml(&service("maybe")).unwrap_err();
     assert!(err.contains("on_ledger_error"), "{err}");
@@ -132,7 +135,7 @@ fn environment_overrides_the_file() {
     assert_eq!(config.listen, "127.0.0.1:1234");
     assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
     assert!(config.is_distributed());
-    let err = config.validate().unwrap_err().to_string();
+    let err = validate(&config).unwrap_err().to_string();
     assert!(err.contains("at least 32 bytes"), "{err}");
     config
         .apply_env(env(&[("TOLLGATE_REDIS_URL", "")]))
@@ -147,6 +150,6 @@ fn environment_overrides_the_file() {
 fn the_demo_secret_is_refused_with_redis() {
     let mut config = Config::default();
     config.ledger.redis_url = Some("redis://127.0.0.1/".into());
-    let err = config.validate().unwrap_err().to_string();
+    let err = validate(&config).unwrap_err().to_string();
     assert!(err.contains("demo secret"), "{err}");
 }

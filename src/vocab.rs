@@ -1,0 +1,104 @@
+//! The shared vocabulary: the words every layer uses (tenant status and ids, service
+//! names, the usage event, outcome labels), defined once and importing nothing of this
+//! crate, so that no two modules need each other to speak of them (docs/DESIGN.md §Layering).
+
+use serde::{Deserialize, Serialize};
+
+// ---- tenants ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+/// Tenant ids become parts of ledger keys (`tg:{id}:...`, a Redis Cluster hash tag), so
+/// they keep to a small alphabet without braces or separators.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Default `low_credit_threshold` of a new tenant (docs/DESIGN.md §Data model).
+pub const DEFAULT_LOW_CREDIT_THRESHOLD: i64 = 100;
+
+// ---- services ----
+
+/// The most one call may cost.
+pub const MAX_ENDPOINT_CREDITS: u32 = 1_000_000;
+
+/// Service names appear in URLs and metric labels: keep them to a safe alphabet.
+pub fn is_valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != ".."
+}
+
+// ---- usage ----
+
+/// The usage log document of docs/DESIGN.md §Data model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// A UUIDv7 made at the gateway, so a retried batch cannot duplicate a log.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub service: String,
+    /// The endpoint's declared pattern (`/notes/{id}`), what bills group by.
+    pub endpoint: String,
+    pub method: String,
+    pub credits_used: i64,
+    pub balance_after: i64,
+    /// Status sent to the client (0 if the client went away first).
+    pub status: u16,
+    pub latency_ms: f64,
+    pub request_id: String,
+    pub idempotency_key: Option<String>,
+    pub refunded: bool,
+    /// When the call ended, unix ms (a BSON date in MongoDB).
+    pub timestamp_ms: i64,
+}
+
+// ---- outcome labels ----
+
+/// How a deferred call's charge ended (the `outcome` label of
+/// `tollgate_deferred_charges_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The cost was taken (by the worker, or by the first try whose answer was lost).
+    Charged,
+    /// The tenant no longer had the credits: served for free.
+    Uncollected,
+    /// The upstream failed the call: nothing owed, anything taken given back.
+    Voided,
+    /// Given up: the ledger did not answer before the charge's record expired (reported
+    /// by reconciliation as unresolved).
+    Lost,
+}
+
+impl Settled {
+    pub const ALL: [Settled; 4] = [
+        Settled::Charged,
+        Settled::Uncollected,
+        Settled::Voided,
+        Settled::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Charged => "charged",
+            Settled::Uncollected => "uncollected",
+            Settled::Voided => "voided",
+            Settled::Lost => "lost",
+        }
+    }
+}
