@@ -6,7 +6,7 @@
 
 use crate::extract::Body;
 use crate::problem::{ApiError, ApiResult};
-use crate::users::UserDoc;
+use crate::records::UserDoc;
 use crate::AdminState;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -23,6 +23,15 @@ use tollgate::ledger::{Coordination, LoginOp, LoginPolicy};
 use tollgate::store::{Documents, Kind, NewTenant, Store};
 use tollgate::vocab::TenantStatus;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `/auth/register` and `/auth/login`.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+}
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 256;
@@ -364,7 +373,7 @@ pub async fn login(
     }
     // The token states the user as they are now, not as read before the password check:
     // a change made meanwhile is in it, or (made after this read) voids it by time.
-    let Some(user) = crate::users::user(&state, &user.id)
+    let Some(user) = crate::records::user(&*state.docs, &user.id)
         .await?
         .filter(|u| !u.disabled)
     else {

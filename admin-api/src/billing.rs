@@ -1,6 +1,8 @@
-//! Credit changes, exactly once: operators' top-ups, corrections and new balances, plan
-//! refills and a subscription's first grant all go through [`change_credits`]. No HTTP
-//! here: the credits handlers, subscriptions and the scheduler call it alike.
+//! Billing, without HTTP: credit changes exactly once, subscriptions and their refills. The
+//! credits and subscriptions handlers and the scheduler call it alike.
+//!
+//! Operators' top-ups, corrections and new balances, plan refills ([`refill_due`]) and a
+//! subscription's first grant ([`subscribe`]) all go through [`change_credits`].
 //!
 //! A change is an intent (an outbox, docs/DESIGN.md §Credit changes) written to the store
 //! before anything moves, then applied to the ledger by its id (the ledger keeps each
@@ -17,14 +19,14 @@
 //!     └──older than the ledger's record of it─────────► abandoned (logged; reconcile tells)
 //! ```
 
-use crate::plans::{from_doc, to_doc};
-use crate::problem::ApiError;
+use crate::records::{from_doc, to_doc, Plan, Subscription, SubscriptionStatus};
+use crate::time::{day_of, month_of, period_of, rfc3339};
 use crate::AdminState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use tollgate::ledger::{AdjustOutcome, Adjustment, Change, LedgerError, ADJUSTMENT_RECORD_LIFE};
-use tollgate::store::{Kind, NewTransaction, TenantRecord};
+use tollgate::store::{Doc, Kind, NewTransaction, TenantPatch, TenantRecord};
 
 /// Tries of one ledger operation after timeouts (same op id: applied at most once).
 const LEDGER_TRIES: usize = 3;
@@ -78,29 +80,18 @@ pub enum BillingError {
     /// The key was used for another change.
     #[error("this Idempotency-Key was used for a different credit change")]
     KeyReused,
+    /// The request names something that does not exist (a tenant, a plan).
+    #[error("{detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// The request conflicts with what is stored (a tenant already subscribed).
+    #[error("{detail}")]
+    Conflict { field: &'static str, detail: String },
     /// A backend did not answer: the change is recorded and will be finished (by a retry
     /// with the same key, or by the recovery pass).
     #[error("{0}")]
     Pending(String),
     #[error("{0}")]
     Store(#[from] tollgate::store::StoreError),
-}
-
-impl From<BillingError> for ApiError {
-    fn from(e: BillingError) -> ApiError {
-        match e {
-            BillingError::OutOfRange { field, .. } => ApiError::invalid(field, e.to_string()),
-            BillingError::KeyReused => ApiError::new(
-                422,
-                "idempotency-key-reused",
-                "Idempotency-Key reused",
-                e.to_string(),
-            )
-            .with_field("Idempotency-Key"),
-            BillingError::Pending(cause) => ApiError::pending("ledger", cause),
-            BillingError::Store(e) => e.into(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,7 +214,7 @@ async fn record_and_finish(state: &AdminState, intent: Intent) -> Result<Applied
             .await?
             .ok_or_else(|| BillingError::Pending(format!("intent {} id taken", intent.id)))?;
         let existing: Intent =
-            from_doc(existing).map_err(|e| BillingError::Pending(e.detail.clone()))?;
+            from_doc(existing).map_err(|e| BillingError::Pending(e.to_string()))?;
         if !existing.same_request(&intent) {
             return Err(BillingError::KeyReused);
         }
@@ -320,6 +311,148 @@ async fn adjust(
         || "no balance after hydration".to_owned(),
         |e| e.to_string(),
     )))
+}
+
+/// Subscribes tenant `tenant_id` to plan `plan_id`: grants the plan's monthly credits now
+/// (keyed as the scheduler's refills are, so this grant and a refill of the same period are
+/// one change) and sets the tenant's plan. One active subscription per tenant.
+pub async fn subscribe(
+    state: &AdminState,
+    tenant_id: &str,
+    plan_id: &str,
+    actor: &str,
+) -> Result<Subscription, BillingError> {
+    let Some(tenant) = state.store.tenant(tenant_id).await? else {
+        return Err(BillingError::Invalid {
+            field: "tenant_id",
+            detail: "no such tenant".into(),
+        });
+    };
+    let Some(plan_doc) = state.docs.doc(Kind::Plans, plan_id).await? else {
+        return Err(BillingError::Invalid {
+            field: "plan_id",
+            detail: "no such plan".into(),
+        });
+    };
+    let plan: Plan = from_doc(plan_doc)?;
+    let current = state
+        .docs
+        .docs(Kind::Subscriptions, Some(("tenant_id", tenant_id)))
+        .await?
+        .into_iter()
+        .map(from_doc::<Subscription>)
+        .collect::<Result<Vec<_>, _>>()?;
+    if current
+        .iter()
+        .any(|s| s.status == SubscriptionStatus::Active)
+    {
+        return Err(BillingError::Conflict {
+            field: "tenant_id",
+            detail: "this tenant has an active subscription; cancel it first".into(),
+        });
+    }
+    let now = crate::time::now_ms();
+    let (start, end) = month_of(now);
+    // The period is marked granted only once the grant is made (below): a grant that
+    // fails is then made by the scheduler, under the same key, never twice.
+    let mut subscription = Subscription {
+        id: format!("sub_{}", uuid::Uuid::now_v7().simple()),
+        tenant_id: tenant_id.to_owned(),
+        plan_id: plan.id.clone(),
+        status: SubscriptionStatus::Active,
+        current_period_start: rfc3339(start),
+        current_period_end: rfc3339(end),
+        created_at: rfc3339(now),
+        last_refill_period: None,
+    };
+    if !state
+        .docs
+        .insert_doc(Kind::Subscriptions, &to_doc(&subscription))
+        .await?
+    {
+        return Err(BillingError::Conflict {
+            field: "id",
+            detail: "subscription id taken; retry".into(),
+        });
+    }
+    let patch = TenantPatch {
+        plan_id: Some(Some(plan.id.clone())),
+        ..TenantPatch::default()
+    };
+    state.store.update_tenant(tenant_id, &patch).await?;
+    let period = period_of(now);
+    if plan.monthly_credits > 0 {
+        let reason = format!("refill: plan {} ({period})", plan.id);
+        let key = refill_key(&subscription.id, &period);
+        let request = CreditRequest {
+            tenant: &tenant,
+            change: Change::Add(plan.monthly_credits),
+            reason: &reason,
+            actor,
+            key: Some(&key),
+        };
+        change_credits(state, request).await?;
+    }
+    let mut fields = Doc::new();
+    fields.insert("last_refill_period".into(), period.clone().into());
+    state
+        .docs
+        .update_doc(Kind::Subscriptions, &subscription.id, &fields)
+        .await?;
+    subscription.last_refill_period = Some(period);
+    Ok(subscription)
+}
+
+/// Grants each active subscription its plan's credits once per period, on or after the
+/// plan's refill day; returns how many were granted. The grant is keyed by subscription and
+/// period, so two control planes whose leader leases overlapped, or a crash before the
+/// period is marked, still grant it once; the period is marked after.
+pub async fn refill_due(state: &AdminState, now_ms: i64) -> Result<usize, BillingError> {
+    let (store, docs) = (&state.store, &state.docs);
+    let period = period_of(now_ms);
+    let (start, end) = month_of(now_ms);
+    let mut granted = 0;
+    for doc in docs.docs(Kind::Subscriptions, None).await? {
+        let subscription: Subscription = from_doc(doc)?;
+        if subscription.status != SubscriptionStatus::Active
+            || subscription.last_refill_period.as_deref() == Some(period.as_str())
+        {
+            continue;
+        }
+        let Some(plan_doc) = docs.doc(Kind::Plans, &subscription.plan_id).await? else {
+            continue;
+        };
+        let plan: Plan = from_doc(plan_doc)?;
+        if day_of(now_ms) < plan.refill_day {
+            continue;
+        }
+        let Some(tenant) = store.tenant(&subscription.tenant_id).await? else {
+            continue;
+        };
+        let reason = format!("refill: plan {} ({period})", plan.id);
+        let key = refill_key(&subscription.id, &period);
+        let request = CreditRequest {
+            tenant: &tenant,
+            change: Change::Add(plan.monthly_credits),
+            reason: &reason,
+            actor: "scheduler",
+            key: Some(&key),
+        };
+        if let Err(e) = change_credits(state, request).await {
+            // Recorded: the recovery pass or the next tick finishes it, once.
+            tracing::warn!(subscription = %subscription.id, %period, error = %e, "refill not applied yet");
+            continue;
+        }
+        // Only the period's fields: a cancellation made meanwhile stands.
+        let mut fields = Doc::new();
+        fields.insert("last_refill_period".into(), period.clone().into());
+        fields.insert("current_period_start".into(), rfc3339(start).into());
+        fields.insert("current_period_end".into(), rfc3339(end).into());
+        docs.update_doc(Kind::Subscriptions, &subscription.id, &fields)
+            .await?;
+        granted += 1;
+    }
+    Ok(granted)
 }
 
 /// What a recovery pass did.

@@ -15,6 +15,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::ledger::{Change, MAX_BALANCE};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `/admin/tenants/{id}/credits` and its transactions.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(add, set))
+        .routes(routes!(transactions))
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreditsView {

@@ -2,13 +2,14 @@
 //! ill-typed fields, always naming the field) and the authenticated caller.
 
 use crate::problem::ApiError;
-use crate::users::UserDoc;
+use crate::records::UserDoc;
 use crate::AdminState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use tollgate::auth::{AuthError, Claims, Role};
 
 /// The largest request body accepted (the admin API's bodies are small documents).
@@ -106,7 +107,7 @@ impl FromRequestParts<AdminState> for Caller {
                 AuthError::Key(_) => "invalid token".to_owned(),
             })
         })?;
-        let user = crate::users::user(state, &claims.sub).await?;
+        let user = crate::records::user(&*state.docs, &claims.sub).await?;
         if let Some(user) = &user {
             if user.disabled {
                 return Err(ApiError::unauthorized("this user is disabled"));
@@ -137,4 +138,23 @@ impl FromRequestParts<AdminState> for Admin {
         }
         Ok(Admin(claims))
     }
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`) in a PATCH body.
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// Parses a query parameter `field` as RFC 3339 or unix milliseconds.
+pub fn time_param(field: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::invalid(field, "an RFC 3339 time or unix milliseconds"))
 }

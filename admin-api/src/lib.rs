@@ -14,9 +14,11 @@ mod extract;
 mod me;
 mod plans;
 mod problem;
+mod records;
 mod reports;
 pub mod scheduler;
 mod services;
+mod subscriptions;
 mod tenants;
 mod time;
 mod users;
@@ -39,7 +41,6 @@ use tollgate::store::{Documents, Store};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 /// What every handler reaches: cheap to clone (all shared).
 #[derive(Clone)]
@@ -126,38 +127,15 @@ pub fn control_plane(
 /// The router and its OpenAPI document, built from the same route list.
 pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
     let (router, mut api) = OpenApiRouter::new()
-        .routes(routes!(auth::register))
-        .routes(routes!(auth::login))
-        .routes(routes!(me::me))
-        .routes(routes!(me::balance))
-        .routes(routes!(me::usage))
-        .routes(routes!(me::invoices))
-        .routes(routes!(me::notifications))
-        .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::get, tenants::update))
-        .routes(routes!(credits::add, credits::set))
-        .routes(routes!(credits::transactions))
-        .routes(routes!(users::list))
-        .routes(routes!(users::get, users::update))
-        .routes(routes!(plans::create, plans::list))
-        .routes(routes!(plans::get, plans::update, plans::delete))
-        .routes(routes!(plans::subscribe, plans::subscriptions))
-        .routes(routes!(
-            plans::subscription,
-            plans::update_subscription,
-            plans::delete_subscription
-        ))
-        .routes(routes!(services::create, services::list))
-        .routes(routes!(services::get, services::update, services::delete))
-        .routes(routes!(
-            services::add_endpoint,
-            services::update_endpoint,
-            services::remove_endpoint
-        ))
-        .routes(routes!(reports::usage_logs))
-        .routes(routes!(reports::summaries))
-        .routes(routes!(reports::invoices))
-        .routes(routes!(reports::notifications))
+        .merge(auth::router())
+        .merge(me::router())
+        .merge(tenants::router())
+        .merge(credits::router())
+        .merge(users::router())
+        .merge(plans::router())
+        .merge(subscriptions::router())
+        .merge(services::router())
+        .merge(reports::router())
         .with_state(state)
         .split_for_parts();
     api.info.title = "Tollgate admin API".into();

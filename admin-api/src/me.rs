@@ -11,6 +11,18 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::store::Kind;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `/me` and what a caller sees of their own tenant.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(balance))
+        .routes(routes!(usage))
+        .routes(routes!(invoices))
+        .routes(routes!(notifications))
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MeView {
@@ -68,11 +80,11 @@ pub struct Window {
 impl Window {
     pub fn resolve(&self) -> ApiResult<(i64, i64)> {
         let to = match &self.to {
-            Some(t) => time::parse("to", t)?,
+            Some(t) => crate::extract::time_param("to", t)?,
             None => time::now_ms() + 1,
         };
         let from = match &self.from {
-            Some(f) => time::parse("from", f)?,
+            Some(f) => crate::extract::time_param("from", f)?,
             None => to - 30 * 24 * 3600 * 1000,
         };
         if from > to {

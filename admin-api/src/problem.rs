@@ -155,3 +155,23 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::billing::BillingError> for ApiError {
+    fn from(e: crate::billing::BillingError) -> ApiError {
+        use crate::billing::BillingError;
+        match e {
+            BillingError::OutOfRange { field, .. } => ApiError::invalid(field, e.to_string()),
+            BillingError::KeyReused => ApiError::new(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                e.to_string(),
+            )
+            .with_field("Idempotency-Key"),
+            BillingError::Invalid { field, detail } => ApiError::invalid(field, detail),
+            BillingError::Conflict { field, detail } => ApiError::conflict(field, detail),
+            BillingError::Pending(cause) => ApiError::pending("ledger", cause),
+            BillingError::Store(e) => e.into(),
+        }
+    }
+}

@@ -3,13 +3,24 @@
 
 use crate::extract::Admin;
 use crate::problem::{ApiError, ApiResult};
-use crate::time::{self, rfc3339};
+use crate::time::rfc3339;
 use crate::AdminState;
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::store::{Kind, UsageQuery};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// The reports: usage logs, summaries, invoices, notifications.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(usage_logs))
+        .routes(routes!(summaries))
+        .routes(routes!(invoices))
+        .routes(routes!(notifications))
+}
 
 /// A list of stored documents (their shapes: docs/DESIGN.md §Data model).
 #[derive(Debug, Serialize, ToSchema)]
@@ -137,12 +148,12 @@ pub async fn usage_logs(
         from_ms: filter
             .from
             .as_deref()
-            .map(|f| time::parse("from", f))
+            .map(|f| crate::extract::time_param("from", f))
             .transpose()?,
         to_ms: filter
             .to
             .as_deref()
-            .map(|t| time::parse("to", t))
+            .map(|t| crate::extract::time_param("to", t))
             .transpose()?,
         after: filter.cursor.as_deref().map(parse_cursor).transpose()?,
         limit: limit + 1,

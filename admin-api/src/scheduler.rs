@@ -8,16 +8,13 @@
 //! expiring when its holder dies) makes one of them run; documents are keyed by tenant and
 //! window or period, so even two runs of one window write it once.
 
-use crate::billing::{change_credits, refill_key, CreditRequest};
-use crate::plans::{day_of, from_doc, month_of, period_of, Plan, Subscription, SubscriptionStatus};
-use crate::problem::ApiError;
-use crate::time::rfc3339;
-use crate::users::UserDoc;
+use crate::billing::BillingError;
+use crate::records::UserDoc;
+use crate::time::{month_of, period_of, rfc3339};
 use crate::AdminState;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use tollgate::ledger::Change;
 use tollgate::store::{upsert_doc, Doc, Kind, StoreError, UsageLine};
 
 /// How long after a window's end its logs are taken as complete.
@@ -30,14 +27,10 @@ const MAX_WINDOWS_PER_RUN: usize = 288;
 pub enum ScheduleError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("billing: {0}")]
+    Billing(#[from] BillingError),
     #[error("{0}")]
-    Api(String),
-}
-
-impl From<ApiError> for ScheduleError {
-    fn from(e: ApiError) -> Self {
-        ScheduleError::Api(e.detail)
-    }
+    Data(String),
 }
 
 /// What one run did.
@@ -127,7 +120,7 @@ impl Scheduler {
         let mut report = Report::default();
         self.summaries(now_ms, &mut report).await?;
         self.invoices(now_ms, &mut report).await?;
-        self.refills(now_ms, &mut report).await?;
+        report.refills = crate::billing::refill_due(&self.state, now_ms).await?;
         Ok(report)
     }
 
@@ -137,7 +130,7 @@ impl Scheduler {
         let closed = now_ms - SETTLE.as_millis() as i64;
         let mut start = match docs.latest_doc(Kind::ScheduledSummaries).await? {
             Some(last) => int(&last, "window_end_ms").ok_or_else(|| {
-                ScheduleError::Api("a scheduled_summary without window_end_ms".into())
+                ScheduleError::Data("a scheduled_summary without window_end_ms".into())
             })?,
             // The first run ever: the last whole window, aligned to the interval.
             None => closed.div_euclid(step) * step - step,
@@ -259,57 +252,6 @@ impl Scheduler {
             upsert_doc(&**docs, Kind::Invoices, &doc).await?;
         }
         Ok(true)
-    }
-
-    /// Grants each active subscription its plan's credits once per period, on or after the
-    /// plan's refill day. The grant is keyed by subscription and period, so two control
-    /// planes whose leader leases overlapped, or a crash before the period is marked, still
-    /// grant it once; the period is marked after.
-    async fn refills(&self, now_ms: i64, report: &mut Report) -> Result<(), ScheduleError> {
-        let (store, docs) = (&self.state.store, &self.state.docs);
-        let period = period_of(now_ms);
-        let (start, end) = month_of(now_ms);
-        for doc in docs.docs(Kind::Subscriptions, None).await? {
-            let subscription: Subscription = from_doc(doc)?;
-            if subscription.status != SubscriptionStatus::Active
-                || subscription.last_refill_period.as_deref() == Some(period.as_str())
-            {
-                continue;
-            }
-            let Some(plan_doc) = docs.doc(Kind::Plans, &subscription.plan_id).await? else {
-                continue;
-            };
-            let plan: Plan = from_doc(plan_doc)?;
-            if day_of(now_ms) < plan.refill_day {
-                continue;
-            }
-            let Some(tenant) = store.tenant(&subscription.tenant_id).await? else {
-                continue;
-            };
-            let reason = format!("refill: plan {} ({period})", plan.id);
-            let key = refill_key(&subscription.id, &period);
-            let request = CreditRequest {
-                tenant: &tenant,
-                change: Change::Add(plan.monthly_credits),
-                reason: &reason,
-                actor: "scheduler",
-                key: Some(&key),
-            };
-            if let Err(e) = change_credits(&self.state, request).await {
-                // Recorded: the recovery pass or the next tick finishes it, once.
-                tracing::warn!(subscription = %subscription.id, %period, error = %e, "refill not applied yet");
-                continue;
-            }
-            // Only the period's fields: a cancellation made meanwhile stands.
-            let mut fields = Doc::new();
-            fields.insert("last_refill_period".into(), period.clone().into());
-            fields.insert("current_period_start".into(), rfc3339(start).into());
-            fields.insert("current_period_end".into(), rfc3339(end).into());
-            docs.update_doc(Kind::Subscriptions, &subscription.id, &fields)
-                .await?;
-            report.refills += 1;
-        }
-        Ok(())
     }
 }
 

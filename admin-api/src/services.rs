@@ -13,6 +13,16 @@ use tollgate::catalog::{service_from_doc, service_to_doc};
 use tollgate::config::{ConfigError, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
 use tollgate::store::Kind;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `/admin/services`, one service, and its endpoints.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, update, delete))
+        .routes(routes!(add_endpoint, update_endpoint, remove_endpoint))
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -13,6 +13,15 @@ use tollgate::ledger::MAX_BALANCE;
 use tollgate::store::{Kind, NewTenant, TenantPatch, TenantRecord};
 use tollgate::vocab::TenantStatus;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `/admin/tenants` and `/admin/tenants/{id}`.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get, update))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -188,7 +197,7 @@ pub struct TenantPatchBody {
     status: Option<Status>,
     low_credit_threshold: Option<i64>,
     /// `null` removes the plan.
-    #[serde(default, deserialize_with = "crate::plans::double_option")]
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>)]
     plan_id: Option<Option<String>>,
 }

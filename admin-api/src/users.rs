@@ -3,6 +3,7 @@
 
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiError, ApiResult};
+use crate::records::UserDoc;
 use crate::time::rfc3339;
 use crate::AdminState;
 use axum::extract::{Path, Query, State};
@@ -11,49 +12,14 @@ use serde::{Deserialize, Serialize};
 use tollgate::auth::Role;
 use tollgate::store::{Doc, Kind};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// A user as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserDoc {
-    pub id: String,
-    /// Lower-cased: unique without regard to case.
-    pub email: String,
-    pub password_hash: String,
-    pub tenant_id: String,
-    pub role: Role,
-    #[serde(default)]
-    pub disabled: bool,
-    pub created_at_ms: i64,
-    #[serde(default)]
-    pub last_login_at_ms: Option<i64>,
-    /// Unix ms of the last change of role, tenant or disabled flag: tokens issued before
-    /// it no longer speak for the user (even once the change is undone).
-    #[serde(default)]
-    pub tokens_valid_after_ms: Option<u64>,
-}
-
-impl UserDoc {
-    pub fn to_doc(&self) -> Doc {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(doc)) => doc,
-            _ => Doc::new(),
-        }
-    }
-
-    pub fn from_doc(doc: Doc) -> ApiResult<UserDoc> {
-        serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
-            ApiError::unavailable("store", format!("a stored user does not parse: {e}"))
-        })
-    }
-}
-
-pub async fn user(state: &AdminState, id: &str) -> ApiResult<Option<UserDoc>> {
-    state
-        .docs
-        .doc(Kind::Users, id)
-        .await?
-        .map(UserDoc::from_doc)
-        .transpose()
+/// `/admin/users` and `/admin/users/{id}`.
+pub fn router() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get, update))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -107,7 +73,7 @@ pub async fn list(
     let users = docs
         .into_iter()
         .map(UserDoc::from_doc)
-        .collect::<ApiResult<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(UserList {
         items: users.iter().map(UserView::from).collect(),
     }))
@@ -121,7 +87,7 @@ pub async fn get(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
-    let user = user(&state, &id)
+    let user = crate::records::user(&*state.docs, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(Json(UserView::from(&user)))
@@ -150,7 +116,7 @@ pub async fn update(
     Path(id): Path<String>,
     Body(patch): Body<UserPatch>,
 ) -> ApiResult<Json<UserView>> {
-    let mut user = user(&state, &id)
+    let mut user = crate::records::user(&*state.docs, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     let before = (user.tenant_id.clone(), user.role, user.disabled);
