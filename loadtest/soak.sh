@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Memory under 1,000 concurrent connections (SPEC §9): the metered Redis path for SECONDS
+# Memory under 1,000 concurrent connections (docs/PERFORMANCE.md): the metered Redis path for SECONDS
 # (default 60), sampling the gateway's RSS every 5 s; then the same with the store cut off
 # (usage goes to the journal) to show the queue and journal bounds hold memory flat.
 #   loadtest/soak.sh [SECONDS=60] [CONNECTIONS=1000]

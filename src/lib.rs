@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod listen;
 pub mod metrics;
 pub mod ops;
+pub mod problem;
 pub mod proxy;
 pub mod reconcile;
 pub mod routing;

@@ -5,7 +5,7 @@
 //! across every control-plane replica when the ledger is Redis ([`Throttle`]).
 
 use crate::extract::Body;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::UserDoc;
 use crate::AdminState;
 use argon2::password_hash::rand_core::OsRng;
@@ -77,8 +77,8 @@ pub fn normalize_email(email: &str) -> String {
 }
 
 /// A practical check (RFC 5321 lengths, one `@`, a dotted domain), not the full grammar.
-pub fn check_email(email: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| Err(ApiError::invalid("email", why.to_owned()));
+pub fn check_email(email: &str) -> Result<(), Problem> {
+    let bad = |why: &str| Err(Problem::invalid("email", why.to_owned()));
     if email.chars().count() > MAX_EMAIL_CHARS {
         return bad("at most 254 characters");
     }
@@ -99,10 +99,10 @@ pub fn check_email(email: &str) -> Result<(), ApiError> {
     }
 }
 
-pub fn check_password(password: &str) -> Result<(), ApiError> {
+pub fn check_password(password: &str) -> Result<(), Problem> {
     let n = password.chars().count();
     if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "password",
             format!("{MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
         ));
@@ -110,10 +110,10 @@ pub fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+pub fn check_name(field: &str, name: &str) -> Result<(), Problem> {
     let n = name.trim().chars().count();
     if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             field,
             format!("1 to {MAX_NAME_CHARS} characters, no control characters"),
         ));
@@ -249,13 +249,13 @@ fn new_id(prefix: &str) -> String {
 
 /// Creates a tenant (with `admin.signup_credits`) and its first user, role `user`.
 #[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = Register,
-    responses((status = 201, body = Registered), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = Registered), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn register(
     State(state): State<AdminState>,
     Body(body): Body<Register>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     if !state.settings.registration {
-        return Err(ApiError::new(
+        return Err(Problem::new(
             403,
             "registration-closed",
             "Forbidden",
@@ -272,7 +272,7 @@ pub async fn register(
         .await?
         .is_some()
     {
-        return Err(ApiError::conflict(
+        return Err(Problem::conflict(
             "email",
             "this email is already registered",
         ));
@@ -280,8 +280,8 @@ pub async fn register(
     let password = body.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
-        .map_err(|e| ApiError::unavailable("password hasher", e))?
-        .map_err(|e| ApiError::unavailable("password hasher", e))?;
+        .map_err(|e| Problem::unavailable("password hasher", e))?
+        .map_err(|e| Problem::unavailable("password hasher", e))?;
     let tenant_id = new_id("t");
     let tenant = NewTenant {
         id: &tenant_id,
@@ -303,7 +303,7 @@ pub async fn register(
         tokens_valid_after_ms: None,
     };
     if !state.docs.insert_doc(Kind::Users, &user.to_doc()).await? {
-        return Err(ApiError::conflict(
+        return Err(Problem::conflict(
             "email",
             "this email is already registered",
         ));
@@ -339,14 +339,14 @@ pub struct TokenResponse {
 
 /// Exchanges email and password for a bearer token (the gateway accepts it too).
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = ProblemSchema), (status = 429, body = ProblemSchema)))]
 pub async fn login(
     State(state): State<AdminState>,
     Body(body): Body<Login>,
 ) -> ApiResult<Json<TokenResponse>> {
     let email = normalize_email(&body.email);
     if let Some(retry_after) = state.throttle.locked(&email).await {
-        return Err(ApiError::too_many(retry_after));
+        return Err(Problem::too_many_attempts(retry_after));
     }
     let user = match state.docs.find_doc(Kind::Users, "email", &email).await? {
         Some(doc) => Some(UserDoc::from_doc(doc)?),
@@ -358,10 +358,10 @@ pub async fn login(
     let password = body.password;
     let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
-        .map_err(|e| ApiError::unavailable("password hasher", e))?;
+        .map_err(|e| Problem::unavailable("password hasher", e))?;
     let Some(user) = user.filter(|u| matches && !u.disabled) else {
         state.throttle.failed(&email).await;
-        return Err(ApiError::unauthorized("invalid email or password"));
+        return Err(Problem::unauthorized("invalid email or password"));
     };
     state.throttle.succeeded(&email).await;
     // Only this field: a whole-document write would undo an operator's change (disabled,
@@ -377,11 +377,11 @@ pub async fn login(
         .await?
         .filter(|u| !u.disabled)
     else {
-        return Err(ApiError::unauthorized("invalid email or password"));
+        return Err(Problem::unauthorized("invalid email or password"));
     };
     let ttl = state.settings.token_ttl_secs;
     let token = tollgate::auth::mint(&state.auth, &user.tenant_id, &user.id, user.role, ttl)
-        .map_err(|e| ApiError::unavailable("token signer", e))?;
+        .map_err(|e| Problem::unavailable("token signer", e))?;
     Ok(Json(TokenResponse {
         access_token: token,
         token_type: "Bearer",

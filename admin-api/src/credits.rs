@@ -5,7 +5,7 @@
 
 use crate::billing::{change_credits, Applied, CreditRequest};
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::tenants::existing;
 use crate::time::rfc3339;
 use crate::AdminState;
@@ -53,7 +53,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     };
     tollgate::idempotency::parse_key(value.as_bytes())
         .map(Some)
-        .map_err(|why| ApiError::invalid("Idempotency-Key", why))
+        .map_err(|why| Problem::invalid("Idempotency-Key", why))
 }
 
 fn check_reason(reason: &str) -> ApiResult<()> {
@@ -93,7 +93,7 @@ pub struct AddCredits {
         ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
     request_body = AddCredits,
     security(("bearer" = [])),
-    responses((status = 200, body = CreditsView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = CreditsView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn add(
     State(state): State<AdminState>,
     Admin(admin): Admin,
@@ -102,7 +102,7 @@ pub async fn add(
     Body(body): Body<AddCredits>,
 ) -> ApiResult<Json<CreditsView>> {
     if body.amount == 0 || body.amount.unsigned_abs() > MAX_BALANCE as u64 {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "amount",
             format!("non-zero, at most {MAX_BALANCE} either way"),
         ));
@@ -126,7 +126,7 @@ pub struct SetCredits {
         ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
     request_body = SetCredits,
     security(("bearer" = [])),
-    responses((status = 200, body = CreditsView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = CreditsView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn set(
     State(state): State<AdminState>,
     Admin(admin): Admin,
@@ -135,7 +135,7 @@ pub async fn set(
     Body(body): Body<SetCredits>,
 ) -> ApiResult<Json<CreditsView>> {
     if !(0..=MAX_BALANCE).contains(&body.balance) {
-        return Err(ApiError::invalid("balance", format!("0 to {MAX_BALANCE}")));
+        return Err(Problem::invalid("balance", format!("0 to {MAX_BALANCE}")));
     }
     let key = idempotency_key(&headers)?;
     let by = (admin.sub.as_str(), key);
@@ -161,7 +161,7 @@ pub struct TransactionList {
 
 #[utoipa::path(get, path = "/admin/tenants/{id}/credits/transactions", tag = "credits",
     params(("id" = String, Path, description = "tenant id")), security(("bearer" = [])),
-    responses((status = 200, body = TransactionList), (status = 404, body = ApiError)))]
+    responses((status = 200, body = TransactionList), (status = 404, body = ProblemSchema)))]
 pub async fn transactions(
     State(state): State<AdminState>,
     _admin: Admin,

@@ -1,7 +1,7 @@
 //! Request extractors: the JSON body (refusing what is not JSON, too large, or has unknown or
 //! ill-typed fields, always naming the field) and the authenticated caller.
 
-use crate::problem::ApiError;
+use crate::problem::Problem;
 use crate::records::UserDoc;
 use crate::AdminState;
 use axum::body::Bytes;
@@ -20,9 +20,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
+    type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
         let json = req
             .headers()
             .get(CONTENT_TYPE)
@@ -30,7 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
         if !json {
-            return Err(ApiError::new(
+            return Err(Problem::new(
                 415,
                 "unsupported-media-type",
                 "Unsupported media type",
@@ -38,7 +38,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|_| {
-            ApiError::new(
+            Problem::new(
                 413,
                 "body-too-large",
                 "Payload too large",
@@ -50,14 +50,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 }
 
 /// Deserializes `bytes`, turning serde's message into a problem naming the field.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     let value = result.map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request(format!("the body is not valid JSON: {inner}"));
+            return Problem::bad_request(format!("the body is not valid JSON: {inner}"));
         }
         let message = inner.to_string();
         let message = message
@@ -78,10 +78,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             None if path == "." => "body".to_owned(),
             None => path,
         };
-        ApiError::invalid(field, message)
+        Problem::invalid(field, message)
     })?;
     de.end()
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -95,12 +95,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub struct Caller(pub Claims, pub Option<UserDoc>);
 
 impl FromRequestParts<AdminState> for Caller {
-    type Rejection = ApiError;
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Problem> {
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
         let claims = state.verifier.verify_header(header).map_err(|e| {
-            ApiError::unauthorized(match e {
+            Problem::unauthorized(match e {
                 AuthError::Missing => "missing bearer token".to_owned(),
                 AuthError::Malformed => "malformed Authorization header".to_owned(),
                 AuthError::Invalid(why) => format!("invalid token: {why}"),
@@ -110,13 +110,13 @@ impl FromRequestParts<AdminState> for Caller {
         let user = crate::records::user(&*state.docs, &claims.sub).await?;
         if let Some(user) = &user {
             if user.disabled {
-                return Err(ApiError::unauthorized("this user is disabled"));
+                return Err(Problem::unauthorized("this user is disabled"));
             }
             let stale = user
                 .tokens_valid_after_ms
                 .is_some_and(|after| claims.issued_at_ms() < after);
             if stale || user.role != claims.role || user.tenant_id != claims.tenant_id {
-                return Err(ApiError::unauthorized(
+                return Err(Problem::unauthorized(
                     "this token predates a change of its user's role or tenant; log in again",
                 ));
             }
@@ -129,12 +129,12 @@ impl FromRequestParts<AdminState> for Caller {
 pub struct Admin(pub Claims);
 
 impl FromRequestParts<AdminState> for Admin {
-    type Rejection = ApiError;
+    type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Problem> {
         let Caller(claims, _) = Caller::from_request_parts(parts, state).await?;
         if claims.role != Role::Admin {
-            return Err(ApiError::forbidden());
+            return Err(Problem::forbidden());
         }
         Ok(Admin(claims))
     }
@@ -150,11 +150,11 @@ where
 }
 
 /// Parses a query parameter `field` as RFC 3339 or unix milliseconds.
-pub fn time_param(field: &str, value: &str) -> Result<i64, ApiError> {
+pub fn time_param(field: &str, value: &str) -> Result<i64, Problem> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::invalid(field, "an RFC 3339 time or unix milliseconds"))
+        .map_err(|_| Problem::invalid(field, "an RFC 3339 time or unix milliseconds"))
 }

@@ -24,7 +24,7 @@ mod time;
 mod users;
 
 pub use auth::{create_admin, hash_password};
-pub use problem::ApiError;
+pub use problem::{ApiResult, Problem};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -157,7 +157,7 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(document) }),
         )
-        .fallback(|| async { ApiError::new(404, "not-found", "Not found", "no such route") })
+        .fallback(|| async { Problem::new(404, "not-found", "Not found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))

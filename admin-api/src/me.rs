@@ -2,7 +2,7 @@
 //! route here takes a tenant id: the tenant is the token's, so another's cannot be named.
 
 use crate::extract::Caller;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::reports::{docs_of, DocList};
 use crate::time::{self, rfc3339};
 use crate::AdminState;
@@ -34,7 +34,7 @@ pub struct MeView {
 }
 
 #[utoipa::path(get, path = "/me", tag = "self-service", security(("bearer" = [])),
-    responses((status = 200, body = MeView), (status = 401, body = ApiError)))]
+    responses((status = 200, body = MeView), (status = 401, body = ProblemSchema)))]
 pub async fn me(Caller(claims, user): Caller) -> ApiResult<Json<MeView>> {
     let role = match claims.role {
         tollgate::auth::Role::Admin => "admin",
@@ -56,7 +56,7 @@ pub struct BalanceView {
 }
 
 #[utoipa::path(get, path = "/me/balance", tag = "self-service", security(("bearer" = [])),
-    responses((status = 200, body = BalanceView), (status = 401, body = ApiError)))]
+    responses((status = 200, body = BalanceView), (status = 401, body = ProblemSchema)))]
 pub async fn balance(
     State(state): State<AdminState>,
     Caller(claims, _): Caller,
@@ -88,7 +88,7 @@ impl Window {
             None => to - 30 * 24 * 3600 * 1000,
         };
         if from > to {
-            return Err(ApiError::invalid("from", "must not be after `to`"));
+            return Err(Problem::invalid("from", "must not be after `to`"));
         }
         Ok((from, to))
     }
@@ -115,7 +115,7 @@ pub struct UsageView {
 /// Usage of the caller's tenant per service and endpoint (refunded calls excluded), from
 /// the durable logs (a few hundred ms behind the ledger).
 #[utoipa::path(get, path = "/me/usage", tag = "self-service", params(Window),
-    security(("bearer" = [])), responses((status = 200, body = UsageView), (status = 422, body = ApiError)))]
+    security(("bearer" = [])), responses((status = 200, body = UsageView), (status = 422, body = ProblemSchema)))]
 pub async fn usage(
     State(state): State<AdminState>,
     Caller(claims, _): Caller,

@@ -2,7 +2,7 @@
 //! (`/admin/plans`). Tenants subscribe to them through [`crate::subscriptions`].
 
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::{from_doc, to_doc, Plan, PriceOverride};
 use crate::AdminState;
 use axum::extract::{Path, State};
@@ -26,20 +26,20 @@ pub fn router() -> OpenApiRouter<AdminState> {
 fn check(plan: &Plan) -> ApiResult<()> {
     crate::auth::check_name("name", &plan.name)?;
     if !(0..=MAX_BALANCE).contains(&plan.monthly_credits) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "monthly_credits",
             format!("0 to {MAX_BALANCE}"),
         ));
     }
     if !(1..=28).contains(&plan.refill_day) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "refill_day",
             "1 to 28 (a day every month has)",
         ));
     }
     for (i, o) in plan.price_overrides.iter().enumerate() {
         if o.credits > tollgate::vocab::MAX_ENDPOINT_CREDITS {
-            return Err(ApiError::invalid(
+            return Err(Problem::invalid(
                 format!("price_overrides[{i}].credits"),
                 "at most 1000000",
             ));
@@ -62,14 +62,14 @@ pub struct NewPlan {
 
 #[utoipa::path(post, path = "/admin/plans", tag = "plans", request_body = NewPlan,
     security(("bearer" = [])),
-    responses((status = 201, body = Plan), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = Plan), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn create(
     State(state): State<AdminState>,
     _admin: Admin,
     Body(body): Body<NewPlan>,
 ) -> ApiResult<(StatusCode, Json<Plan>)> {
     if !tollgate::vocab::is_valid_tenant_id(&body.id) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "id",
             "1 to 64 characters of A-Z a-z 0-9 _ . -",
         ));
@@ -83,7 +83,7 @@ pub async fn create(
     };
     check(&plan)?;
     if !state.docs.insert_doc(Kind::Plans, &to_doc(&plan)).await? {
-        return Err(ApiError::conflict("id", "a plan with this id exists"));
+        return Err(Problem::conflict("id", "a plan with this id exists"));
     }
     Ok((StatusCode::CREATED, Json(plan)))
 }
@@ -103,12 +103,12 @@ pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<J
 
 async fn plan(state: &AdminState, id: &str) -> ApiResult<Plan> {
     let doc = state.docs.doc(Kind::Plans, id).await?;
-    Ok(from_doc(doc.ok_or_else(|| ApiError::not_found("plan"))?)?)
+    Ok(from_doc(doc.ok_or_else(|| Problem::not_found("plan"))?)?)
 }
 
 #[utoipa::path(get, path = "/admin/plans/{id}", tag = "plans",
     params(("id" = String, Path, description = "plan id")), security(("bearer" = [])),
-    responses((status = 200, body = Plan), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Plan), (status = 404, body = ProblemSchema)))]
 pub async fn get(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -129,7 +129,7 @@ pub struct PlanPatch {
 #[utoipa::path(patch, path = "/admin/plans/{id}", tag = "plans",
     params(("id" = String, Path, description = "plan id")), request_body = PlanPatch,
     security(("bearer" = [])),
-    responses((status = 200, body = Plan), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = Plan), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn update(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -151,14 +151,14 @@ pub async fn update(
     }
     check(&plan)?;
     if !state.docs.replace_doc(Kind::Plans, &to_doc(&plan)).await? {
-        return Err(ApiError::not_found("plan"));
+        return Err(Problem::not_found("plan"));
     }
     Ok(Json(plan))
 }
 
 #[utoipa::path(delete, path = "/admin/plans/{id}", tag = "plans",
     params(("id" = String, Path, description = "plan id")), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ProblemSchema), (status = 409, body = ProblemSchema)))]
 pub async fn delete(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -169,13 +169,13 @@ pub async fn delete(
         .find_doc(Kind::Subscriptions, "plan_id", &id)
         .await?;
     if subscribed.is_some() {
-        return Err(ApiError::conflict(
+        return Err(Problem::conflict(
             "id",
             "tenants subscribe to this plan; delete their subscriptions first",
         ));
     }
     if !state.docs.delete_doc(Kind::Plans, &id).await? {
-        return Err(ApiError::not_found("plan"));
+        return Err(Problem::not_found("plan"));
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,7 @@
 //! notifications (the scheduler and the alerter write the last three).
 
 use crate::extract::Admin;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::time::rfc3339;
 use crate::AdminState;
 use axum::extract::{Query, State};
@@ -121,7 +121,7 @@ const DEFAULT_PAGE: usize = 100;
 
 /// The cursor is the last item's (timestamp, id): pages stay stable while logs arrive.
 fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
-    let bad = || ApiError::invalid("cursor", "not a cursor this API returned");
+    let bad = || Problem::invalid("cursor", "not a cursor this API returned");
     let (ts, id) = cursor.split_once('_').ok_or_else(bad)?;
     let ts = ts.parse().map_err(|_| bad())?;
     if id.is_empty() || id.len() > 64 {
@@ -132,7 +132,7 @@ fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
 
 /// Usage logs, oldest first, filtered and paginated by cursor.
 #[utoipa::path(get, path = "/admin/usage-logs", tag = "reports", params(LogFilter),
-    security(("bearer" = [])), responses((status = 200, body = UsageLogPage), (status = 422, body = ApiError)))]
+    security(("bearer" = [])), responses((status = 200, body = UsageLogPage), (status = 422, body = ProblemSchema)))]
 pub async fn usage_logs(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -140,7 +140,7 @@ pub async fn usage_logs(
 ) -> ApiResult<Json<UsageLogPage>> {
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=tollgate::store::MAX_LIST).contains(&limit) {
-        return Err(ApiError::invalid("limit", "1 to 1000"));
+        return Err(Problem::invalid("limit", "1 to 1000"));
     }
     let query = UsageQuery {
         tenant_id: filter.tenant_id,

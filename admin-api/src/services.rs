@@ -3,7 +3,7 @@
 //! same rules as the config file, so the API can never store what the gateway cannot route.
 
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::AdminState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -103,9 +103,9 @@ impl From<ServiceConfig> for ServiceView {
 async fn check(service: &ServiceConfig) -> ApiResult<()> {
     tollgate::routing::check_service(service, "").map_err(|e| match e {
         ConfigError::Invalid { key, message } => {
-            ApiError::invalid(key.trim_start_matches('.'), message)
+            Problem::invalid(key.trim_start_matches('.'), message)
         }
-        other => ApiError::bad_request(other.to_string()),
+        other => Problem::bad_request(other.to_string()),
     })?;
     // An upstream whose host does not resolve could never be reached: say so now.
     let upstream = service.upstream.clone();
@@ -113,8 +113,8 @@ async fn check(service: &ServiceConfig) -> ApiResult<()> {
         tollgate::routing::Upstream::parse(&upstream).and_then(|u| u.resolve())
     })
     .await
-    .map_err(|e| ApiError::unavailable("resolver", e))?
-    .map_err(|e| ApiError::invalid("upstream", e))?;
+    .map_err(|e| Problem::unavailable("resolver", e))?
+    .map_err(|e| Problem::invalid("upstream", e))?;
     Ok(())
 }
 
@@ -123,8 +123,8 @@ async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
         .docs
         .doc(Kind::Services, name)
         .await?
-        .ok_or_else(|| ApiError::not_found("service"))?;
-    service_from_doc(doc).map_err(|e| ApiError::unavailable("store", e))
+        .ok_or_else(|| Problem::not_found("service"))?;
+    service_from_doc(doc).map_err(|e| Problem::unavailable("store", e))
 }
 
 async fn save(state: &AdminState, service: ServiceConfig) -> ApiResult<Json<ServiceView>> {
@@ -134,7 +134,7 @@ async fn save(state: &AdminState, service: ServiceConfig) -> ApiResult<Json<Serv
         .replace_doc(Kind::Services, &service_to_doc(&service))
         .await?
     {
-        return Err(ApiError::not_found("service"));
+        return Err(Problem::not_found("service"));
     }
     state.catalog_changed().await;
     Ok(Json(ServiceView::from(service)))
@@ -164,7 +164,7 @@ pub struct NewService {
 
 #[utoipa::path(post, path = "/admin/services", tag = "services", request_body = NewService,
     security(("bearer" = [])),
-    responses((status = 201, body = ServiceView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = ServiceView), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn create(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -191,10 +191,7 @@ pub async fn create(
         .insert_doc(Kind::Services, &service_to_doc(&service))
         .await?
     {
-        return Err(ApiError::conflict(
-            "name",
-            "a service with this name exists",
-        ));
+        return Err(Problem::conflict("name", "a service with this name exists"));
     }
     state.catalog_changed().await;
     Ok((StatusCode::CREATED, Json(ServiceView::from(service))))
@@ -220,7 +217,7 @@ pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<J
 
 #[utoipa::path(get, path = "/admin/services/{name}", tag = "services",
     params(("name" = String, Path, description = "service name")), security(("bearer" = [])),
-    responses((status = 200, body = ServiceView), (status = 404, body = ApiError)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = ProblemSchema)))]
 pub async fn get(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -246,7 +243,7 @@ pub struct ServicePatch {
 #[utoipa::path(patch, path = "/admin/services/{name}", tag = "services",
     params(("name" = String, Path, description = "service name")), request_body = ServicePatch,
     security(("bearer" = [])),
-    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn update(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -277,14 +274,14 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/admin/services/{name}", tag = "services",
     params(("name" = String, Path, description = "service name")), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ProblemSchema)))]
 pub async fn delete(
     State(state): State<AdminState>,
     _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     if !state.docs.delete_doc(Kind::Services, &name).await? {
-        return Err(ApiError::not_found("service"));
+        return Err(Problem::not_found("service"));
     }
     state.catalog_changed().await;
     Ok(StatusCode::NO_CONTENT)
@@ -298,7 +295,7 @@ fn same_route(e: &EndpointConfig, method: &str, path: &str) -> bool {
 #[utoipa::path(post, path = "/admin/services/{name}/endpoints", tag = "services",
     params(("name" = String, Path, description = "service name")), request_body = EndpointBody,
     security(("bearer" = [])),
-    responses((status = 201, body = ServiceView), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = ServiceView), (status = 404, body = ProblemSchema), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn add_endpoint(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -311,7 +308,7 @@ pub async fn add_endpoint(
         .iter()
         .any(|e| same_route(e, &endpoint.method, &endpoint.path))
     {
-        return Err(ApiError::conflict(
+        return Err(Problem::conflict(
             "path",
             "this method and path exist; use PUT to change the price",
         ));
@@ -324,7 +321,7 @@ pub async fn add_endpoint(
 #[utoipa::path(put, path = "/admin/services/{name}/endpoints", tag = "services",
     params(("name" = String, Path, description = "service name")), request_body = EndpointBody,
     security(("bearer" = [])),
-    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn update_endpoint(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -337,7 +334,7 @@ pub async fn update_endpoint(
         .iter_mut()
         .find(|e| same_route(e, &endpoint.method, &endpoint.path))
     else {
-        return Err(ApiError::not_found("endpoint"));
+        return Err(Problem::not_found("endpoint"));
     };
     existing.credits = endpoint.credits;
     save(&state, service).await
@@ -354,7 +351,7 @@ pub struct EndpointKey {
 #[utoipa::path(delete, path = "/admin/services/{name}/endpoints", tag = "services",
     params(("name" = String, Path, description = "service name"), EndpointKey),
     security(("bearer" = [])),
-    responses((status = 200, body = ServiceView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = ServiceView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn remove_endpoint(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -367,7 +364,7 @@ pub async fn remove_endpoint(
         .endpoints
         .retain(|e| !same_route(e, &key.method, &key.path));
     if service.endpoints.len() == before {
-        return Err(ApiError::not_found("endpoint"));
+        return Err(Problem::not_found("endpoint"));
     }
     save(&state, service).await
 }

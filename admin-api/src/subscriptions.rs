@@ -4,7 +4,7 @@
 
 use crate::billing;
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::{from_doc, to_doc, Subscription, SubscriptionStatus};
 use crate::tenants::existing;
 use crate::AdminState;
@@ -35,7 +35,7 @@ pub struct NewSubscription {
 /// tenant's plan. One active subscription per tenant.
 #[utoipa::path(post, path = "/admin/subscriptions", tag = "subscriptions", request_body = NewSubscription,
     security(("bearer" = [])),
-    responses((status = 201, body = Subscription), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = Subscription), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn subscribe(
     State(state): State<AdminState>,
     Admin(admin): Admin,
@@ -73,13 +73,13 @@ pub async fn list(
 async fn stored_subscription(state: &AdminState, id: &str) -> ApiResult<Subscription> {
     let doc = state.docs.doc(Kind::Subscriptions, id).await?;
     Ok(from_doc(
-        doc.ok_or_else(|| ApiError::not_found("subscription"))?,
+        doc.ok_or_else(|| Problem::not_found("subscription"))?,
     )?)
 }
 
 #[utoipa::path(get, path = "/admin/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path, description = "subscription id")), security(("bearer" = [])),
-    responses((status = 200, body = Subscription), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Subscription), (status = 404, body = ProblemSchema)))]
 pub async fn get(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -98,7 +98,7 @@ pub struct SubscriptionPatch {
 #[utoipa::path(patch, path = "/admin/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path, description = "subscription id")), request_body = SubscriptionPatch,
     security(("bearer" = [])),
-    responses((status = 200, body = Subscription), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Subscription), (status = 404, body = ProblemSchema)))]
 pub async fn update(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -112,14 +112,14 @@ pub async fn update(
         .replace_doc(Kind::Subscriptions, &to_doc(&subscription))
         .await?
     {
-        return Err(ApiError::not_found("subscription"));
+        return Err(Problem::not_found("subscription"));
     }
     Ok(Json(subscription))
 }
 
 #[utoipa::path(delete, path = "/admin/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path, description = "subscription id")), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ApiError)))]
+    responses((status = 204), (status = 404, body = ProblemSchema)))]
 pub async fn delete(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -128,7 +128,7 @@ pub async fn delete(
     let subscription = stored_subscription(&state, &id).await?;
     existing(&state, &subscription.tenant_id).await?;
     if !state.docs.delete_doc(Kind::Subscriptions, &id).await? {
-        return Err(ApiError::not_found("subscription"));
+        return Err(Problem::not_found("subscription"));
     }
     let patch = TenantPatch {
         plan_id: Some(None),

@@ -3,7 +3,7 @@
 
 use crate::auth::check_name;
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::AdminState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -76,12 +76,12 @@ pub async fn existing(state: &AdminState, id: &str) -> ApiResult<TenantRecord> {
         .store
         .tenant(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))
+        .ok_or_else(|| Problem::not_found("tenant"))
 }
 
 fn check_threshold(threshold: i64) -> ApiResult<()> {
     if !(0..=MAX_BALANCE).contains(&threshold) {
-        return Err(ApiError::invalid(
+        return Err(Problem::invalid(
             "low_credit_threshold",
             format!("0 to {MAX_BALANCE}"),
         ));
@@ -91,7 +91,7 @@ fn check_threshold(threshold: i64) -> ApiResult<()> {
 
 async fn check_plan(state: &AdminState, plan_id: &str) -> ApiResult<()> {
     if state.docs.doc(Kind::Plans, plan_id).await?.is_none() {
-        return Err(ApiError::invalid("plan_id", "no such plan"));
+        return Err(Problem::invalid("plan_id", "no such plan"));
     }
     Ok(())
 }
@@ -111,7 +111,7 @@ pub struct NewTenantBody {
 
 #[utoipa::path(post, path = "/admin/tenants", tag = "tenants", request_body = NewTenantBody,
     security(("bearer" = [])),
-    responses((status = 201, body = TenantView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 201, body = TenantView), (status = 409, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn create(
     State(state): State<AdminState>,
     Admin(admin): Admin,
@@ -120,7 +120,7 @@ pub async fn create(
     let id = match body.id {
         Some(id) if tollgate::vocab::is_valid_tenant_id(&id) => id,
         Some(_) => {
-            return Err(ApiError::invalid(
+            return Err(Problem::invalid(
                 "id",
                 "1 to 64 characters of A-Z a-z 0-9 _ . -",
             ))
@@ -130,7 +130,7 @@ pub async fn create(
     check_name("name", &body.name)?;
     let credits = body.credits.unwrap_or(0);
     if !(0..=MAX_BALANCE).contains(&credits) {
-        return Err(ApiError::invalid("credits", format!("0 to {MAX_BALANCE}")));
+        return Err(Problem::invalid("credits", format!("0 to {MAX_BALANCE}")));
     }
     if let Some(threshold) = body.low_credit_threshold {
         check_threshold(threshold)?;
@@ -146,7 +146,7 @@ pub async fn create(
         actor: &admin.sub,
     };
     if !state.store.ensure_tenant(&tenant).await? {
-        return Err(ApiError::conflict("id", "a tenant with this id exists"));
+        return Err(Problem::conflict("id", "a tenant with this id exists"));
     }
     let patch = TenantPatch {
         low_credit_threshold: body.low_credit_threshold,
@@ -157,7 +157,7 @@ pub async fn create(
         .store
         .update_tenant(&id, &patch)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+        .ok_or_else(|| Problem::not_found("tenant"))?;
     state.catalog_changed().await;
     Ok((StatusCode::CREATED, Json(view(&state, record).await?)))
 }
@@ -179,7 +179,7 @@ pub async fn list(State(state): State<AdminState>, _admin: Admin) -> ApiResult<J
 
 #[utoipa::path(get, path = "/admin/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id")), security(("bearer" = [])),
-    responses((status = 200, body = TenantView), (status = 404, body = ApiError)))]
+    responses((status = 200, body = TenantView), (status = 404, body = ProblemSchema)))]
 pub async fn get(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -205,7 +205,7 @@ pub struct TenantPatchBody {
 #[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id")), request_body = TenantPatchBody,
     security(("bearer" = [])),
-    responses((status = 200, body = TenantView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = TenantView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn update(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -232,7 +232,7 @@ pub async fn update(
         .store
         .update_tenant(&id, &patch)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
+        .ok_or_else(|| Problem::not_found("tenant"))?;
     state.catalog_changed().await;
     Ok(Json(view(&state, record).await?))
 }

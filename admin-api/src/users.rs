@@ -2,7 +2,7 @@
 //! never leaves the store.
 
 use crate::extract::{Admin, Body};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::UserDoc;
 use crate::time::rfc3339;
 use crate::AdminState;
@@ -81,7 +81,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/admin/users/{id}", tag = "users",
     params(("id" = String, Path, description = "user id")),
-    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ApiError)))]
+    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ProblemSchema)))]
 pub async fn get(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -89,7 +89,7 @@ pub async fn get(
 ) -> ApiResult<Json<UserView>> {
     let user = crate::records::user(&*state.docs, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| Problem::not_found("user"))?;
     Ok(Json(UserView::from(&user)))
 }
 
@@ -109,7 +109,7 @@ pub struct UserPatch {
 /// with its next catalog reload.
 #[utoipa::path(patch, path = "/admin/users/{id}", tag = "users",
     params(("id" = String, Path, description = "user id")), request_body = UserPatch,
-    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+    security(("bearer" = [])), responses((status = 200, body = UserView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
 pub async fn update(
     State(state): State<AdminState>,
     _admin: Admin,
@@ -118,11 +118,11 @@ pub async fn update(
 ) -> ApiResult<Json<UserView>> {
     let mut user = crate::records::user(&*state.docs, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        .ok_or_else(|| Problem::not_found("user"))?;
     let before = (user.tenant_id.clone(), user.role, user.disabled);
     if let Some(tenant) = &patch.tenant_id {
         if state.store.tenant(tenant).await?.is_none() {
-            return Err(ApiError::invalid("tenant_id", "no such tenant"));
+            return Err(Problem::invalid("tenant_id", "no such tenant"));
         }
         user.tenant_id = tenant.clone();
     }
@@ -152,7 +152,7 @@ pub async fn update(
         .filter_map(|(k, _)| Some((k.to_owned(), all.get(k).filter(|v| !v.is_null())?.clone())))
         .collect();
     if !state.docs.update_doc(Kind::Users, &id, &fields).await? {
-        return Err(ApiError::not_found("user"));
+        return Err(Problem::not_found("user"));
     }
     if changed {
         // Every gateway replica reloads its revocations with the catalog.

@@ -1,4 +1,4 @@
-//! SPEC §5 against real brokers: warnings announced once per crossing across replicas,
+//! docs/DESIGN.md §Alerts against real brokers: warnings announced once per crossing across replicas,
 //! re-armed by a top-up; a broker outage costs requests nothing and loses no warning; the
 //! in-process broker serves plain MQTT clients.
 

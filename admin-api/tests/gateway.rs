@@ -1,4 +1,4 @@
-//! The behavioural suite of SPEC §2, run against both ledgers: the embedded one (one
+//! The behavioural suite of docs/DESIGN.md §Request path, run against both ledgers: the embedded one (one
 //! process, journal under the data dir) and Redis (a private `redis-server`).
 
 mod common;

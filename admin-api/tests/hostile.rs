@@ -1,4 +1,4 @@
-//! Hostile input at the front door (SPEC §2, §7): forged and malformed tokens, spoofed
+//! Hostile input at the front door (docs/DESIGN.md §Request path, docs/ADMIN-API.md): forged and malformed tokens, spoofed
 //! identity and hop-by-hop headers, oversized headers, request smuggling, injection and mass
 //! assignment at the admin API. Each case: the exact status, a problem document, nothing
 //! charged, nothing forwarded, and neither the secret nor a token in the gateway's log.

@@ -203,7 +203,7 @@ async fn adjustments(l: &dyn Ledger) {
     assert_eq!(l.adjust(&set("o8", 0)).await.unwrap(), applied(-huge, 0));
 }
 
-/// SPEC §5: `low` once when a charge crosses the threshold, `exhausted` once at 0 (or on a
+/// docs/DESIGN.md §Alerts: `low` once when a charge crosses the threshold, `exhausted` once at 0 (or on a
 /// refusal), both re-armed by a top-up above the threshold.
 async fn warnings(l: &dyn Ledger) {
     l.seed("w", 250).await.unwrap();

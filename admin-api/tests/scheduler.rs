@@ -1,4 +1,4 @@
-//! SPEC §6: contiguous usage-summary windows whose totals equal the logs, invoices that go
+//! docs/DESIGN.md §Scheduler: contiguous usage-summary windows whose totals equal the logs, invoices that go
 //! from draft to final and never duplicate, refills once per period — first on a clock the
 //! test sets (the scheduler in-process, on both stores), then as deployed: two control
 //! planes sharing Redis and MongoDB, one of them killed.

@@ -1,4 +1,4 @@
-//! No request can choose where the gateway connects (SPEC §2: the upstream is the service's
+//! No request can choose where the gateway connects (docs/DESIGN.md §Request path: the upstream is the service's
 //! registered base URL only). Beside the registered upstream runs an "internal" server a
 //! caller would love to reach; every attempt below names it — as the service, in the path,
 //! as an absolute request target, in `Host`, in the query — and it must see nothing, while

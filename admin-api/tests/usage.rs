@@ -1,4 +1,4 @@
-//! The usage pipeline end to end (SPEC §4): every charged call becomes exactly one usage
+//! The usage pipeline end to end (docs/DESIGN.md §Usage pipeline and journal): every charged call becomes exactly one usage
 //! log, the logs add up to what the ledger took, a store outage loses nothing, a crash
 //! loses at most what was in memory, and a Redis that forgot everything is rehydrated.
 //! Real processes throughout: the gateway binary, `redis-server`, and the embedded store or

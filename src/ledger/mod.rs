@@ -250,3 +250,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// Makes everything written so far durable; called once at shutdown.
     async fn close(&self) {}
 }
+
+impl From<LedgerError> for crate::problem::Problem {
+    /// `503`: the ledger did not answer; nothing changed.
+    fn from(e: LedgerError) -> Self {
+        crate::problem::Problem::unavailable("ledger", e)
+    }
+}

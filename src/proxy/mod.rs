@@ -21,7 +21,7 @@ mod replay;
 mod respond;
 mod steps;
 
-pub use respond::Problem;
+use crate::problem::Problem;
 
 use replay::Keyed;
 use steps::Charged;

@@ -153,7 +153,7 @@ impl Gateway {
                     AuthError::Invalid(why) => format!("invalid token: {why}"),
                     AuthError::Key(_) => "invalid token".to_owned(),
                 };
-                Box::new(Problem::invalid_token(detail))
+                Box::new(Problem::unauthorized(detail))
             })?;
         // A user disabled, demoted or moved since the token was issued: it is void.
         let revoked = self.catalog.revoked();
@@ -163,7 +163,7 @@ impl Gateway {
                 .get(&claims.sub)
                 .is_some_and(|after| issued < *after)
             {
-                return Err(Box::new(Problem::invalid_token(
+                return Err(Box::new(Problem::unauthorized(
                     "this token predates a change of its user; log in again",
                 )));
             }

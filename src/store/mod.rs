@@ -341,3 +341,10 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+impl From<StoreError> for crate::problem::Problem {
+    /// `503`: the store did not answer (or holds what it cannot read); nothing changed.
+    fn from(e: StoreError) -> Self {
+        crate::problem::Problem::unavailable("store", e)
+    }
+}
