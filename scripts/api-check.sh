@@ -66,8 +66,12 @@ stop_gateway() {
 }
 cleanup() {
   stop_gateway
-  # Keep the reports and the gateway log; drop the binary copy and the data dir.
-  rm -rf "$work/tollgate" "$work/data"
+  # Keep the reports and the gateway log; drop the binary copy, data dir and config.
+  if [[ $report_dir == "$work"/* ]]; then
+    rm -rf "$work/tollgate" "$work/data" "$work/tollgate.yaml"
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 

@@ -12,7 +12,12 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATES = {"tollgate": ROOT / "src", "tollgate-admin-api": ROOT / "admin-api" / "src"}
+CRATES = {
+    "tollgate": ROOT / "src",
+    "tollgate-admin-api": ROOT / "admin-api" / "src",
+    "tollgate-cli": ROOT / "cli" / "src",
+    "tollgate-testkit": ROOT / "testkit" / "src",
+}
 PATH = re.compile(r"\bcrate::(?:\{([^}]*)\}|([a-z_][a-z0-9_]*))")
 COMMENT = re.compile(r"//.*$", re.M)
 

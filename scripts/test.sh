@@ -38,7 +38,7 @@ fi
 
 # The tests with a MongoDB half (each asks common::mongo_uri()), said before the run so the
 # runner's own summary stays the last line.
-mongo_tests=$(grep -h -c 'common::mongo_uri()' admin-api/tests/*.rs | awk '{ n += $1 } END { print n }')
+mongo_tests=$(grep -h -c 'common::mongo_uri()' tests/*.rs cli/tests/*.rs | awk '{ n += $1 } END { print n }')
 if [[ -z ${TOLLGATE_TEST_MONGODB_URI:-} && ${TOLLGATE_TEST_SKIP_MONGO:-} == 1 ]]; then
   echo "test.sh: $mongo_tests tests with a MongoDB half will NOT run it (TOLLGATE_TEST_SKIP_MONGO=1)" >&2
 else

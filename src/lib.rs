@@ -2,7 +2,8 @@
 //!
 //! Each module is one stage of the request path of docs/DESIGN.md §Request path (`routing`, `auth`, `ledger`,
 //! `usage`), tied together by the one `ProxyHttp` implementation in [`proxy`] and wired into
-//! a server by [`server`]. The `tollgate` binary lives in `admin-api/` (it links the control plane too).
+//! a server by [`server`]; [`app`] is the composition root every subcommand starts from. The
+//! `tollgate` binary is the `cli/` crate; the control plane is `admin-api/`.
 
 pub mod alerts;
 pub mod app;

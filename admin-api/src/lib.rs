@@ -1,6 +1,8 @@
-//! Tollgate's control plane: the admin REST API of docs/ADMIN-API.md (`docs/ADMIN-API.md`).
+//! Tollgate's control plane: the admin REST API of docs/ADMIN-API.md, the billing it runs
+//! ([`billing`]: credit changes, subscriptions, refills) and the [`scheduler`].
 //!
-//! One `axum` router over the same store, ledger and token verifier as the gateway.
+//! One `axum` router, merged from each resource module's `router()`, over the same store,
+//! ledger and token verifier as the gateway.
 //! `tollgate run` serves it beside the gateway (sharing the gateway's [`Handles`], so a
 //! change reaches the in-process catalog at once); `tollgate admin` serves it alone against
 //! the distributed backends, and the gateways pick changes up through the catalog version.
@@ -8,7 +10,6 @@
 
 mod auth;
 pub mod billing;
-pub mod cli;
 mod credits;
 mod extract;
 mod me;

@@ -5,7 +5,7 @@
 //! document, and usage-log pagination. The main flows run on both stores: the embedded
 //! SQLite and MongoDB (skipped, saying so, when no MongoDB is configured).
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{admin_token, client, header_i64, token, wait_until, Gateway, RedisServer, Upstream};
 use reqwest::Method;

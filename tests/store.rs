@@ -1,7 +1,7 @@
 //! The store contract, run against the embedded SQLite store and MongoDB (the stand-in in
 //! CI; a real server when `TOLLGATE_TEST_MONGODB_URI` points at one).
 
-mod common;
+use tollgate_testkit as common;
 
 use common::tx;
 use serde_json::json;

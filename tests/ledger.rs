@@ -1,7 +1,7 @@
 //! The ledger contract, checked directly against both implementations: the embedded ledger
 //! and the Redis scripts on a private `redis-server`.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::RedisServer;
 use tollgate::config::LedgerConfig;

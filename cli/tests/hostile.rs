@@ -3,7 +3,7 @@
 //! assignment at the admin API. Each case: the exact status, a problem document, nothing
 //! charged, nothing forwarded, and neither the secret nor a token in the gateway's log.
 
-mod common;
+use tollgate_testkit as common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

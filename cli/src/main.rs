@@ -1,10 +1,13 @@
 //! The `tollgate` binary: parses the command line, sets up logging and runs the command
-//! (`tollgate_admin_api::cli`), printing why it failed if it did.
+//! ([`commands`]), printing why it failed if it did. The gateway is the `tollgate` crate,
+//! the control plane `tollgate-admin-api`; this crate only starts them.
+
+mod commands;
 
 use clap::Parser;
+use commands::{Command, DEFAULT_CONFIG};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tollgate_admin_api::cli::{self, Command, DEFAULT_CONFIG};
 
 /// mimalloc instead of glibc malloc: under load glibc's arena locks and consolidation showed
 /// up as ~12% of the gateway's CPU.
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         config: PathBuf::from(DEFAULT_CONFIG),
         upgrade: false,
     });
-    match cli::execute(command) {
+    match commands::execute(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("tollgate: {message}");

@@ -6,7 +6,7 @@
 //! and reconciliation finds nothing. Before, the first replica to hydrate subtracted only
 //! its own unflushed usage, and the other's was credited back to the tenant.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::gate::TcpGate;
 use common::store::{wait_for_logs, StoreUnderTest};

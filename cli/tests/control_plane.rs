@@ -2,7 +2,7 @@
 //! (never from sign-up), and `tollgate admin` run alone beside gateways that share its
 //! Redis and MongoDB, its changes reaching them through the catalog version.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{client, token, wait_until, ControlPlane, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};
@@ -17,7 +17,7 @@ fn create_admin(
     email: &str,
     password: &str,
 ) -> Result<String, String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut child = Command::new(common::tollgate_bin())
         .args(["create-admin", "--email", email, "--config"])
         .arg(config)
         .env_remove("TOLLGATE_REDIS_URL")

@@ -1,7 +1,7 @@
 //! Operations: Prometheus metrics that count what was sent, liveness and readiness, and
 //! public (unmetered) services.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{client, metric_sample, token, wait_until, Gateway, RedisServer, Upstream};
 use std::time::Duration;
@@ -347,7 +347,7 @@ async fn a_graceful_upgrade_under_load_loses_nothing() {
     .await;
 
     let log = std::fs::File::create(old.dir.join("new.log")).unwrap();
-    let new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let new = std::process::Command::new(common::tollgate_bin())
         .args(["run", "--upgrade", "--config"])
         .arg(old.dir.join("tollgate.yaml"))
         .env("TOLLGATE_LISTEN", format!("127.0.0.1:{}", old.port))
@@ -456,7 +456,7 @@ fn a_port_that_cannot_be_had_stops_start_up_naming_it() {
         )
         .unwrap();
         let free = || format!("127.0.0.1:{}", common::free_port());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let mut child = std::process::Command::new(common::tollgate_bin())
             .args(["run", "--config"])
             .arg(&config)
             .env("TOLLGATE_DATA_DIR", dir.join("data"))

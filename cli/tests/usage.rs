@@ -4,7 +4,7 @@
 //! Real processes throughout: the gateway binary, `redis-server`, and the embedded store or
 //! MongoDB (the stand-in in CI) behind a TCP gate the test can cut.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::store::{all_logs, wait_for_logs, GatedMongo, StoreUnderTest};
 use common::{client, token, tx, wait_until, Gateway, RedisServer, Upstream};
@@ -396,7 +396,7 @@ async fn the_reconcile_command_proves_the_books() {
         .all(|s| matches!(s, 200 | 502)));
     gateway.stop();
     let reconcile = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        std::process::Command::new(common::tollgate_bin())
             .args(["reconcile", "--config"])
             .arg(gateway.dir.join("tollgate.yaml"))
             .env("TOLLGATE_DATA_DIR", gateway.data_dir())

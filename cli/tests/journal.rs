@@ -4,7 +4,7 @@
 //! kept is counted and logged, and reconciliation reports exactly the credits whose logs
 //! were lost: never a silent difference.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::store::{all_logs, wait_for_logs, GatedMongo};
 use common::{client, metric_sample, token, wait_until, Gateway, RedisServer};

@@ -6,7 +6,7 @@
 //! was "undone" (silently kept when the undo was refused), and a retried top-up applied
 //! twice.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{admin_token, client, wait_until, Gateway, RedisServer};
 use serde_json::{json, Value};

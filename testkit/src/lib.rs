@@ -1,5 +1,6 @@
-//! The integration harness: real servers on free loopback ports, one set per test, so
-//! tests stay hermetic and parallel-safe.
+//! The integration harness of the workspace's tests: real servers on free loopback ports,
+//! one set per test, so tests stay hermetic and parallel-safe. The root crate's contract
+//! suites (`tests/`) and the end-to-end suites of the binary (`cli/tests/`) share it.
 //!
 //! - [`RedisServer`]: a `redis-server` child process (pause, resume, kill, restart).
 //! - [`Upstream`]: the echo upstream (`tollgate::demo_upstream`) in this test process,
@@ -7,7 +8,6 @@
 //! - [`Gateway`]: the `tollgate` binary itself, started with a generated config.
 //!
 //! Readiness is polled with a deadline, never slept for.
-#![allow(dead_code)]
 
 pub mod gate;
 pub mod mqtt;
@@ -25,6 +25,28 @@ use tollgate::demo_upstream::Counters;
 
 /// The HS256 secret of every test gateway (32+ bytes, so distributed mode accepts it).
 pub const SECRET: &str = "tollgate-integration-tests-secret-0123456789";
+
+/// The `tollgate` binary under test: `TOLLGATE_BIN` when set, else the one Cargo built
+/// beside the running test (`target/<profile>/tollgate`; a test runs from
+/// `target/<profile>/deps/`, and Cargo builds a package's binaries before its integration
+/// tests).
+pub fn tollgate_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under target/<profile>/deps");
+    let bin = profile_dir.join("tollgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the tollgate binary (cargo build -p tollgate-cli) or set TOLLGATE_BIN",
+        bin.display()
+    );
+    bin
+}
 
 /// How long any server gets to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -288,7 +310,7 @@ impl Gateway {
     fn try_spawn(&mut self) -> Result<(), String> {
         let log =
             std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.port))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let mut child = Command::new(tollgate_bin())
             .arg("run")
             .arg("--config")
             .arg(self.dir.join("tollgate.yaml"))
@@ -429,7 +451,7 @@ impl Gateway {
     /// Runs `tollgate reconcile` on this gateway's config and data dir, with `env` (e.g. the
     /// Redis URL without the test's gate in front); whether it passed, and what it printed.
     pub fn reconcile(&self, env: &[(&str, String)]) -> (bool, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        let mut command = Command::new(tollgate_bin());
         command
             .args(["reconcile", "--config"])
             .arg(self.dir.join("tollgate.yaml"))
@@ -459,7 +481,7 @@ impl ControlPlane {
     /// Starts it on a free port, logging to `log`; returns once it listens.
     pub fn start(config: &Path, env: &[(String, String)], log: &Path) -> ControlPlane {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let mut child = Command::new(tollgate_bin())
             .args(["admin", "--config"])
             .arg(config)
             .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
@@ -625,6 +647,12 @@ impl ClosedPort {
                 port: u16::from_be(addr.sin_port),
             }
         }
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        ClosedPort::new()
     }
 }
 

@@ -6,7 +6,7 @@
 //! `tollgate reconcile` explains it. Open work survives a SIGKILL and is finished at the next
 //! start.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::gate::TcpGate;
 use common::{client, token, wait_until, Gateway, RedisServer, Upstream};

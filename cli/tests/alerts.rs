@@ -2,7 +2,7 @@
 //! re-armed by a top-up; a broker outage costs requests nothing and loses no warning; the
 //! in-process broker serves plain MQTT clients.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::gate::TcpGate;
 use common::mqtt::{Message, Mosquitto, Subscriber};

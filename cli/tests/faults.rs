@@ -3,7 +3,7 @@
 //! (a refunded 502), a client that stalls mid-body (a refunded 408, its connection closed),
 //! and a 200 MB upload (streamed: the gateway's memory stays flat).
 
-mod common;
+use tollgate_testkit as common;
 
 use common::gate::TcpGate;
 use common::{client, header_i64, token, wait_until, Gateway, RedisServer, Upstream};

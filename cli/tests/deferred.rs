@@ -6,7 +6,7 @@
 //! long after the ledger is back is charged once too: its charge is taken as soon as the
 //! ledger answers, while the late-landed try's record still lives.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{
     admin_token, client, metric_sample, token, wait_until, ClosedPort, Gateway, RedisServer,

@@ -1,7 +1,7 @@
 //! The Redis ledger under replicas and faults: two gateway processes sharing one Redis,
 //! a paused Redis (SIGSTOP), and a Redis restarted on the same port.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The behavioural suite of docs/DESIGN.md §Request path, run against both ledgers: the embedded one (one
 //! process, journal under the data dir) and Redis (a private `redis-server`).
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{client, header_i64, raw, token, Gateway, RedisServer, Upstream};
 use serde_json::Value;

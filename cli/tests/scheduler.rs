@@ -3,7 +3,7 @@
 //! test sets (the scheduler in-process, on both stores), then as deployed: two control
 //! planes sharing Redis and MongoDB, one of them killed.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{client, token, wait_until, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};

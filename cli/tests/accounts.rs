@@ -4,7 +4,7 @@
 //! the token expires), and the gateway within the catalog's reload. And failed logins are counted across control-plane replicas sharing
 //! a Redis, so more replicas do not mean more guesses.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{admin_token, client, wait_until, Gateway, RedisServer, Upstream};
 use serde_json::{json, Value};

@@ -3,9 +3,10 @@
 
 use std::process::Command;
 use tollgate::auth::Verifier;
+use tollgate_testkit as common;
 
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    let mut command = Command::new(common::tollgate_bin());
     command
         .args(args)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));

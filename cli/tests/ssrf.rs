@@ -4,7 +4,7 @@
 //! as an absolute request target, in `Host`, in the query — and it must see nothing, while
 //! the paths that can be served reach the registered upstream under its own base path.
 
-mod common;
+use tollgate_testkit as common;
 
 use common::{raw, token, Gateway, Upstream};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! The `tollgate` command line: each subcommand, run to its end, and the one error type
-//! they fail with (the binary prints it and exits 1). `src/main.rs` only parses and
-//! sets up logging.
+//! they fail with (the binary prints it and exits 1). Every subcommand that touches the
+//! backends starts from `tollgate::app` (load_config, open).
 
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -167,12 +167,12 @@ pub fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run { config, upgrade } => {
             let config = app::load_config(&config)?;
-            let control_plane = crate::control_plane(&config, upgrade);
+            let control_plane = tollgate_admin_api::control_plane(&config, upgrade);
             server::run(config, RunOptions { upgrade }, control_plane).map_err(CliError::from)
         }
         Command::Admin { config } => {
             let config = app::load_config(&config)?;
-            let control_plane = crate::control_plane(&config, false);
+            let control_plane = tollgate_admin_api::control_plane(&config, false);
             server::run_control_plane(config, control_plane).map_err(CliError::from)
         }
         Command::CreateAdmin {
@@ -189,9 +189,15 @@ pub fn execute(command: Command) -> Result<(), CliError> {
             let runtime = app::store_runtime()?;
             let id = runtime.block_on(async {
                 let parts = app::open(&config, Access::Offline).await?;
-                crate::create_admin(&*parts.store, &*parts.docs, &email, password, &tenant)
-                    .await
-                    .map_err(CliError::Message)
+                tollgate_admin_api::create_admin(
+                    &*parts.store,
+                    &*parts.docs,
+                    &email,
+                    password,
+                    &tenant,
+                )
+                .await
+                .map_err(CliError::Message)
             })?;
             println!("{id}");
             Ok(())
