@@ -4,6 +4,7 @@
 #   cmake         pingora-core's zlib-ng (libz-ng-sys) builds with it
 #   redis-server  the integration tests start private instances (--tests, --loadtest)
 #   mosquitto     the alert tests start private MQTT brokers (--tests)
+#   curl          scripts/api-check.sh polls and logs in to the admin API (--tests)
 #   wrk, sqlite3  the load tests' generator and the soak's store lock (--loadtest)
 # Usage: scripts/ensure-deps.sh [--tests | --loadtest]
 set -euo pipefail
@@ -16,6 +17,7 @@ if [[ ${1:-} == --tests || ${1:-} == --loadtest ]]; then
 fi
 if [[ ${1:-} == --tests ]]; then
   command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+  command -v curl >/dev/null || need+=(curl)
 fi
 if [[ ${1:-} == --loadtest ]]; then
   command -v wrk >/dev/null || need+=(wrk)

@@ -7,7 +7,8 @@
 # Python >= 3.13 and PyPI) on a free port. Without either, they fail unless the run opts out
 # with TOLLGATE_TEST_SKIP_MONGO=1 (this script sets it when the stand-in cannot start and
 # TOLLGATE_REQUIRE_MONGO is not 1), and the end of the run says how many were skipped.
-# Extra arguments go to the test runner (e.g. a test name filter).
+# Extra arguments go to the test runner (e.g. a test name filter); without any, the run ends
+# with the layering check and the admin API's contract check (scripts/api-check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh --tests
@@ -49,4 +50,11 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
+fi
+
+# The whole suite (no filter given) also checks the layering and holds the admin API to its
+# OpenAPI document (schemathesis, fixed seed: scripts/api-check.sh).
+if (($# == 0)); then
+  scripts/check-layers.py
+  scripts/api-check.sh target/debug/tollgate
 fi

@@ -119,8 +119,9 @@ impl Problem {
         .header("retry-after", 1)
     }
 
-    /// Names the request field at fault (the `field` member).
-    pub fn with_field(self, field: impl Into<String>) -> Self {
+    /// Names the request field at fault (the `field` member), replacing any named before.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.extra.retain(|(key, _)| *key != "field");
         self.with("field", field.into())
     }
 

@@ -86,7 +86,7 @@ pub fn check_email(email: &str) -> Result<(), Problem> {
         return bad("not an email address");
     };
     let ok = !local.is_empty()
-        && local.len() <= 64
+        && local.chars().count() <= 64
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
@@ -111,8 +111,9 @@ pub fn check_password(password: &str) -> Result<(), Problem> {
 }
 
 pub fn check_name(field: &str, name: &str) -> Result<(), Problem> {
-    let n = name.trim().chars().count();
-    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.trim().is_empty() || name.chars().any(char::is_control)
+    {
         return Err(Problem::invalid(
             field,
             format!("1 to {MAX_NAME_CHARS} characters, no control characters"),
@@ -221,11 +222,22 @@ impl LocalThrottle {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
-    #[schema(example = "ada@example.com")]
+    /// At most 254 characters: a local part of 1 to 64, `@`, a domain with a dot inside.
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[^\s@\u0000-\u001F\u007F-\u009F]{1,64}@[^\s@.\u0000-\u001F\u007F-\u009F][^\s@\u0000-\u001F\u007F-\u009F]*\.[^\s@\u0000-\u001F\u007F-\u009F]*[^\s@.\u0000-\u001F\u007F-\u009F]$"
+    )]
     email: String,
     /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
     /// The new tenant's display name.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     tenant_name: String,
 }
 
@@ -262,8 +274,8 @@ pub async fn register(
             "self-registration is closed; ask an administrator",
         ));
     }
+    check_email(&body.email)?;
     let email = normalize_email(&body.email);
-    check_email(&email)?;
     check_password(&body.password)?;
     check_name("tenant_name", &body.tenant_name)?;
     if state
@@ -398,8 +410,8 @@ pub async fn create_admin(
     password: &str,
     tenant_id: &str,
 ) -> Result<String, String> {
+    check_email(email).map_err(|e| format!("--email: {}", e.detail))?;
     let email = normalize_email(email);
-    check_email(&email).map_err(|e| format!("--email: {}", e.detail))?;
     check_password(password).map_err(|e| format!("password: {}", e.detail))?;
     if !tollgate::vocab::is_valid_tenant_id(tenant_id) {
         return Err("--tenant: 1 to 64 characters of A-Z a-z 0-9 _ . -".into());

@@ -83,14 +83,21 @@ async fn change(
 #[serde(deny_unknown_fields)]
 pub struct AddCredits {
     /// Signed, non-zero: a top-up (> 0) or a correction (< 0).
+    #[schema(minimum = -1_000_000_000_000_000_i64, maximum = 1_000_000_000_000_000_i64)]
     amount: i64,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     reason: String,
 }
 
 /// Tops up or corrects a balance.
 #[utoipa::path(post, path = "/admin/tenants/{id}/credits", tag = "credits",
     params(("id" = String, Path, description = "tenant id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$",
+            description = "applies the change once per key and tenant; a retry answers the first result")),
     request_body = AddCredits,
     security(("bearer" = [])),
     responses((status = 200, body = CreditsView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]
@@ -116,14 +123,21 @@ pub async fn add(
 #[serde(deny_unknown_fields)]
 pub struct SetCredits {
     /// The new balance.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     balance: i64,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     reason: String,
 }
 
 /// Sets a balance; the difference is recorded as an adjustment.
 #[utoipa::path(put, path = "/admin/tenants/{id}/credits", tag = "credits",
     params(("id" = String, Path, description = "tenant id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "applies the change once per key and tenant; a retry answers the first result")),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E]+$",
+            description = "applies the change once per key and tenant; a retry answers the first result")),
     request_body = SetCredits,
     security(("bearer" = [])),
     responses((status = 200, body = CreditsView), (status = 404, body = ProblemSchema), (status = 422, body = ProblemSchema)))]

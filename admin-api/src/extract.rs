@@ -49,40 +49,76 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-/// Deserializes `bytes`, turning serde's message into a problem naming the field.
+/// Deserializes `bytes`: `400` when they are not JSON at all; otherwise `422` naming the
+/// field serde refused. A whole number written as a float (`3.0`, which JSON Schema counts
+/// as an integer) is taken as that integer.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let value = result.map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
+    whole_numbers_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return Problem::bad_request(format!("the body is not valid JSON: {inner}"));
+        refused(&path, &e.into_inner().to_string(), "body")
+    })
+}
+
+/// A problem naming the field serde refused at `path` (`.` for the whole `what`).
+fn refused(path: &str, message: &str, what: &str) -> Problem {
+    // A missing, repeated or unknown field is reported at its parent: name the field itself.
+    let named = ["missing field `", "duplicate field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix));
+    let field = match named {
+        Some(rest) => {
+            let name = rest.split('`').next().unwrap_or(rest);
+            if path == "." {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            }
         }
-        let message = inner.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
-        // `missing field `x`` is reported at the parent: name the field itself.
-        let field = match message.strip_prefix("missing field `") {
-            Some(rest) => {
-                let name = rest.split('`').next().unwrap_or(rest);
-                if path == "." {
-                    name.to_owned()
-                } else {
-                    format!("{path}.{name}")
+        None if path == "." => what.to_owned(),
+        None => path.to_owned(),
+    };
+    Problem::invalid(field, message)
+}
+
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                // Within i64 (2^63 is exact as an f64, and out of range).
+                const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+                if f.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&f) {
+                    *value = serde_json::Value::from(f as i64);
                 }
             }
-            None if path == "." => "body".to_owned(),
-            None => path,
-        };
-        Problem::invalid(field, message)
-    })?;
-    de.end()
-        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
-    Ok(value)
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(whole_numbers_as_integers)
+        }
+        _ => {}
+    }
+}
+
+/// Query parameters. A parameter of the wrong type, repeated or unknown where the handler
+/// refuses unknown ones is a `422` naming it (axum's own `Query` answers plain text).
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                refused(&path, &e.into_inner().to_string(), "query")
+            })
+    }
 }
 
 /// The verified token of the caller (any role), still true of its user: when the token

@@ -13,6 +13,7 @@ pub mod billing;
 mod credits;
 mod extract;
 mod me;
+mod openapi;
 mod plans;
 mod problem;
 mod records;
@@ -39,7 +40,6 @@ use tollgate::hydration::Hydrator;
 use tollgate::ledger::{Coordination, Ledger};
 use tollgate::server::Handles;
 use tollgate::store::{Documents, Store};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -139,19 +139,7 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
         .merge(reports::router())
         .with_state(state)
         .split_for_parts();
-    api.info.title = "Tollgate admin API".into();
-    api.info.version = env!("CARGO_PKG_VERSION").into();
-    api.info.description = Some("The control plane of Tollgate (docs/ADMIN-API.md).".into());
-    let components = api.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        "bearer",
-        SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Bearer)
-                .bearer_format("JWT")
-                .build(),
-        ),
-    );
+    openapi::finish(&mut api);
     let document = api.clone();
     let router = router
         .route(

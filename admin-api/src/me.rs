@@ -2,11 +2,12 @@
 //! route here takes a tenant id: the tenant is the token's, so another's cannot be named.
 
 use crate::extract::Caller;
+use crate::extract::Query;
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::reports::{docs_of, DocList};
 use crate::time::{self, rfc3339};
 use crate::AdminState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::store::Kind;
@@ -71,9 +72,16 @@ pub async fn balance(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Window {
-    /// Start (inclusive): RFC 3339 or unix ms; default 30 days ago.
+    /// Start (inclusive): unix ms or RFC 3339 (the pattern shows days 1 to 28; every real
+    /// date is taken); default 30 days before `to`. Not after `to`.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     from: Option<String>,
-    /// End (exclusive): RFC 3339 or unix ms; default now.
+    /// End (exclusive): unix ms or RFC 3339; default now.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     to: Option<String>,
 }
 

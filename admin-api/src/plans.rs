@@ -52,9 +52,18 @@ fn check(plan: &Plan) -> ApiResult<()> {
 #[serde(deny_unknown_fields)]
 pub struct NewPlan {
     /// 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     monthly_credits: i64,
+    /// Day of the month (1–28) the scheduler refills on; default 1.
+    #[schema(minimum = 1, maximum = 28)]
     refill_day: Option<u32>,
     #[serde(default)]
     price_overrides: Vec<PriceOverride>,
@@ -120,8 +129,15 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanPatch {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     monthly_credits: Option<i64>,
+    #[schema(minimum = 1, maximum = 28)]
     refill_day: Option<u32>,
     price_overrides: Option<Vec<PriceOverride>>,
 }

@@ -61,6 +61,7 @@ pub struct PriceOverride {
     pub(crate) service: String,
     pub(crate) method: String,
     pub(crate) path: String,
+    #[schema(maximum = 1_000_000)]
     pub(crate) credits: u32,
 }
 

@@ -2,10 +2,11 @@
 //! notifications (the scheduler and the alerter write the last three).
 
 use crate::extract::Admin;
+use crate::extract::Query;
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::time::rfc3339;
 use crate::AdminState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::store::{Kind, UsageQuery};
@@ -82,13 +83,22 @@ pub async fn notifications(
 pub struct LogFilter {
     tenant_id: Option<String>,
     service: Option<String>,
-    /// Inclusive: RFC 3339 or unix ms.
+    /// Inclusive: unix ms or RFC 3339 (the pattern shows days 1 to 28; every real date is
+    /// taken).
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     from: Option<String>,
-    /// Exclusive: RFC 3339 or unix ms.
+    /// Exclusive: unix ms or RFC 3339.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     to: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[+-]?[0-9]{1,18}_[\s\S]{1,64}$")]
     cursor: Option<String>,
 }
 
@@ -124,7 +134,7 @@ fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
     let bad = || Problem::invalid("cursor", "not a cursor this API returned");
     let (ts, id) = cursor.split_once('_').ok_or_else(bad)?;
     let ts = ts.parse().map_err(|_| bad())?;
-    if id.is_empty() || id.len() > 64 {
+    if id.is_empty() || id.chars().count() > 64 {
         return Err(bad());
     }
     Ok((ts, id.to_owned()))

@@ -2,10 +2,11 @@
 //! replica within 2 seconds of a change (see `tollgate::catalog`). Bodies are checked by the
 //! same rules as the config file, so the API can never store what the gateway cannot route.
 
+use crate::extract::Query;
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::AdminState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -27,13 +28,17 @@ pub fn router() -> OpenApiRouter<AdminState> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointBody {
-    /// An HTTP method, or `ANY`.
-    #[schema(example = "POST")]
+    /// An HTTP method, or `ANY` (any case: stored upper-case).
+    #[schema(example = "POST", pattern = r"^[A-Za-z]+$")]
     method: String,
     /// `/exact`, `/with/{param}` or `/prefix/*`.
-    #[schema(example = "/notes/create")]
+    #[schema(
+        example = "/notes/create",
+        pattern = r"^/(([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\})/)*([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\}|\*)?$"
+    )]
     path: String,
     /// 0 to 1,000,000.
+    #[schema(maximum = 1_000_000)]
     credits: u32,
 }
 
@@ -50,8 +55,11 @@ impl From<EndpointBody> for EndpointConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsBody {
+    #[schema(minimum = 1, maximum = 3_600_000)]
     connect_ms: Option<u64>,
+    #[schema(minimum = 1, maximum = 3_600_000)]
     read_ms: Option<u64>,
+    #[schema(minimum = 1, maximum = 3_600_000)]
     write_ms: Option<u64>,
 }
 
@@ -140,12 +148,31 @@ async fn save(state: &AdminState, service: ServiceConfig) -> ApiResult<Json<Serv
     Ok(Json(ServiceView::from(service)))
 }
 
+/// What the gateway does when the ledger cannot answer, as the document shows it.
+#[derive(ToSchema)]
+#[schema(as = OnLedgerError)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built: the body holds tollgate::config::OnLedgerError
+pub enum OnLedgerErrorSchema {
+    Deny,
+    Allow,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewService {
-    /// The `{service}` of `/api/proxy/{service}/...`: 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    /// The `{service}` of `/api/proxy/{service}/...`: 1 to 64 of `A-Z a-z 0-9 _ . -`
+    /// (not `.` or `..`).
+    #[schema(
+        pattern = r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,62}|\.\.[A-Za-z0-9_.-]{1,62})$"
+    )]
     name: String,
-    /// `http://` or `https://` base URL; its path prefixes every forwarded path.
+    /// `http://` or `https://` base URL whose host resolves; its path prefixes every
+    /// forwarded path.
+    #[schema(
+        example = "http://127.0.0.1:9000",
+        pattern = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+    )]
     upstream: String,
     timeouts: Option<TimeoutsBody>,
     /// Give the credits back when the upstream answers 5xx (default false).
@@ -154,11 +181,12 @@ pub struct NewService {
     /// When the ledger cannot answer: `deny` (default: 503) or `allow` (forward, charge
     /// once it answers again).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "deny")]
+    #[schema(value_type = OnLedgerErrorSchema, example = "deny")]
     on_ledger_error: OnLedgerError,
     /// Free and open: no token, no charge (default false).
     #[serde(default)]
     public: bool,
+    #[schema(min_items = 1)]
     endpoints: Vec<EndpointBody>,
 }
 
@@ -229,13 +257,18 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePatch {
+    #[schema(
+        example = "http://127.0.0.1:9000",
+        pattern = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+    )]
     upstream: Option<String>,
     timeouts: Option<TimeoutsBody>,
     refund_on_5xx: Option<bool>,
-    #[schema(value_type = Option<String>, example = "allow")]
+    #[schema(value_type = Option<OnLedgerErrorSchema>, example = "allow")]
     on_ledger_error: Option<OnLedgerError>,
     public: Option<bool>,
     /// Replaces the whole list.
+    #[schema(min_items = 1)]
     endpoints: Option<Vec<EndpointBody>>,
 }
 
@@ -314,7 +347,21 @@ pub async fn add_endpoint(
         ));
     }
     service.endpoints.push(endpoint.into());
-    Ok((StatusCode::CREATED, save(&state, service).await?))
+    let saved = save(&state, service).await.map_err(endpoint_field)?;
+    Ok((StatusCode::CREATED, saved))
+}
+
+/// The service's rules name `endpoints[i].credits`; a request that sent one endpoint names
+/// its own field (`credits`), or `path` for the endpoint as a whole.
+fn endpoint_field(problem: Problem) -> Problem {
+    let field = match problem.field() {
+        Some(field) if field.starts_with("endpoints[") => match field.split_once("].") {
+            Some((_, own)) => own.to_owned(),
+            None => "path".to_owned(),
+        },
+        _ => return problem,
+    };
+    problem.with_field(field)
 }
 
 /// Changes the price of the endpoint with this method and path.
@@ -337,12 +384,13 @@ pub async fn update_endpoint(
         return Err(Problem::not_found("endpoint"));
     };
     existing.credits = endpoint.credits;
-    save(&state, service).await
+    save(&state, service).await.map_err(endpoint_field)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EndpointKey {
+    #[param(pattern = r"^[A-Za-z]+$")]
     method: String,
     path: String,
 }

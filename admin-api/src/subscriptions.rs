@@ -3,12 +3,13 @@
 //! the plan's day after that.
 
 use crate::billing;
+use crate::extract::Query;
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::{from_doc, to_doc, Subscription, SubscriptionStatus};
 use crate::tenants::existing;
 use crate::AdminState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};

@@ -100,11 +100,19 @@ async fn check_plan(state: &AdminState, plan_id: &str) -> ApiResult<()> {
 #[serde(deny_unknown_fields)]
 pub struct NewTenantBody {
     /// 1 to 64 of `A-Z a-z 0-9 _ . -`; generated when absent.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: String,
     /// Starting balance (an `initial` credit transaction), default 0.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     credits: Option<i64>,
     /// Default 100.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     low_credit_threshold: Option<i64>,
     plan_id: Option<String>,
 }
@@ -192,9 +200,15 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatchBody {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     name: Option<String>,
     /// `suspended`: the gateway answers 403 to the tenant's calls (within 2 s).
     status: Option<Status>,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     low_credit_threshold: Option<i64>,
     /// `null` removes the plan.
     #[serde(default, deserialize_with = "crate::extract::double_option")]

@@ -1,12 +1,13 @@
 //! Users: the accounts that log in. Stored in `users` (docs/DESIGN.md §Data model) with an argon2id hash that
 //! never leaves the store.
 
+use crate::extract::Query;
 use crate::extract::{Admin, Body};
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::UserDoc;
 use crate::time::rfc3339;
 use crate::AdminState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::auth::Role;
@@ -93,10 +94,20 @@ pub async fn get(
     Ok(Json(UserView::from(&user)))
 }
 
+/// A user's role, as the document shows it.
+#[derive(ToSchema)]
+#[schema(as = Role)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built: the body holds tollgate::auth::Role
+pub enum RoleSchema {
+    User,
+    Admin,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
-    #[schema(value_type = Option<String>, example = "admin")]
+    #[schema(value_type = Option<RoleSchema>, example = "admin")]
     role: Option<Role>,
     /// Move the user to another (existing) tenant.
     tenant_id: Option<String>,

@@ -974,6 +974,31 @@ async fn invalid_bodies_are_refused_naming_the_field_and_write_nothing(store: St
     let huge = serde_json::to_vec(&huge).unwrap();
     let huge = Answer::read(raw("application/json", huge).send().await.unwrap()).await;
     assert_problem(&huge, &[413, 400], "a 1 MB body");
+    // Query parameters are refused the same way: a problem naming the parameter.
+    for (query, field) in [
+        ("/admin/usage-logs?limit=abc", "limit"),
+        ("/admin/usage-logs?tenant_id=a&tenant_id=b", "tenant_id"),
+        ("/admin/services/notes/endpoints?method=GET", "path"),
+    ] {
+        let method = if query.contains("endpoints") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let answer = s.as_admin(method, query, None).await;
+        assert_problem(&answer, &[422], query);
+        assert_eq!(answer.body["field"], field, "{query}: {answer:?}");
+    }
+    // A whole number written as a float is that number (JSON Schema's integers include it).
+    let floated = json!({"name": "floated", "upstream": up,
+        "endpoints": [{"method": "GET", "path": "/x", "credits": 3.0}]});
+    let floated = s.as_admin(Method::POST, services, Some(floated)).await;
+    assert_eq!(floated.status, 201, "{floated:?}");
+    assert_eq!(floated.body["endpoints"][0]["credits"], 3);
+    let deleted = s
+        .as_admin(Method::DELETE, "/admin/services/floated", None)
+        .await;
+    assert_eq!(deleted.status, 204, "{deleted:?}");
 
     assert_eq!(
         snapshot(&s).await,
@@ -1172,6 +1197,22 @@ async fn the_openapi_document_describes_every_documented_route() {
         .map(|(method, path)| format!("{method} {path}"))
         .collect();
     assert!(missing.is_empty(), "not in /openapi.json: {missing:?}");
+    // The answers every operation shares are documented, as problem documents.
+    let create = &paths["/admin/tenants"]["post"]["responses"];
+    for status in ["401", "403", "400", "413", "415", "422", "503"] {
+        assert!(
+            create[status]["content"]["application/problem+json"].is_object(),
+            "POST /admin/tenants documents {status} as a problem: {create}"
+        );
+    }
+    let mut ids = HashSet::new();
+    for item in paths.values() {
+        for operation in item.as_object().into_iter().flat_map(|o| o.values()) {
+            if let Some(id) = operation["operationId"].as_str() {
+                assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+            }
+        }
+    }
 }
 
 macro_rules! on_both_stores {

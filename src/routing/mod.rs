@@ -208,6 +208,9 @@ fn check_path(path: &str) -> Result<(), RouteError> {
 #[cfg(test)]
 mod tests;
 
+/// The longest timeout a service may set, ms: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Checks the config's services: each as [`check_service`] does, names unique.
 pub fn check_services(services: &[ServiceConfig]) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
@@ -242,10 +245,10 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
         ("read_ms", t.read_ms),
         ("write_ms", t.write_ms),
     ] {
-        if value == 0 {
+        if !(1..=MAX_TIMEOUT_MS).contains(&value) {
             return Err(ConfigError::invalid(
                 format!("{key}.timeouts.{name}"),
-                "must be above 0",
+                format!("1 to {MAX_TIMEOUT_MS} (an hour)"),
             ));
         }
     }
