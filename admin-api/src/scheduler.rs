@@ -87,15 +87,14 @@ impl Scheduler {
         }
     }
 
-    /// Runs every `interval` until `stop` resolves, when this process leads.
-    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
+    /// Runs every `interval` until `shutdown` turns true, when this process leads.
+    pub async fn run(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let lease = (self.interval * 3).max(Duration::from_secs(3));
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = &mut stop => return,
+                _ = shutdown.changed() => return,
                 _ = ticks.tick() => {}
             }
             match self.state.coordination.lead(&self.owner, lease).await {
@@ -260,11 +259,7 @@ pub struct SchedulerService(pub Scheduler);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for SchedulerService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        self.0
-            .run(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        self.0.run(shutdown).await;
     }
 }

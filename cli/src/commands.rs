@@ -4,7 +4,7 @@
 
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
-use tollgate::app::{self, Access};
+use tollgate::app::{self, Access, StartError};
 use tollgate::auth::{self, Role};
 use tollgate::config::Config;
 use tollgate::server::{self, RunOptions};
@@ -111,12 +111,13 @@ pub enum RoleArg {
 async fn reconcile(config: &Config) -> Result<bool, CliError> {
     let parts = app::open(config, Access::Offline).await?;
     let journaled = tollgate::usage::journaled_credits(&config.data_dir)
-        .map_err(|e| format!("usage journal in {}: {e}", config.data_dir.display()))?;
+        .map_err(StartError::data_dir(config, "usage journal"))?;
     let pending = |tenant: &str| journaled.get(tenant).copied().unwrap_or(0);
     let reports = tollgate::reconcile::reconcile(&*parts.store, &*parts.ledger, &pending).await?;
-    let data_dir = |e: std::io::Error| format!("ledger work in {}: {e}", config.data_dir.display());
-    let unresolved = tollgate::ledger::worklog::unresolved(&config.data_dir).map_err(data_dir)?;
-    let open = tollgate::ledger::worklog::still_open(&config.data_dir).map_err(data_dir)?;
+    let unresolved = tollgate::ledger::worklog::unresolved(&config.data_dir)
+        .map_err(StartError::data_dir(config, "ledger work"))?;
+    let open = tollgate::ledger::worklog::still_open(&config.data_dir)
+        .map_err(StartError::data_dir(config, "ledger work"))?;
     let mut unresolved_by_tenant = std::collections::HashMap::<&str, i64>::new();
     for u in &unresolved {
         *unresolved_by_tenant

@@ -77,7 +77,7 @@ pub fn wait_for_port(what: &str, port: u16, child: &mut Child) {
 }
 
 /// Polls until `port` accepts; the child's exit status if it exited first.
-fn listening(what: &str, port: u16, child: &mut Child) -> Result<(), std::process::ExitStatus> {
+pub fn listening(what: &str, port: u16, child: &mut Child) -> Result<(), std::process::ExitStatus> {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -113,14 +113,29 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> RedisServer {
         let mut redis = RedisServer {
-            port: free_port(),
+            port: 0,
             child: None,
         };
-        redis.spawn();
+        // A port found free can be taken before redis-server binds it: it then exits, and
+        // is started again on another.
+        for attempt in 1.. {
+            redis.port = free_port();
+            match redis.try_spawn() {
+                Ok(()) => break,
+                Err(status) if attempt < 5 => eprintln!("redis-server exited ({status}); retrying"),
+                Err(status) => panic!("redis-server exited before listening: {status}"),
+            }
+        }
         redis
     }
 
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!("redis-server exited before listening: {status}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let mut child = Command::new("redis-server")
             .args([
                 "--port",
@@ -136,8 +151,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
-        wait_for_port("redis-server", self.port, &mut child);
+        listening("redis-server", self.port, &mut child)?;
         self.child = Some(child);
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -480,19 +496,31 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts it on a free port, logging to `log`; returns once it listens.
     pub fn start(config: &Path, env: &[(String, String)], log: &Path) -> ControlPlane {
-        let port = free_port();
-        let mut child = Command::new(tollgate_bin())
-            .args(["admin", "--config"])
-            .arg(config)
-            .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
-            .env_remove("TOLLGATE_REDIS_URL")
-            .env_remove("TOLLGATE_MONGODB_URI")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port("tollgate admin", port, &mut child);
-        ControlPlane { port, child }
+        // A port found free can be taken before the process binds it: it then refuses to
+        // start, naming the address, and is started again on another.
+        for attempt in 1.. {
+            let port = free_port();
+            let mut child = Command::new(tollgate_bin())
+                .args(["admin", "--config"])
+                .arg(config)
+                .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+                .env_remove("TOLLGATE_REDIS_URL")
+                .env_remove("TOLLGATE_MONGODB_URI")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap();
+            match listening("tollgate admin", port, &mut child) {
+                Ok(()) => return ControlPlane { port, child },
+                Err(status) => {
+                    let said = std::fs::read_to_string(log).unwrap_or_default();
+                    if !said.contains("cannot listen on") || attempt == 5 {
+                        panic!("tollgate admin exited before listening: {status}: {said}");
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,6 +1,6 @@
 //! A private Mosquitto broker and a subscriber that records what it receives.
 
-use super::{free_port, wait_for_port};
+use super::{free_port, listening};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,15 +16,24 @@ impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = super::temp_dir("tollgate-mosquitto");
         let mut broker = Mosquitto {
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
         };
-        broker.spawn();
+        // A port found free can be taken before the broker binds it: it then exits, and is
+        // started again on another.
+        for attempt in 1.. {
+            broker.port = free_port();
+            match broker.try_spawn() {
+                Ok(()) => break,
+                Err(status) if attempt < 5 => eprintln!("mosquitto exited ({status}); retrying"),
+                Err(status) => panic!("mosquitto exited before listening: {status}"),
+            }
+        }
         broker
     }
 
-    fn spawn(&mut self) {
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let config = self.dir.join("mosquitto.conf");
         let text = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
@@ -43,8 +52,9 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto (apt-get install mosquitto)");
-        wait_for_port("mosquitto", self.port, &mut child);
+        listening("mosquitto", self.port, &mut child)?;
         self.child = Some(child);
+        Ok(())
     }
 
     pub fn url(&self) -> String {
