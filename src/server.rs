@@ -124,11 +124,7 @@ pub fn run(
     options: RunOptions,
     control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
 ) -> Result<(), StartError> {
-    warn_about_modes(&config);
-    crate::metrics::register_all();
-    let store_rt =
-        crate::app::store_runtime().map_err(StartError::data_dir(&config, "store runtime"))?;
-    let parts = store_rt.block_on(crate::app::open(&config, crate::app::Access::Serve))?;
+    let (store_rt, parts) = open_for_serving(&config)?;
     let settings = UsageSettings {
         batch_size: config.usage.batch_size,
         flush_interval: Duration::from_millis(config.usage.flush_interval_ms),
@@ -267,11 +263,7 @@ pub fn run_control_plane(
     config: Config,
     control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
 ) -> Result<(), StartError> {
-    warn_about_modes(&config);
-    crate::metrics::register_all();
-    let store_rt =
-        crate::app::store_runtime().map_err(StartError::data_dir(&config, "store runtime"))?;
-    let parts = store_rt.block_on(crate::app::open(&config, crate::app::Access::Serve))?;
+    let (store_rt, parts) = open_for_serving(&config)?;
     let hydrator = Arc::new(Hydrator::new(
         Arc::clone(&parts.ledger),
         Arc::clone(&parts.store),
@@ -289,6 +281,17 @@ pub fn run_control_plane(
     server.run(RunArgs::default());
     store_rt.block_on(parts.ledger.close());
     Ok(())
+}
+
+/// What both servers do first: warn about unsafe modes, register the metrics, and open the
+/// backends on the runtime that keeps serving the store.
+fn open_for_serving(config: &Config) -> Result<(tokio::runtime::Runtime, Parts), StartError> {
+    warn_about_modes(config);
+    crate::metrics::register_all();
+    let store_rt =
+        crate::app::store_runtime().map_err(StartError::data_dir(config, "store runtime"))?;
+    let parts = store_rt.block_on(crate::app::open(config, crate::app::Access::Serve))?;
+    Ok((store_rt, parts))
 }
 
 /// The metrics and health endpoint (`metrics_listen`).

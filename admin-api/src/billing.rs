@@ -382,16 +382,7 @@ pub async fn subscribe(
     state.store.update_tenant(tenant_id, &patch).await?;
     let period = period_of(now);
     if plan.monthly_credits > 0 {
-        let reason = format!("refill: plan {} ({period})", plan.id);
-        let key = refill_key(&subscription.id, &period);
-        let request = CreditRequest {
-            tenant: &tenant,
-            change: Change::Add(plan.monthly_credits),
-            reason: &reason,
-            actor,
-            key: Some(&key),
-        };
-        change_credits(state, request).await?;
+        grant_refill(state, &tenant, &plan, &subscription.id, &period, actor).await?;
     }
     let mut fields = Doc::new();
     fields.insert("last_refill_period".into(), period.clone().into());
@@ -429,16 +420,15 @@ pub async fn refill_due(state: &AdminState, now_ms: i64) -> Result<usize, Billin
         let Some(tenant) = store.tenant(&subscription.tenant_id).await? else {
             continue;
         };
-        let reason = format!("refill: plan {} ({period})", plan.id);
-        let key = refill_key(&subscription.id, &period);
-        let request = CreditRequest {
-            tenant: &tenant,
-            change: Change::Add(plan.monthly_credits),
-            reason: &reason,
-            actor: "scheduler",
-            key: Some(&key),
-        };
-        if let Err(e) = change_credits(state, request).await {
+        let grant = grant_refill(
+            state,
+            &tenant,
+            &plan,
+            &subscription.id,
+            &period,
+            "scheduler",
+        );
+        if let Err(e) = grant.await {
             // Recorded: the recovery pass or the next tick finishes it, once.
             tracing::warn!(subscription = %subscription.id, %period, error = %e, "refill not applied yet");
             continue;
@@ -453,6 +443,28 @@ pub async fn refill_due(state: &AdminState, now_ms: i64) -> Result<usize, Billin
         granted += 1;
     }
     Ok(granted)
+}
+
+/// Grants a plan's monthly credits for one period, keyed by subscription and period so it
+/// happens once however often it is asked.
+async fn grant_refill(
+    state: &AdminState,
+    tenant: &TenantRecord,
+    plan: &Plan,
+    subscription_id: &str,
+    period: &str,
+    actor: &str,
+) -> Result<Applied, BillingError> {
+    let reason = format!("refill: plan {} ({period})", plan.id);
+    let key = refill_key(subscription_id, period);
+    let request = CreditRequest {
+        tenant,
+        change: Change::Add(plan.monthly_credits),
+        reason: &reason,
+        actor,
+        key: Some(&key),
+    };
+    change_credits(state, request).await
 }
 
 /// What a recovery pass did.
