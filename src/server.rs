@@ -232,7 +232,13 @@ pub fn run(
     }
     tracing::info!(
         listen = %config.listen,
-        ledger = if config.ledger.redis_url.is_some() { "redis" } else { "embedded" },
+        ledger = if config.ledger.redis_url.is_some() {
+            "redis"
+        } else if config.ledger.uses_redis() {
+            "redis cluster"
+        } else {
+            "embedded"
+        },
         store = if config.store.mongodb_uri.is_some() { "mongodb" } else { "embedded" },
         "tollgate gateway starting"
     );
@@ -246,11 +252,10 @@ pub fn run(
     }
     // What the drain settled, published (through a fresh connection), so no replica
     // hydrating later subtracts credits the store already has.
-    if let Some(url) = &config.ledger.redis_url {
-        match RedisLedger::new(url, &config.ledger) {
-            Ok(fresh) => store_rt.block_on(last_publish.publish_through(&fresh)),
-            Err(e) => tracing::warn!(error = %e, "cannot publish the last pending credits"),
-        }
+    match RedisLedger::from_config(&config.ledger) {
+        Ok(Some(fresh)) => store_rt.block_on(last_publish.publish_through(&fresh)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot publish the last pending credits"),
     }
     store_rt.block_on(parts.ledger.close());
     Ok(())

@@ -1,8 +1,9 @@
 //! The ledger contract, checked directly against both implementations: the embedded ledger
-//! and the Redis scripts on a private `redis-server`.
+//! and the Redis scripts on a private `redis-server` and on a Redis Cluster of six.
 
 use tollgate_testkit as common;
 
+use common::cluster::RedisCluster;
 use common::RedisServer;
 use tollgate::config::LedgerConfig;
 use tollgate::idempotency::{KeyClaim, KeyRecord};
@@ -332,6 +333,60 @@ async fn redis_ledger_keeps_the_contract() {
         "{keys:?}"
     );
     login_attempts(&ledger).await;
+}
+
+/// The same contract on a Redis Cluster (three masters, three replicas), with tenants on
+/// every master: each script's keys share their tenant's slot, the deployment-wide keys
+/// (catalog version, leader, pipelines) are reachable wherever they live, and the pending
+/// credits of tenants on different masters are published in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_ledger_keeps_the_contract() {
+    let cluster = RedisCluster::start();
+    let ledger = RedisLedger::cluster(&cluster.urls(), &LedgerConfig::default()).unwrap();
+    contract(&ledger).await;
+    adjustments(&ledger).await;
+    warnings(&ledger).await;
+    login_attempts(&ledger).await;
+
+    // One tenant on each master.
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let mut tenants: Vec<String> = Vec::new();
+    for master in &masters {
+        tenants.push(cluster.tenant_on(*master, "on-"));
+    }
+    for (i, tenant) in tenants.iter().enumerate() {
+        ledger.seed(tenant, 100).await.unwrap();
+        let outcome = ledger
+            .charge(&charge(tenant, &format!("c{i}"), 10 + i as i64, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            ChargeOutcome::Charged {
+                balance: 90 - i as i64,
+                warnings: NONE
+            }
+        );
+        assert_eq!(cluster.balance(tenant).await, Some(90 - i as i64));
+    }
+    let changes: Vec<(String, i64)> = tenants.iter().map(|t| (t.clone(), 5)).collect();
+    assert!(!ledger.publish_pending("p1", &changes).await.unwrap());
+    assert!(ledger.publish_pending("p1", &changes).await.unwrap());
+    for tenant in &tenants {
+        let view = ledger
+            .pending_elsewhere(tenant, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.live.len(), 1, "{view:?}");
+        assert_eq!((view.live[0].0.as_str(), view.live[0].1), ("p1", 5));
+    }
+    assert_eq!(ledger.bump_catalog_version().await.unwrap(), 1);
+    assert_eq!(ledger.catalog_version().await.unwrap(), 1);
+    let ttl = std::time::Duration::from_secs(5);
+    assert!(ledger.lead("a", ttl).await.unwrap());
+    assert!(!ledger.lead("b", ttl).await.unwrap());
 }
 
 /// The shared failed-login count: free failures, then a lock that doubles; a success

@@ -1,8 +1,10 @@
-//! The behavioural suite of docs/DESIGN.md §Request path, run against both ledgers: the embedded one (one
-//! process, journal under the data dir) and Redis (a private `redis-server`).
+//! The behavioural suite of docs/DESIGN.md §Request path, run against every ledger: the
+//! embedded one (one process, journal under the data dir), Redis (a private
+//! `redis-server`) and a Redis Cluster (three masters, three replicas).
 
 use tollgate_testkit as common;
 
+use common::cluster::RedisCluster;
 use common::{client, header_i64, raw, token, Gateway, RedisServer, Upstream};
 use serde_json::Value;
 
@@ -10,13 +12,52 @@ use serde_json::Value;
 enum Backend {
     Embedded,
     Redis,
+    Cluster,
+}
+
+/// The Redis a test runs on, if any.
+enum Servers {
+    None,
+    Redis(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Servers {
+    fn start(backend: Backend) -> Servers {
+        match backend {
+            Backend::Embedded => Servers::None,
+            Backend::Redis => Servers::Redis(RedisServer::start()),
+            Backend::Cluster => Servers::Cluster(RedisCluster::start()),
+        }
+    }
+
+    /// The gateway's environment for this ledger.
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Servers::None => vec![],
+            Servers::Redis(redis) => vec![("TOLLGATE_REDIS_URL".to_owned(), redis.url())],
+            Servers::Cluster(cluster) => vec![(
+                "TOLLGATE_REDIS_CLUSTER_NODES".to_owned(),
+                cluster.nodes_env(),
+            )],
+        }
+    }
+
+    /// The balance as Redis holds it (`None` on the embedded ledger: nothing to ask).
+    async fn balance(&self, tenant: &str) -> Option<Option<i64>> {
+        match self {
+            Servers::None => None,
+            Servers::Redis(redis) => Some(redis.balance(tenant).await),
+            Servers::Cluster(cluster) => Some(cluster.balance(tenant).await),
+        }
+    }
 }
 
 /// One gateway on one backend, with its upstream.
 struct Setup {
     gateway: Gateway,
     upstream: Upstream,
-    redis: Option<RedisServer>,
+    servers: Servers,
     _closed: common::ClosedPort,
 }
 
@@ -62,14 +103,14 @@ tenants:
 impl Setup {
     async fn new(backend: Backend) -> Setup {
         let upstream = Upstream::start().await;
-        let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
+        let servers = Servers::start(backend);
         let closed = common::ClosedPort::new();
         let yaml = services_yaml(&upstream.url(), closed.port);
-        let gateway = Gateway::start(&yaml, redis.as_ref().map(RedisServer::url));
+        let gateway = Gateway::start_with(&yaml, servers.env());
         Setup {
             gateway,
             upstream,
-            redis,
+            servers,
             _closed: closed,
         }
     }
@@ -484,15 +525,13 @@ async fn idempotency_key_means_this_request_once(backend: Backend) {
 /// kept the charge.
 async fn gateway_errors_after_the_charge_are_refunded(backend: Backend) {
     let upstream = Upstream::start().await;
-    let redis = matches!(backend, Backend::Redis).then(RedisServer::start);
+    let servers = Servers::start(backend);
     let closed = common::ClosedPort::new();
-    let mut env = vec![(
+    let mut env = servers.env();
+    env.push((
         "TOLLGATE_FAILPOINTS".to_owned(),
         "response_filter".to_owned(),
-    )];
-    if let Some(redis) = &redis {
-        env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
-    }
+    ));
     let gateway = Gateway::start_with(&services_yaml(&upstream.url(), closed.port), env);
     for tries in 1..=2 {
         let r = client()
@@ -543,8 +582,8 @@ async fn restarts_keep_balances(backend: Backend) {
         993,
         "a restart must not re-seed the configured balance"
     );
-    if let Some(redis) = &s.redis {
-        assert_eq!(redis.balance("rich").await, Some(993));
+    if let Some(balance) = s.servers.balance("rich").await {
+        assert_eq!(balance, Some(993));
     }
 }
 
@@ -565,7 +604,7 @@ async fn streams_large_bodies(backend: Backend) {
     assert_eq!(echo["body_bytes"], 32 * 1024 * 1024);
 }
 
-macro_rules! on_both_ledgers {
+macro_rules! on_every_ledger {
     ($($test:ident),* $(,)?) => {
         mod embedded {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,10 +614,14 @@ macro_rules! on_both_ledgers {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Backend::Redis).await })*
         }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Cluster).await })*
+        }
     };
 }
 
-on_both_ledgers!(
+on_every_ledger!(
     forwards_and_charges,
     refuses_with_problem_bodies,
     refunds_when_the_upstream_fails,

@@ -88,9 +88,9 @@ pub struct Parts {
 pub async fn open(config: &Config, access: Access) -> Result<Parts, StartError> {
     let (store, docs) = open_store(config).await?;
     let (ledger, coordination): (Arc<dyn Ledger>, Arc<dyn Coordination>) =
-        match (&config.ledger.redis_url, access) {
-            (Some(url), _) => {
-                let redis = Arc::new(RedisLedger::new(url, &config.ledger)?);
+        match (RedisLedger::from_config(&config.ledger)?, access) {
+            (Some(redis), _) => {
+                let redis = Arc::new(redis);
                 (redis.clone(), redis)
             }
             (None, Access::Serve) => {

@@ -153,3 +153,34 @@ fn the_demo_secret_is_refused_with_redis() {
     let err = validate(&config).unwrap_err().to_string();
     assert!(err.contains("demo secret"), "{err}");
 }
+
+#[test]
+fn a_redis_cluster_is_named_by_its_seed_nodes() {
+    let mut config = Config::default();
+    config.auth.secret = "x".repeat(32);
+    config
+        .apply_env(env(&[(
+            "TOLLGATE_REDIS_CLUSTER_NODES",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001,",
+        )]))
+        .unwrap();
+    assert_eq!(
+        config.ledger.redis_cluster_nodes,
+        ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+    );
+    assert!(config.ledger.uses_redis() && config.is_distributed());
+    validate(&config).unwrap();
+
+    config.ledger.redis_cluster_nodes = vec!["redis://a".into(), "http://b".into()];
+    let err = validate(&config).unwrap_err().to_string();
+    assert!(err.contains("`ledger.redis_cluster_nodes[1]`"), "{err}");
+
+    config.ledger.redis_cluster_nodes = vec!["redis://a".into()];
+    config.ledger.redis_url = Some("redis://a".into());
+    let err = validate(&config).unwrap_err().to_string();
+    assert!(err.contains("`ledger.redis_cluster_nodes`"), "{err}");
+
+    config.apply_env(env(&[("TOLLGATE_REDIS_CLUSTER_NODES", "")])).unwrap();
+    config.ledger.redis_url = None;
+    assert!(!config.ledger.uses_redis());
+}

@@ -30,6 +30,14 @@ impl Config {
         if let Some(v) = lookup("TOLLGATE_REDIS_URL") {
             self.ledger.redis_url = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = lookup("TOLLGATE_REDIS_CLUSTER_NODES") {
+            self.ledger.redis_cluster_nodes = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+        }
         if let Some(v) = lookup("TOLLGATE_MONGODB_URI") {
             self.store.mongodb_uri = Some(v).filter(|v| !v.is_empty());
         }

@@ -162,8 +162,13 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
-    /// `redis://host:port/db`; unset means the embedded ledger (`TOLLGATE_REDIS_URL`).
+    /// `redis://host:port/db`: one Redis (`TOLLGATE_REDIS_URL`). Unset, with no
+    /// `redis_cluster_nodes` either, means the embedded ledger.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, any few of its nodes;
+    /// `TOLLGATE_REDIS_CLUSTER_NODES`, comma-separated): selects the cluster-aware client,
+    /// which follows redirections and topology changes. Exclusive with `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
     /// A charge that takes longer than this fails closed (503): the proxy must never hang
     /// on its ledger.
     pub timeout_ms: u64,
@@ -183,10 +188,18 @@ pub struct LedgerConfig {
     pub charge_ttl_secs: u64,
 }
 
+impl LedgerConfig {
+    /// True when the ledger is Redis, one node or a cluster.
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_cluster_nodes.is_empty()
+    }
+}
+
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
             timeout_ms: 250,
             idempotency_ttl_secs: 24 * 3600,
             idempotency_max_response_bytes: crate::idempotency::DEFAULT_MAX_KEPT_BYTES,
@@ -364,7 +377,7 @@ impl Config {
     /// True when any part runs against an external server: tokens then cross machines and
     /// the demo secret is refused.
     pub fn is_distributed(&self) -> bool {
-        self.ledger.redis_url.is_some()
+        self.ledger.uses_redis()
             || self.store.mongodb_uri.is_some()
             || self.alerts.mqtt_url.is_some()
     }
@@ -445,6 +458,20 @@ impl Config {
         if let Some(url) = &self.ledger.redis_url {
             redis::Client::open(url.as_str()).map_err(|e| {
                 ConfigError::invalid("ledger.redis_url", format!("not a Redis URL: {e}"))
+            })?;
+            if !self.ledger.redis_cluster_nodes.is_empty() {
+                return Err(ConfigError::invalid(
+                    "ledger.redis_cluster_nodes",
+                    "set either redis_url (one Redis) or redis_cluster_nodes (a cluster), not both",
+                ));
+            }
+        }
+        for (i, url) in self.ledger.redis_cluster_nodes.iter().enumerate() {
+            redis::Client::open(url.as_str()).map_err(|e| {
+                ConfigError::invalid(
+                    format!("ledger.redis_cluster_nodes[{i}]"),
+                    format!("not a Redis URL: {e}"),
+                )
             })?;
         }
         let mut ids = std::collections::HashSet::new();

@@ -1,8 +1,12 @@
 //! Publishing this gateway's pending credits (charged by the ledger, not yet in the store)
 //! through a shared ledger, so that any process hydrating a tenant counts every replica's
-//! unflushed usage, not only its own (see the module above). Every [`PUBLISH_TICK`] the
-//! tenants whose pending changed are written, then a heartbeat; after a flush of the ledger
-//! everything is written again.
+//! unflushed usage, not only its own (see the module above). Every [`PUBLISH_TICK`] every
+//! tenant this gateway holds credits for is written (absolute values), those it no longer
+//! holds any for are cleared, then a heartbeat. Writing all of them, not only what changed,
+//! repairs within a tick a tenant's pending lost apart from the registry: on a Redis
+//! Cluster one master can be flushed, or fail over without its last writes, while the
+//! registry on another master still knows this pipeline (docs/DESIGN.md §Hydration). It
+//! costs little: a tenant with usage in flight changes its pending nearly every tick anyway.
 
 use crate::ledger::Ledger;
 use crate::usage::UsageSink;
@@ -28,20 +32,16 @@ pub struct PendingPublisher {
     published: Arc<Mutex<HashMap<String, i64>>>,
 }
 
-/// What changed between two snapshots (0 for a tenant no longer pending).
-fn changes(before: &HashMap<String, i64>, now: &HashMap<String, i64>) -> Vec<(String, i64)> {
-    let mut changed: Vec<(String, i64)> = now
-        .iter()
-        .filter(|(t, c)| before.get(*t) != Some(*c))
-        .map(|(t, c)| (t.clone(), *c))
-        .collect();
-    changed.extend(
+/// What to write: every tenant held now, and 0 for each one held before but not now.
+fn to_publish(before: &HashMap<String, i64>, now: &HashMap<String, i64>) -> Vec<(String, i64)> {
+    let mut writes: Vec<(String, i64)> = now.iter().map(|(t, c)| (t.clone(), *c)).collect();
+    writes.extend(
         before
             .keys()
             .filter(|t| !now.contains_key(*t))
             .map(|t| (t.clone(), 0)),
     );
-    changed
+    writes
 }
 
 impl PendingPublisher {
@@ -53,23 +53,24 @@ impl PendingPublisher {
         }
     }
 
-    /// Publishes what changed since the last publish that succeeded, through `ledger`.
+    /// Publishes what this gateway holds, and clears what it held at the last publish that
+    /// succeeded but no longer does, through `ledger`.
     pub async fn publish_through(&self, ledger: &dyn Ledger) {
         let Some(pipeline) = self.usage.pipeline_id() else {
             return;
         };
         let now = self.usage.pending_snapshot();
-        let changed = {
+        let writes = {
             let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            changes(&published, &now)
+            to_publish(&published, &now)
         };
-        let result = ledger.publish_pending(pipeline, &changed).await;
+        let result = ledger.publish_pending(pipeline, &writes).await;
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(true) => *published = now,
-            // The ledger lost us (flushed): everything again next time.
-            Ok(false) => published.clear(),
-            // Some of it may not have landed: the next diff repeats it (writes are absolute).
+            // The ledger lost us (flushed): nothing of ours is left there to clear.
+            Ok(false) => *published = now,
+            // Some of it may not have landed: the next tick repeats it (writes are absolute).
             Err(e) => tracing::debug!(error = %e, "cannot publish pending credits"),
         }
     }
@@ -96,11 +97,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_what_changed_is_published() {
+    fn everything_held_is_published_and_what_left_is_cleared() {
         let before = HashMap::from([("a".to_owned(), 5), ("b".to_owned(), 3)]);
         let now = HashMap::from([("a".to_owned(), 5), ("c".to_owned(), 2)]);
-        let mut changed = changes(&before, &now);
-        changed.sort();
-        assert_eq!(changed, [("b".to_owned(), 0), ("c".to_owned(), 2)]);
+        let mut writes = to_publish(&before, &now);
+        writes.sort();
+        assert_eq!(
+            writes,
+            [
+                ("a".to_owned(), 5),
+                ("b".to_owned(), 0),
+                ("c".to_owned(), 2)
+            ]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The Redis ledger: every operation is one Lua script (EVALSHA, loading the script on
-//! NOSCRIPT) over one multiplexed, self-reconnecting connection. Every key of a tenant
-//! carries the hash tag `{tenant_id}`, so a Redis Cluster keeps them on one slot.
+//! NOSCRIPT) over one multiplexed, self-reconnecting connection, to one Redis or to a Redis
+//! Cluster. Every key of a tenant carries the hash tag `{tenant_id}`, so a cluster keeps
+//! them on one slot and every script runs on one node; the few deployment-wide keys are
+//! placed as docs/DESIGN.md §Redis Cluster says.
 
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
@@ -9,17 +11,62 @@ use super::{
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+/// Where the ledger lives.
+enum Client {
+    Node(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to either: both multiplex every caller over one socket per node and
+/// reconnect by themselves; the cluster one also follows `MOVED`/`ASK` and refreshes the
+/// slot map when the topology changes (a failover).
+#[derive(Clone)]
+enum Connection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Node(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Node(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisLedger {
-    client: redis::Client,
+    client: Client,
     /// Created on first use, inside the runtime that will drive it (Pingora starts its
     /// runtimes after `main` has built the services).
-    conn: OnceCell<ConnectionManager>,
+    conn: OnceCell<Connection>,
     charge: Script,
     void: Script,
     keep: Script,
@@ -33,9 +80,43 @@ pub struct RedisLedger {
 }
 
 impl RedisLedger {
+    /// The ledger the config names: one Redis (`redis_url`), a cluster
+    /// (`redis_cluster_nodes`), or none (the embedded ledger).
+    pub fn from_config(config: &LedgerConfig) -> Result<Option<RedisLedger>, LedgerError> {
+        if let Some(url) = &config.redis_url {
+            return RedisLedger::new(url, config).map(Some);
+        }
+        if config.redis_cluster_nodes.is_empty() {
+            return Ok(None);
+        }
+        RedisLedger::cluster(&config.redis_cluster_nodes, config).map(Some)
+    }
+
+    /// One Redis at `url`.
     pub fn new(url: &str, config: &LedgerConfig) -> Result<RedisLedger, LedgerError> {
-        Ok(RedisLedger {
-            client: redis::Client::open(url)?,
+        Ok(RedisLedger::with(
+            Client::Node(redis::Client::open(url)?),
+            config,
+        ))
+    }
+
+    /// A Redis Cluster, found through any of `nodes`.
+    pub fn cluster(nodes: &[String], config: &LedgerConfig) -> Result<RedisLedger, LedgerError> {
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .overall_response_timeout(Some(timeout))
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .build()?;
+        Ok(RedisLedger::with(Client::Cluster(Box::new(client)), config))
+    }
+
+    fn with(client: Client, config: &LedgerConfig) -> RedisLedger {
+        RedisLedger {
+            client,
             conn: OnceCell::new(),
             charge: Script::new(include_str!("charge.lua")),
             void: Script::new(include_str!("void.lua")),
@@ -47,19 +128,29 @@ impl RedisLedger {
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
-        })
+        }
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, LedgerError> {
+    async fn conn(&self) -> Result<Connection, LedgerError> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                Ok::<_, LedgerError>(match &self.client {
+                    Client::Node(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(self.timeout))
+                            .set_response_timeout(Some(self.timeout))
+                            .set_number_of_retries(2)
+                            .set_max_delay(Duration::from_millis(500));
+                        Connection::Node(ConnectionManager::new_lazy_with_config(
+                            client.clone(),
+                            config,
+                        )?)
+                    }
+                    Client::Cluster(client) => {
+                        Connection::Cluster(client.get_async_connection().await?)
+                    }
+                })
             })
             .await?;
         Ok(conn.clone())
@@ -263,17 +354,20 @@ impl Ledger for RedisLedger {
     ) -> Result<bool, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
-            if !changes.is_empty() {
-                let mut pipe = redis::pipe();
-                for (tenant, credits) in changes {
+            // One command per tenant, all in flight at once: each tenant's key lives on its
+            // own slot, so a cluster cannot take them as one pipeline.
+            let writes = changes.iter().map(|(tenant, credits)| {
+                let mut conn = conn.clone();
+                async move {
                     if *credits == 0 {
-                        pipe.hdel(pending_key(tenant), pipeline).ignore();
+                        conn.hdel::<_, _, ()>(pending_key(tenant), pipeline).await
                     } else {
-                        pipe.hset(pending_key(tenant), pipeline, *credits).ignore();
+                        conn.hset::<_, _, _, ()>(pending_key(tenant), pipeline, *credits)
+                            .await
                     }
                 }
-                let () = pipe.query_async(&mut conn).await?;
-            }
+            });
+            futures_util::future::try_join_all(writes).await?;
             // The heartbeat last: a publish time at or after t says every change before
             // it is in place.
             let (known, _, _): (i64, u64, u64) = self

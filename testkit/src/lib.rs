@@ -2,13 +2,15 @@
 //! one set per test, so tests stay hermetic and parallel-safe. The root crate's contract
 //! suites (`tests/`) and the end-to-end suites of the binary (`cli/tests/`) share it.
 //!
-//! - [`RedisServer`]: a `redis-server` child process (pause, resume, kill, restart).
+//! - [`RedisServer`]: a `redis-server` child process (pause, resume, kill, restart);
+//!   [`cluster::RedisCluster`]: six of them as one Redis Cluster.
 //! - [`Upstream`]: the echo upstream (`tollgate::demo_upstream`) in this test process,
 //!   counting what reaches it.
 //! - [`Gateway`]: the `tollgate` binary itself, started with a generated config.
 //!
 //! Readiness is polled with a deadline, never slept for.
 
+pub mod cluster;
 pub mod gate;
 pub mod mqtt;
 pub mod raw;
@@ -345,6 +347,7 @@ impl Gateway {
             )
             .env("TOLLGATE_DATA_DIR", self.dir.join("data"))
             .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_REDIS_CLUSTER_NODES")
             .env_remove("TOLLGATE_MONGODB_URI")
             .env_remove("TOLLGATE_MQTT_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -473,6 +476,7 @@ impl Gateway {
             .arg(self.dir.join("tollgate.yaml"))
             .env("TOLLGATE_DATA_DIR", self.data_dir())
             .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_REDIS_CLUSTER_NODES")
             .env_remove("TOLLGATE_MONGODB_URI");
         for (name, value) in env {
             command.env(name, value);
@@ -505,6 +509,7 @@ impl ControlPlane {
                 .arg(config)
                 .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
                 .env_remove("TOLLGATE_REDIS_URL")
+                .env_remove("TOLLGATE_REDIS_CLUSTER_NODES")
                 .env_remove("TOLLGATE_MONGODB_URI")
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stderr(std::fs::File::create(log).unwrap())
