@@ -121,6 +121,7 @@ fn ledger(c: &mut Criterion) {
                 charge_id: &ids[i],
                 idempotency: None,
                 threshold: 100,
+                fresh: true,
             };
             runtime.block_on(ledger.charge(black_box(&charge)))
         })

@@ -25,6 +25,13 @@ pub static USAGE_QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
         "Usage events waiting in memory to be written",
     )
 });
+/// Charges taken from a leased slice, in memory (docs/DESIGN.md §Leased credits).
+pub static LEASED_CHARGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "tollgate_ledger_leased_charges_total",
+        "Charges taken from this replica's leased slices without a ledger round trip",
+    )
+});
 pub static USAGE_FLUSHED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "tollgate_usage_flushed_total",
@@ -261,6 +268,7 @@ pub static UNROUTED: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics:
 pub fn register_all() {
     LazyLock::force(&USAGE_QUEUE_DEPTH);
     LazyLock::force(&USAGE_FLUSHED);
+    LazyLock::force(&LEASED_CHARGES);
     LazyLock::force(&USAGE_JOURNALED);
     LazyLock::force(&USAGE_JOURNAL_BYTES);
     LazyLock::force(&USAGE_DROPPED);

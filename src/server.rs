@@ -206,6 +206,10 @@ pub fn run(
     let publisher = PendingPublisher::new(Arc::clone(ledger), Arc::clone(&usage));
     let last_publish = publisher.clone();
     server.add_service(background_service("pending credits", publisher));
+    if let Some(leases) = &parts.leases {
+        let keeper = crate::ledger::lease::LeaseKeeper(Arc::clone(leases));
+        server.add_service(background_service("leased credits", keeper));
+    }
     control_plane(&mut server, &handles)?;
     if config.reconcile_interval_secs > 0 {
         let reconciler = Reconciler {
@@ -252,8 +256,21 @@ pub fn run(
     }
     // What the drain settled, published (through a fresh connection), so no replica
     // hydrating later subtracts credits the store already has.
+    // And the slices still held go back (their keeper returned them unless a report was in
+    // flight as it stopped).
     match RedisLedger::from_config(&config.ledger) {
-        Ok(Some(fresh)) => store_rt.block_on(last_publish.publish_through(&fresh)),
+        Ok(Some(fresh)) => store_rt.block_on(async {
+            if let Some(leases) = &parts.leases {
+                let held = leases.sync_through(&fresh, true).await;
+                if held > 0 {
+                    tracing::warn!(
+                        held,
+                        "slices not returned at shutdown: they come back when their leases expire"
+                    );
+                }
+            }
+            last_publish.publish_through(&fresh).await;
+        }),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "cannot publish the last pending credits"),
     }

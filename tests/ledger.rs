@@ -28,6 +28,7 @@ fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> 
             fingerprint: "fp",
         }),
         threshold: -1,
+        fresh: true,
     }
 }
 
@@ -218,6 +219,7 @@ async fn warnings(l: &dyn Ledger) {
                 charge_id: &id,
                 idempotency: None,
                 threshold: 100,
+                fresh: true,
             };
             match l.charge(&c).await.unwrap() {
                 ChargeOutcome::Charged { balance, warnings }
@@ -260,6 +262,7 @@ async fn warnings(l: &dyn Ledger) {
         charge_id: "big",
         idempotency: None,
         threshold: 100,
+        fresh: true,
     };
     assert_eq!(
         l.charge(&c).await.unwrap(),

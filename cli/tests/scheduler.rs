@@ -75,6 +75,7 @@ async fn state(store: Arc<dyn Store>, docs: Arc<dyn Documents>) -> AdminState {
             docs,
             ledger,
             coordination,
+            leases: None,
         },
         hydrator,
         catalog: Some(catalog),

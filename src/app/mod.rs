@@ -9,10 +9,12 @@
 //! when a graceful upgrade hands over).
 
 use crate::config::{Config, ConfigError};
-use crate::ledger::{Coordination, EmbeddedLedger, Ledger, RedisLedger};
+use crate::ledger::lease::LeaseSettings;
+use crate::ledger::{Coordination, EmbeddedLedger, LeasedLedger, Ledger, RedisLedger};
 use crate::store::{Documents, Kind, MongoStore, NewTenant, SqliteStore, Store, TenantPatch};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use pingora::server::ShutdownWatch;
 
@@ -82,13 +84,29 @@ pub struct Parts {
     pub docs: Arc<dyn Documents>,
     pub ledger: Arc<dyn Ledger>,
     pub coordination: Arc<dyn Coordination>,
+    /// The leased slices in front of a Redis ledger (`ledger.lease.enabled`), which a
+    /// gateway keeps reporting (the same object as `ledger`).
+    pub leases: Option<Arc<LeasedLedger>>,
 }
 
 /// Opens the configured store and ledger, and seeds the store from the config.
 pub async fn open(config: &Config, access: Access) -> Result<Parts, StartError> {
     let (store, docs) = open_store(config).await?;
+    let mut leases = None;
     let (ledger, coordination): (Arc<dyn Ledger>, Arc<dyn Coordination>) =
         match (RedisLedger::from_config(&config.ledger)?, access) {
+            (Some(redis), Access::Serve) if config.ledger.lease.enabled => {
+                let redis = Arc::new(redis);
+                let lease = &config.ledger.lease;
+                let settings = LeaseSettings {
+                    max_slice: lease.max_slice,
+                    ttl: Duration::from_millis(lease.ttl_ms),
+                    idle: Duration::from_millis(lease.idle_ms),
+                };
+                let leased = Arc::new(LeasedLedger::new(redis.clone(), settings));
+                leases = Some(leased.clone());
+                (leased, redis)
+            }
             (Some(redis), _) => {
                 let redis = Arc::new(redis);
                 (redis.clone(), redis)
@@ -113,6 +131,7 @@ pub async fn open(config: &Config, access: Access) -> Result<Parts, StartError> 
         docs,
         ledger,
         coordination,
+        leases,
     })
 }
 

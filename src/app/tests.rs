@@ -180,7 +180,9 @@ fn a_redis_cluster_is_named_by_its_seed_nodes() {
     let err = validate(&config).unwrap_err().to_string();
     assert!(err.contains("`ledger.redis_cluster_nodes`"), "{err}");
 
-    config.apply_env(env(&[("TOLLGATE_REDIS_CLUSTER_NODES", "")])).unwrap();
+    config
+        .apply_env(env(&[("TOLLGATE_REDIS_CLUSTER_NODES", "")]))
+        .unwrap();
     config.ledger.redis_url = None;
     assert!(!config.ledger.uses_redis());
 }

@@ -186,6 +186,35 @@ pub struct LedgerConfig {
     /// reported (see `ledger::retry::deadline`). Costs Redis memory: ~165 bytes × charges
     /// per second × this (measured; ~50 MB per 1,000 calls/s at the default).
     pub charge_ttl_secs: u64,
+    /// Leased credits (Redis only; docs/DESIGN.md §Leased credits).
+    pub lease: LeaseConfig,
+}
+
+/// `ledger.lease`: each replica charges busy tenants from slices of their balance held in
+/// memory, reporting to Redis every 100 ms instead of once per call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaseConfig {
+    pub enabled: bool,
+    /// The largest slice a replica takes of one tenant's balance (it aims at a second of
+    /// the tenant's spending there).
+    pub max_slice: i64,
+    /// A lease not reported for this long expires: Redis takes back the slice but its
+    /// margin, and a dead replica's credits are stranded no longer than this.
+    pub ttl_ms: u64,
+    /// A slice unused for this long goes back.
+    pub idle_ms: u64,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            enabled: false,
+            max_slice: 10_000,
+            ttl_ms: 3_000,
+            idle_ms: 1_000,
+        }
+    }
 }
 
 impl LedgerConfig {
@@ -204,6 +233,7 @@ impl Default for LedgerConfig {
             idempotency_ttl_secs: 24 * 3600,
             idempotency_max_response_bytes: crate::idempotency::DEFAULT_MAX_KEPT_BYTES,
             charge_ttl_secs: 300,
+            lease: LeaseConfig::default(),
         }
     }
 }
@@ -435,6 +465,32 @@ impl Config {
             return Err(ConfigError::invalid(
                 "admin.token_ttl_secs",
                 format!("1 to {MAX_TOKEN_TTL_SECS} (7 days)"),
+            ));
+        }
+        let lease = &self.ledger.lease;
+        if lease.enabled && !self.ledger.uses_redis() {
+            return Err(ConfigError::invalid(
+                "ledger.lease.enabled",
+                "leasing is for a Redis ledger (the embedded one is in-process already)",
+            ));
+        }
+        if lease.max_slice < 1 {
+            return Err(ConfigError::invalid(
+                "ledger.lease.max_slice",
+                "must be above 0",
+            ));
+        }
+        // A lease lives several reports, and a slice is idle well before its lease ends.
+        if !(1_000..=60_000).contains(&lease.ttl_ms) {
+            return Err(ConfigError::invalid(
+                "ledger.lease.ttl_ms",
+                "1000 to 60000 (ms)",
+            ));
+        }
+        if lease.idle_ms < 100 || lease.idle_ms >= lease.ttl_ms {
+            return Err(ConfigError::invalid(
+                "ledger.lease.idle_ms",
+                "at least 100 and below ledger.lease.ttl_ms",
             ));
         }
         if self.ledger.charge_ttl_secs == 0 {

@@ -310,6 +310,8 @@ impl DeferredWorker {
             // `Gateway::serve_on_credit`): the key's state lives in the ledger.
             idempotency: None,
             threshold: charge.threshold,
+            // A retry by id: never from a slice (an earlier try may have landed).
+            fresh: false,
         };
         let until = deadline(charge.charged_at_ms, self.record_life);
         let outcome =

@@ -3,10 +3,14 @@
 -- KEYS[1] balance    tg:{tenant}:bal
 -- KEYS[2] operation  tg:{tenant}:adj:{op_id}   (the amount applied, while it lives)
 -- KEYS[3] warnings   tg:{tenant}:warn           (see charge.lua)
+-- KEYS[4] leases     tg:{tenant}:leases         (the replicas' slices: sweep.lua)
 -- ARGV[1] 'add' or 'set', ARGV[2] amount (add) or new balance (set), ARGV[3] highest
 -- balance allowed, ARGV[4] operation ttl ms, ARGV[5] the low-credit threshold
 -- Returns {code, amount, balance}: 0 applied, 1 applied before (replay), 2 no balance
--- (hydrate and retry), 3 refused: the balance would leave 0..=max.
+-- (hydrate and retry), 3 refused: the balance would leave 0..=max, 4 not yet: a balance is
+-- set only with every slice back (they are recalled; ask again).
+-- Any change recalls the slices out, so every replica's view of the balance starts again
+-- from the new one (docs/DESIGN.md §Leased credits).
 -- Values go to Redis as the caller's strings: Lua prints numbers above 1e14 as 1e+15.
 local done = redis.call('GET', KEYS[2])
 local balance = redis.call('GET', KEYS[1])
@@ -17,6 +21,13 @@ if not balance then
   return {2, 0, 0}
 end
 balance = tonumber(balance)
+if redis.call('EXISTS', KEYS[4]) == 1 and sweep(KEYS[1], KEYS[4], now_ms()) > 0 then
+  redis.call('HSET', KEYS[4], '_recall', 1)
+  if ARGV[1] == 'set' then
+    return {4, 0, balance}
+  end
+end
+balance = tonumber(redis.call('GET', KEYS[1]))
 local value = tonumber(ARGV[2])
 local after = value
 local amount = value

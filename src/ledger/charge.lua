@@ -2,12 +2,14 @@
 -- KEYS[1] balance   tg:{tenant}:bal
 -- KEYS[2] charge    tg:{tenant}:ch:{charge_id}   (cost while live, "void" once voided)
 -- KEYS[3] warnings  tg:{tenant}:warn             (hash: which warnings were announced)
--- KEYS[4] idem key  tg:{tenant}:idk:{key}        (optional; hash: charge, fp, resp)
+-- KEYS[4] leases    tg:{tenant}:leases           (the replicas' slices: sweep.lua)
+-- KEYS[5] idem key  tg:{tenant}:idk:{key}        (optional; hash: charge, fp, resp)
 -- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
 -- ARGV[5] the tenant's low-credit threshold, ARGV[6] the request's fingerprint (with a key)
 -- Returns {code, balance, warnings}: code 0 charged, 1 the idempotency key belongs to an earlier
 -- request (nothing taken: the gateway reads the key's record), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
--- already applied (a retry of a charge whose answer was lost: nothing taken twice).
+-- already applied (a retry of a charge whose answer was lost: nothing taken twice), 6 not
+-- enough here but replicas hold slices: they are recalled (ask again once they are back).
 -- warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
 -- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
 -- balance before and after is seen atomically, until a top-up re-arms it (adjust.lua), so
@@ -24,10 +26,19 @@ end
 if record then
   return {5, balance, 0}
 end
-if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
   return {1, balance, 0}
 end
 local cost = tonumber(ARGV[1])
+if balance < cost and redis.call('EXISTS', KEYS[4]) == 1 then
+  -- Credits may sit in slices: expired ones come back now, live ones are recalled, and
+  -- the call is refused only once none is out (docs/DESIGN.md §Leased credits).
+  if sweep(KEYS[1], KEYS[4], now_ms()) > 0 then
+    redis.call('HSET', KEYS[4], '_recall', 1)
+    return {6, balance, 0}
+  end
+  balance = tonumber(redis.call('GET', KEYS[1]))
+end
 if balance < cost then
   if redis.call('HSETNX', KEYS[3], 'exhausted', 1) == 1 then
     return {2, balance, 2}
@@ -36,10 +47,10 @@ if balance < cost then
 end
 local after = redis.call('DECRBY', KEYS[1], cost)
 redis.call('SET', KEYS[2], cost, 'PX', ARGV[3])
-if KEYS[4] then
+if KEYS[5] then
   -- Claimed in flight by this charge; the response is kept here once the call completes.
-  redis.call('HSET', KEYS[4], 'charge', ARGV[2], 'fp', ARGV[6])
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  redis.call('HSET', KEYS[5], 'charge', ARGV[2], 'fp', ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
 end
 local warnings = 0
 local threshold = tonumber(ARGV[5])

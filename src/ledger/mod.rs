@@ -12,6 +12,7 @@ mod expiring;
 #[cfg(test)]
 pub(crate) mod flaky;
 mod journal;
+pub mod lease;
 mod redis;
 pub mod retry;
 mod voids;
@@ -19,6 +20,7 @@ pub mod worklog;
 
 pub use coordination::{Coordination, LoginOp, LoginPolicy};
 pub use embedded::EmbeddedLedger;
+pub use lease::LeasedLedger;
 pub use redis::RedisLedger;
 pub use voids::{PendingVoid, VoidQueue, VoidWorker};
 pub use worklog::WorkLog;
@@ -37,6 +39,9 @@ pub struct Charge<'a> {
     pub idempotency: Option<KeyClaim<'a>>,
     /// The tenant's low-credit threshold: a charge crossing it announces a warning.
     pub threshold: i64,
+    /// A first try under a new id: it may be taken from a leased slice. A retry by id (a
+    /// deferred charge) goes to the shared ledger, where an earlier try may have landed.
+    pub fresh: bool,
 }
 
 /// The warnings (docs/DESIGN.md §Alerts) a ledger operation decided to announce: each fires once per
@@ -157,6 +162,18 @@ pub enum AdjustOutcome {
     OutOfRange { amount: i64, balance: i64 },
 }
 
+/// The slices of a tenant's balance that replicas hold (docs/DESIGN.md §Leased credits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// Credits taken from the balance into slices and not yet reported spent.
+    pub held: i64,
+    /// How many replicas hold one.
+    pub holders: usize,
+    /// Credits kept from leases that expired (their holders died or were cut off): at most
+    /// what they may have spent without reporting it.
+    pub forfeited: i64,
+}
+
 /// What other processes hold for a tenant in usage not yet in the store, as hydration sees
 /// it through a shared ledger (docs/DESIGN.md §Hydration).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -216,6 +233,11 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// The tenant's current balance, if the ledger has one.
     async fn balance(&self, tenant_id: &str) -> Result<Option<i64>, LedgerError>;
+
+    /// The slices replicas hold of the tenant's balance (none where nothing is leased).
+    async fn leases(&self, _tenant_id: &str) -> Result<Leases, LedgerError> {
+        Ok(Leases::default())
+    }
 
     /// Moves a balance by an operator's decision, atomically with concurrent charges.
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError>;

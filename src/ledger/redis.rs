@@ -4,9 +4,10 @@
 //! them on one slot and every script runs on one node; the few deployment-wide keys are
 //! placed as docs/DESIGN.md §Redis Cluster says.
 
+use super::lease::{LeaseReply, LeaseRequest};
 use super::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
-    LoginOp, LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Leases, Ledger,
+    LedgerError, LoginOp, LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -74,6 +75,8 @@ pub struct RedisLedger {
     lead: Script,
     login: Script,
     beat: Script,
+    lease: Script,
+    announce: Script,
     timeout: Duration,
     charge_ttl_ms: u64,
     idempotency_ttl_ms: u64,
@@ -118,13 +121,24 @@ impl RedisLedger {
         RedisLedger {
             client,
             conn: OnceCell::new(),
-            charge: Script::new(include_str!("charge.lua")),
+            charge: Script::new(concat!(
+                include_str!("sweep.lua"),
+                include_str!("charge.lua")
+            )),
             void: Script::new(include_str!("void.lua")),
             keep: Script::new(include_str!("keep.lua")),
-            adjust: Script::new(include_str!("adjust.lua")),
+            adjust: Script::new(concat!(
+                include_str!("sweep.lua"),
+                include_str!("adjust.lua")
+            )),
             lead: Script::new(include_str!("lead.lua")),
             login: Script::new(include_str!("login.lua")),
             beat: Script::new(include_str!("beat.lua")),
+            lease: Script::new(concat!(
+                include_str!("sweep.lua"),
+                include_str!("lease.lua")
+            )),
+            announce: Script::new(include_str!("announce.lua")),
             timeout: Duration::from_millis(config.timeout_ms),
             charge_ttl_ms: config.charge_ttl_secs * 1000,
             idempotency_ttl_ms: config.idempotency_ttl_secs * 1000,
@@ -154,6 +168,140 @@ impl RedisLedger {
             })
             .await?;
         Ok(conn.clone())
+    }
+
+    /// One try of charge.lua.
+    async fn charge_once(&self, charge: &Charge<'_>) -> Result<Charged, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let mut invocation = self.charge.prepare_invoke();
+            let tenant = charge.tenant_id;
+            invocation
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(format!("tg:{{{tenant}}}:ch:{}", charge.charge_id))
+                .key(format!("tg:{{{tenant}}}:warn"))
+                .key(leases_key(tenant));
+            if let Some(claim) = charge.idempotency {
+                invocation.key(key_key(tenant, claim.key));
+            }
+            invocation
+                .arg(charge.cost)
+                .arg(charge.charge_id)
+                .arg(self.charge_ttl_ms)
+                .arg(self.idempotency_ttl_ms)
+                .arg(charge.threshold)
+                .arg(charge.idempotency.map_or("", |c| c.fingerprint));
+            let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            let [code, balance, warnings] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            let warnings = Warnings::from_bits(warnings);
+            Ok(Charged::Outcome(match code {
+                0 => ChargeOutcome::Charged { balance, warnings },
+                1 => ChargeOutcome::KeyTaken { balance },
+                2 => ChargeOutcome::Insufficient { balance, warnings },
+                3 => ChargeOutcome::NoBalance,
+                4 => ChargeOutcome::Void,
+                5 => ChargeOutcome::AlreadyCharged { balance },
+                6 => return Ok(Charged::Recalled { balance }),
+                _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
+            }))
+        })
+        .await
+    }
+
+    /// One try of adjust.lua: `None` while slices are out (recalled: ask again).
+    async fn adjust_once(
+        &self,
+        adjustment: &Adjustment<'_>,
+    ) -> Result<Option<AdjustOutcome>, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let tenant = adjustment.tenant_id;
+            let (mode, value) = match adjustment.change {
+                Change::Add(amount) => ("add", amount),
+                Change::Set(balance) => ("set", balance),
+            };
+            let values: Vec<i64> = self
+                .adjust
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(format!("tg:{{{tenant}}}:adj:{}", adjustment.op_id))
+                .key(format!("tg:{{{tenant}}}:warn"))
+                .key(leases_key(tenant))
+                .arg(mode)
+                .arg(value.to_string())
+                .arg(MAX_BALANCE.to_string())
+                .arg(super::ADJUSTMENT_RECORD_LIFE.as_millis() as u64)
+                .arg(adjustment.threshold)
+                .invoke_async(&mut conn)
+                .await?;
+            let [code, amount, balance] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            Ok(Some(match code {
+                0 | 1 => AdjustOutcome::Applied { amount, balance },
+                2 => AdjustOutcome::NoBalance,
+                3 => AdjustOutcome::OutOfRange { amount, balance },
+                4 => return Ok(None),
+                _ => return Err(LedgerError::Reply(format!("adjust code {code}"))),
+            }))
+        })
+        .await
+    }
+
+    /// Reports what `holder` spent of its slice of `tenant`'s balance and grows, keeps or
+    /// returns the slice (lease.lua; docs/DESIGN.md §Leased credits).
+    pub async fn lease(
+        &self,
+        tenant: &str,
+        request: &LeaseRequest<'_>,
+    ) -> Result<LeaseReply, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let values: Vec<i64> = self
+                .lease
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(leases_key(tenant))
+                .arg(request.holder)
+                .arg(request.spent)
+                .arg(request.want)
+                .arg(request.least)
+                .arg(request.margin)
+                .arg(request.ttl.as_millis() as u64)
+                .arg(if request.give_back { "return" } else { "sync" })
+                .invoke_async(&mut conn)
+                .await?;
+            let [code, balance, held, recall] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            Ok(match code {
+                0 => LeaseReply::Held {
+                    balance,
+                    held,
+                    recall: recall == 1,
+                },
+                1 => LeaseReply::Returned { balance },
+                2 => LeaseReply::NoLease { balance },
+                3 => LeaseReply::NoBalance,
+                _ => return Err(LedgerError::Reply(format!("lease code {code}"))),
+            })
+        })
+        .await
+    }
+
+    /// Whether this replica announces `warning` for `tenant` (the first to ask does).
+    pub async fn announce(&self, tenant: &str, warning: &str) -> Result<bool, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let first: i64 = self
+                .announce
+                .key(format!("tg:{{{tenant}}}:warn"))
+                .arg(warning)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(first == 1)
+        })
+        .await
     }
 
     /// Bounds every ledger call, whatever the connection is doing.
@@ -196,6 +344,24 @@ fn pending_key(tenant_id: &str) -> String {
     format!("tg:{{{tenant_id}}}:pending")
 }
 
+/// A tenant's leased slices (sweep.lua).
+fn leases_key(tenant_id: &str) -> String {
+    format!("tg:{{{tenant_id}}}:leases")
+}
+
+/// How long a charge or a balance set waits for recalled slices to come back before it is
+/// refused (a charge: `402`) or left to its caller's retry (a set). Live holders return
+/// theirs at their next sync (every [`super::lease::SYNC_TICK`]); a dead one's come back
+/// when its lease expires.
+const RECALL_WAIT: Duration = Duration::from_secs(1);
+const RECALL_POLL: Duration = Duration::from_millis(20);
+
+/// One try of a charge: decided, or waiting for recalled slices.
+enum Charged {
+    Outcome(ChargeOutcome),
+    Recalled { balance: i64 },
+}
+
 fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
     match values[..] {
         [code, balance] => Ok((code, balance)),
@@ -206,40 +372,20 @@ fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
 #[async_trait]
 impl Ledger for RedisLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let mut invocation = self.charge.prepare_invoke();
-            let tenant = charge.tenant_id;
-            invocation
-                .key(format!("tg:{{{tenant}}}:bal"))
-                .key(format!("tg:{{{tenant}}}:ch:{}", charge.charge_id))
-                .key(format!("tg:{{{tenant}}}:warn"));
-            if let Some(claim) = charge.idempotency {
-                invocation.key(key_key(tenant, claim.key));
+        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
+        loop {
+            match self.charge_once(charge).await? {
+                Charged::Outcome(outcome) => return Ok(outcome),
+                // Slices are out: ask again once their holders have returned them.
+                Charged::Recalled { balance } if tokio::time::Instant::now() >= deadline => {
+                    return Ok(ChargeOutcome::Insufficient {
+                        balance,
+                        warnings: Warnings::NONE,
+                    })
+                }
+                Charged::Recalled { .. } => tokio::time::sleep(RECALL_POLL).await,
             }
-            invocation
-                .arg(charge.cost)
-                .arg(charge.charge_id)
-                .arg(self.charge_ttl_ms)
-                .arg(self.idempotency_ttl_ms)
-                .arg(charge.threshold)
-                .arg(charge.idempotency.map_or("", |c| c.fingerprint));
-            let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-            let [code, balance, warnings] = values[..] else {
-                return Err(LedgerError::Reply(format!("{values:?}")));
-            };
-            let warnings = Warnings::from_bits(warnings);
-            Ok(match code {
-                0 => ChargeOutcome::Charged { balance, warnings },
-                1 => ChargeOutcome::KeyTaken { balance },
-                2 => ChargeOutcome::Insufficient { balance, warnings },
-                3 => ChargeOutcome::NoBalance,
-                4 => ChargeOutcome::Void,
-                5 => ChargeOutcome::AlreadyCharged { balance },
-                _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
-            })
-        })
-        .await
+        }
     }
 
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
@@ -315,36 +461,18 @@ impl Ledger for RedisLedger {
     }
 
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            let tenant = adjustment.tenant_id;
-            let (mode, value) = match adjustment.change {
-                Change::Add(amount) => ("add", amount),
-                Change::Set(balance) => ("set", balance),
-            };
-            let values: Vec<i64> = self
-                .adjust
-                .key(format!("tg:{{{tenant}}}:bal"))
-                .key(format!("tg:{{{tenant}}}:adj:{}", adjustment.op_id))
-                .key(format!("tg:{{{tenant}}}:warn"))
-                .arg(mode)
-                .arg(value.to_string())
-                .arg(MAX_BALANCE.to_string())
-                .arg(super::ADJUSTMENT_RECORD_LIFE.as_millis() as u64)
-                .arg(adjustment.threshold)
-                .invoke_async(&mut conn)
-                .await?;
-            let [code, amount, balance] = values[..] else {
-                return Err(LedgerError::Reply(format!("{values:?}")));
-            };
-            Ok(match code {
-                0 | 1 => AdjustOutcome::Applied { amount, balance },
-                2 => AdjustOutcome::NoBalance,
-                3 => AdjustOutcome::OutOfRange { amount, balance },
-                _ => return Err(LedgerError::Reply(format!("adjust code {code}"))),
-            })
-        })
-        .await
+        // A balance is set only with every slice back: recalled, they return within a
+        // tick or two; past the wait the change is left to the caller's retry.
+        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
+        loop {
+            if let Some(outcome) = self.adjust_once(adjustment).await? {
+                return Ok(outcome);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LedgerError::Timeout);
+            }
+            tokio::time::sleep(RECALL_POLL).await;
+        }
     }
 
     async fn publish_pending(
@@ -417,6 +545,28 @@ impl Ledger for RedisLedger {
                 }
             }
             Ok(Some(view))
+        })
+        .await
+    }
+
+    async fn leases(&self, tenant_id: &str) -> Result<Leases, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let fields: std::collections::HashMap<String, String> =
+                conn.hgetall(leases_key(tenant_id)).await?;
+            let mut leases = Leases::default();
+            for (holder, value) in &fields {
+                match holder.as_str() {
+                    "_forfeited" => leases.forfeited = value.parse().unwrap_or(0),
+                    "_recall" => {}
+                    _ => {
+                        let held = value.split(':').next().and_then(|h| h.parse().ok());
+                        leases.held += held.unwrap_or(0);
+                        leases.holders += 1;
+                    }
+                }
+            }
+            Ok(leases)
         })
         .await
     }

@@ -202,6 +202,7 @@ impl ProxyHttp for Gateway {
                 fingerprint: &fingerprint,
             }),
             threshold,
+            fresh: true,
         };
         let charged = match self.hydrator.charge(&charge).await {
             Ok(ChargeOutcome::Charged { balance, warnings }) => {

@@ -1,0 +1,307 @@
+//! Leased credits on a real Redis (docs/DESIGN.md §Leased credits): gateway replicas charge
+//! busy tenants from slices held in memory and report every 100 ms. Never over-spent, exact
+//! near zero with two replicas, no per-call Redis command while a slice lasts, an
+//! operator's change exact with slices out, and a replica killed holding a slice strands
+//! at most its margin, for at most the lease's life.
+
+use tollgate_testkit as common;
+
+use common::store::StoreUnderTest;
+use common::{
+    admin_token, client, metric_sample, token, wait_until, Gateway, RedisServer, Upstream,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tollgate::config::LedgerConfig;
+use tollgate::ledger::RedisLedger;
+
+fn yaml(upstream: &str, credits: i64) -> String {
+    format!(
+        "ledger:
+  timeout_ms: 250
+  lease: {{ enabled: true }}
+usage: {{ batch_size: 50, flush_interval_ms: 50 }}
+services:
+  - name: notes
+    upstream: {upstream}
+    endpoints:
+      - {{ method: POST, path: /expensive, credits: 7 }}
+      - {{ method: GET, path: /x, credits: 5 }}
+tenants:
+  - {{ id: ops }}
+  - {{ id: rich, credits: {credits} }}
+"
+    )
+}
+
+fn env(redis: &RedisServer) -> Vec<(String, String)> {
+    vec![("TOLLGATE_REDIS_URL".to_owned(), redis.url())]
+}
+
+/// The tenant's leases as Redis holds them: holder → (held, margin).
+async fn leases(redis: &RedisServer) -> HashMap<String, (i64, i64)> {
+    let mut conn = redis.connection().await;
+    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("tg:{rich}:leases")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    fields
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with('_'))
+        .map(|(k, v)| {
+            let mut parts = v.split(':').map(|p| p.parse::<i64>().unwrap());
+            (k, (parts.next().unwrap(), parts.next().unwrap()))
+        })
+        .collect()
+}
+
+async fn forfeited(redis: &RedisServer) -> i64 {
+    let mut conn = redis.connection().await;
+    let value: Option<i64> = redis::cmd("HGET")
+        .arg("tg:{rich}:leases")
+        .arg("_forfeited")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    value.unwrap_or(0)
+}
+
+async fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn leased_charges(gateway: &Gateway) -> f64 {
+    metric_sample(
+        &gateway.metrics_text().await,
+        "tollgate_ledger_leased_charges_total",
+        &[],
+    )
+}
+
+/// `n` GET /x calls (5 credits) on `gateway`, `width` at a time: the statuses.
+async fn calls(gateway: &Gateway, n: usize, width: usize) -> Vec<u16> {
+    use futures_util::StreamExt as _;
+    let url = gateway.url("/api/proxy/notes/x");
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let request = client().get(&url).bearer_auth(token("rich", "u1"));
+            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+        })
+        .buffer_unordered(width)
+        .collect()
+        .await
+}
+
+/// The existing exactness test with leasing on: balance 1000, cost 7, 300 concurrent calls
+/// spread over two gateways: exactly 142 served. Slices are taken mid-burst and recalled
+/// near zero; once they are back Redis holds the 6 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leasing_replicas_serve_exactly_what_the_balance_pays() {
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let first = Gateway::start_with(&yaml(&upstream.url(), 1000), env(&redis));
+    let second = Gateway::start_with(&yaml(&upstream.url(), 1000), env(&redis));
+    let http = client();
+    let calls = (0..300).map(|i| {
+        let gateway = if i % 2 == 0 { &first } else { &second };
+        let request = http
+            .post(gateway.url("/api/proxy/notes/expensive"))
+            .bearer_auth(token("rich", "alice"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    assert_eq!((ok, refused), (142, 158), "{statuses:?}");
+    assert_eq!(upstream.requests(), 142);
+    let leased = leased_charges(&first).await + leased_charges(&second).await;
+    eprintln!("exactness: {leased} of 142 calls taken from slices");
+    assert!(leased > 0.0, "slices were taken mid-burst");
+    wait_until("every slice back", Duration::from_secs(10), async || {
+        leases(&redis).await.is_empty()
+    })
+    .await;
+    assert_eq!(redis.balance("rich").await, Some(6));
+}
+
+/// A busy tenant on two replicas: once each holds a slice, calls cost no Redis command
+/// (INFO commandstats: a report every 100 ms per replica, not one script per call); every
+/// call is paid once; an operator's top-up and a balance set mid-run stay exact (the set
+/// recalls the slices first); reconciliation finds nothing once the gateways stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_take_the_round_trip_off_the_hot_path_and_stay_exact() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let db = common::unique_db();
+    let mut env = env(&redis);
+    env.extend(
+        StoreUnderTest::Mongo {
+            uri: uri.clone(),
+            db: db.clone(),
+        }
+        .env(),
+    );
+    let mut first = Gateway::start_with(&yaml(&upstream.url(), 1_000_000), env.clone());
+    let mut second = Gateway::start_with(&yaml(&upstream.url(), 1_000_000), env);
+
+    // Warm: both replicas see a busy tenant and lease.
+    let warm = tokio::join!(calls(&first, 200, 8), calls(&second, 200, 8));
+    assert!(warm.0.iter().chain(&warm.1).all(|s| *s == 200));
+    wait_until(
+        "both replicas to hold a slice",
+        Duration::from_secs(10),
+        async || leases(&redis).await.len() == 2,
+    )
+    .await;
+
+    let scripts_before = evalsha_calls(&redis).await;
+    let leased_before = leased_charges(&first).await + leased_charges(&second).await;
+    let started = Instant::now();
+    let (a, b) = tokio::join!(calls(&first, 1000, 8), calls(&second, 1000, 8));
+    let took = started.elapsed();
+    assert!(a.iter().chain(&b).all(|s| *s == 200));
+    let scripts = evalsha_calls(&redis).await - scripts_before;
+    let leased = leased_charges(&first).await + leased_charges(&second).await - leased_before;
+    // Reports: one per replica per tick, plus a few per-call charges while a slice grows.
+    let ticks = (took.as_millis() / 100 + 2) as u64;
+    eprintln!("2000 calls in {took:?}: {scripts} scripts, {leased} from slices, {ticks} ticks");
+    assert!(
+        leased >= 1800.0,
+        "most calls were taken from slices: {leased}"
+    );
+    assert!(
+        scripts <= 2 * ticks + 200,
+        "no script per call: {scripts} for 2000 calls"
+    );
+
+    // An operator's changes with slices out: a top-up, then a new balance.
+    let admin = client();
+    let credit = async |method: reqwest::Method, body: serde_json::Value, key: &str| {
+        let r = admin
+            .request(method, first.admin_url("/admin/tenants/rich/credits"))
+            .bearer_auth(admin_token("ops", "root"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    };
+    let during = tokio::join!(calls(&first, 300, 8), calls(&second, 300, 8), async {
+        let top_up = serde_json::json!({"amount": 1000, "reason": "top-up"});
+        credit(reqwest::Method::POST, top_up, "k1").await;
+        let reset = serde_json::json!({"balance": 500_000, "reason": "reset"});
+        credit(reqwest::Method::PUT, reset, "k2").await;
+    });
+    assert!(during.0.iter().chain(&during.1).all(|s| *s == 200));
+    assert_eq!(upstream.requests(), 400 + 2000 + 600);
+
+    // Stopped, the replicas return their slices and drain their usage: the books agree.
+    first.stop();
+    second.stop();
+    assert!(leases(&redis).await.is_empty(), "returned at shutdown");
+    assert_eq!(forfeited(&redis).await, 0);
+    let balance = redis.balance("rich").await.unwrap();
+    let after_set = 500_000 - balance;
+    assert!(
+        after_set % 5 == 0 && after_set <= 600 * 5,
+        "the calls after the set, charged from 500,000: {balance}"
+    );
+    let store = StoreUnderTest::Mongo { uri, db }
+        .open(std::path::Path::new(""))
+        .await;
+    let ledger = RedisLedger::new(&redis.url(), &LedgerConfig::default()).unwrap();
+    let reports = tollgate::reconcile::reconcile(&*store, &ledger, &|_| 0)
+        .await
+        .unwrap();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.ledger_difference == 0 && r.store_difference == 0),
+        "{reports:?}"
+    );
+}
+
+/// A replica SIGKILLed holding a slice: Redis takes the slice back once the lease expires
+/// (3 s after its last report; swept by the next report of any replica), but for its
+/// margin (what the dead replica may have spent unreported), which it keeps and reports as
+/// forfeited. A survivor then drains the tenant: the upstream never saw more calls than the
+/// balance paid for, and no more than the forfeited margin stays unspent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_strands_its_slice_only_until_the_lease_expires() {
+    const INITIAL: i64 = 10_000;
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let mut doomed = Gateway::start_with(&yaml(&upstream.url(), INITIAL), env(&redis));
+    let statuses = calls(&doomed, 100, 8).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let held_out = async || leases(&redis).await.into_values().next();
+    wait_until("a slice", Duration::from_secs(10), async || {
+        held_out().await.is_some()
+    })
+    .await;
+    // Spend from it, so the lease has something unreported when the replica dies.
+    let statuses = calls(&doomed, 40, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    doomed.kill();
+    let killed = Instant::now();
+    let (held, margin) = held_out().await.expect("the dead replica's lease");
+    assert!(held > 0 && margin > 0, "held {held}, margin {margin}");
+
+    // A survivor takes a slice of its own; its reports sweep the dead lease once expired.
+    let survivor = Gateway::start_with(&yaml(&upstream.url(), INITIAL), env(&redis));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while forfeited(&redis).await == 0 {
+        assert!(Instant::now() < deadline, "the dead lease never expired");
+        let statuses = calls(&survivor, 40, 4).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let expired_after = killed.elapsed();
+    assert!(
+        expired_after >= Duration::from_millis(2500),
+        "not before its ttl: {expired_after:?}"
+    );
+    let kept = forfeited(&redis).await;
+    assert_eq!(
+        kept,
+        margin.min(held),
+        "the margin is kept, the rest returned"
+    );
+
+    // The survivor drains the tenant.
+    loop {
+        let statuses = calls(&survivor, 200, 8).await;
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 402)),
+            "{statuses:?}"
+        );
+        if statuses.contains(&402) {
+            break;
+        }
+    }
+    let paid = upstream.requests() as i64;
+    eprintln!("killed replica: held {held}, margin {margin}, kept {kept}, expired after {expired_after:?}, {paid} calls paid");
+    assert!(
+        paid * 5 <= INITIAL,
+        "never more than paid: {paid} calls of 5"
+    );
+    assert!(
+        INITIAL - paid * 5 <= kept + 4,
+        "only the forfeited margin stays unspent: {paid} calls, kept {kept}"
+    );
+}
