@@ -12,13 +12,30 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 scripts/ensure-deps.sh --loadtest
-cargo build --release --quiet --bin tollgate
+cargo build --release --quiet --bin tollgate --example bare_proxy
 bin=target/release/tollgate
 
 up=$(free_port) rp=$(free_port)
 $bin echo --listen 127.0.0.1:"$up" 2>/dev/null & pids+=($!)
 redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --maxclients 20000 >/dev/null & pids+=($!)
 wait_port "$up"; wait_port "$rp"
+# A Redis Cluster of three masters (no replicas: throughput, not failover).
+cluster_nodes=""
+cluster_addrs=()
+for _ in 1 2 3; do
+  cp=$(free_port) cbus=$(free_port)
+  redis-server --port "$cp" --cluster-port "$cbus" --bind 127.0.0.1 --cluster-enabled yes \
+    --cluster-config-file "$work/nodes-$cp.conf" --dir "$work" --save "" --appendonly no \
+    --maxclients 20000 >/dev/null & pids+=($!)
+  wait_port "$cp"
+  cluster_addrs+=("127.0.0.1:$cp")
+  cluster_nodes+="${cluster_nodes:+,}redis://127.0.0.1:$cp/"
+done
+redis-cli --cluster create "${cluster_addrs[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 200); do
+  redis-cli -p "${cluster_addrs[0]#*:}" cluster info | grep -q cluster_state:ok && break
+  sleep 0.05
+done
 secret=loadtest-secret-0123456789abcdef0123456789
 cat > "$work/gw.yaml" <<YAML
 threads: 2

@@ -6,11 +6,15 @@
 #
 # Targets (each gateway a separate release process, 2 worker threads):
 #   upstream          the echo upstream directly (`tollgate echo`)
+#   bare-pingora      a bare Pingora pass-through to the same upstream (examples/bare_proxy.rs)
 #   public            a public (unmetered) route through the gateway: the baseline
 #   metered-embedded  JWT + charge on the embedded ledger, usage logged to the embedded store
 #   metered-redis     JWT + one Redis Lua charge, usage logged to the embedded store,
 #                     a credit-success MQTT notice per charge (the default)
 #   metered-redis-quiet  the same with credit-success notices off
+#   metered-redis-lease  metered-redis with leased credits (ledger.lease): no round trip
+#                     while the replica's slice lasts
+#   metered-cluster   metered-redis on a Redis Cluster of three masters (per-call charges)
 #   metered-mongo     as metered-redis, usage logged to MongoDB; only when
 #                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
 #   baseline-redis    metered-redis run by another build of tollgate, to compare a change
@@ -38,10 +42,17 @@ start_gateway() {  # name, extra env... (CONFIG=file picks another config)
 }
 start_gateway embedded
 start_gateway redis TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
+{ cat "$work/gw.yaml"; echo "ledger: { lease: { enabled: true } }"; } > "$work/gw-lease.yaml"
+CONFIG="$work/gw-lease.yaml" start_gateway redis-lease TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
+start_gateway cluster TOLLGATE_REDIS_CLUSTER_NODES="$cluster_nodes"
+bp=$(free_port)
+target/release/examples/bare_proxy 127.0.0.1:"$bp" 127.0.0.1:"$up" 2 2>"$work/bare.log" & pids+=($!)
+bare_pid=$!
+wait_port "$bp"
 # The same without credit-success notices: what per-charge MQTT costs.
 { cat "$work/gw.yaml"; echo "alerts: { credit_success: false }"; } > "$work/gw-quiet.yaml"
 CONFIG="$work/gw-quiet.yaml" start_gateway redis-quiet TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
-order=(upstream public metered-embedded metered-redis metered-redis-quiet)
+order=(upstream bare-pingora public metered-embedded metered-redis metered-redis-quiet metered-redis-lease metered-cluster)
 if [[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]]; then
   BIN=$TOLLGATE_LOADTEST_BASELINE start_gateway baseline TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
   order+=(baseline-redis)
@@ -56,10 +67,13 @@ token=$(TOLLGATE_JWT_SECRET=$secret $bin token --config "$work/gw.yaml" --tenant
 target_url() {
   case $1 in
     upstream) echo "http://127.0.0.1:$up/x" ;;
+    bare-pingora) echo "http://127.0.0.1:$bp/x" ;;
     public) echo "${url[embedded]}/api/proxy/open/x" ;;
     metered-embedded) echo "${url[embedded]}/api/proxy/echo/x" ;;
     metered-redis) echo "${url[redis]}/api/proxy/echo/x" ;;
     metered-redis-quiet) echo "${url[redis-quiet]}/api/proxy/echo/x" ;;
+    metered-redis-lease) echo "${url[redis-lease]}/api/proxy/echo/x" ;;
+    metered-cluster) echo "${url[cluster]}/api/proxy/echo/x" ;;
     metered-mongo) echo "${url[mongo]}/api/proxy/echo/x" ;;
     baseline-redis) echo "${url[baseline]}/api/proxy/echo/x" ;;
   esac
@@ -67,9 +81,12 @@ target_url() {
 target_pid() {
   case $1 in
     upstream) echo "${pids[0]}" ;;
+    bare-pingora) echo "$bare_pid" ;;
     public|metered-embedded) echo "${pid[embedded]}" ;;
     metered-redis) echo "${pid[redis]}" ;;
     metered-redis-quiet) echo "${pid[redis-quiet]}" ;;
+    metered-redis-lease) echo "${pid[redis-lease]}" ;;
+    metered-cluster) echo "${pid[cluster]}" ;;
     metered-mongo) echo "${pid[mongo]}" ;;
     baseline-redis) echo "${pid[baseline]}" ;;
   esac
@@ -94,7 +111,7 @@ measure() {  # phase, round, target, connections, threads
 for round in $(seq "$rounds"); do
   for target in "${order[@]}"; do measure throughput "$round" "$target" "$conns" 2; done
 done
-moderate=(public metered-redis)
+moderate=(public metered-redis metered-redis-lease)
 [[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]] && moderate+=(baseline-redis)
 for round in $(seq "$rounds"); do
   for target in "${moderate[@]}"; do measure moderate "$round" "$target" 4 1; done
@@ -124,5 +141,7 @@ print("\nmoderate load: 4 connections")
 by = table("moderate")
 added = st.median(x["result"]["p99_ms"] for x in by["metered-redis"]) - st.median(x["result"]["p99_ms"] for x in by["public"])
 print(f"\np99 added by metering (Redis) at moderate load: {added:.2f} ms")
+added = st.median(x["result"]["p99_ms"] for x in by["metered-redis-lease"]) - st.median(x["result"]["p99_ms"] for x in by["public"])
+print(f"p99 added by metering (Redis, leased credits) at moderate load: {added:.2f} ms")
 print(f"raw runs: {sys.argv[1]}")
 PY

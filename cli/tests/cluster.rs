@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn yaml(upstream: &str, tenants: &[String], credits: i64) -> String {
+    yaml_with(upstream, tenants, credits, false)
+}
+
+fn yaml_with(upstream: &str, tenants: &[String], credits: i64, lease: bool) -> String {
     let tenants: String = tenants
         .iter()
         .map(|t| format!("  - {{ id: {t}, credits: {credits} }}\n"))
@@ -20,6 +24,7 @@ fn yaml(upstream: &str, tenants: &[String], credits: i64) -> String {
     format!(
         "ledger:
   timeout_ms: 250
+  lease: {{ enabled: {lease} }}
 usage: {{ batch_size: 20, flush_interval_ms: 50 }}
 services:
   - name: notes
@@ -51,10 +56,20 @@ fn cluster_env(cluster: &RedisCluster) -> Vec<(String, String)> {
 /// 7, 100 concurrent calls per tenant spread over two gateways: exactly 50 each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_never_overspend_on_any_master() {
+    exact_on_every_master(false).await;
+}
+
+/// The same with leased credits: slices and recalls on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leasing_replicas_never_overspend_on_any_master() {
+    exact_on_every_master(true).await;
+}
+
+async fn exact_on_every_master(lease: bool) {
     let cluster = RedisCluster::start();
     let tenants = tenant_per_master(&cluster);
     let upstream = Upstream::start().await;
-    let config = yaml(&upstream.url(), &tenants, 352);
+    let config = yaml_with(&upstream.url(), &tenants, 352, lease);
     let first = Gateway::start_with(&config, cluster_env(&cluster));
     let second = Gateway::start_with(&config, cluster_env(&cluster));
     let http = client();
@@ -71,6 +86,19 @@ async fn two_replicas_never_overspend_on_any_master() {
         let ok = results.iter().filter(|(t, s)| *t == i && *s == 200).count();
         let refused = results.iter().filter(|(t, s)| *t == i && *s == 402).count();
         assert_eq!((ok, refused), (50, 50), "{tenant}: {results:?}");
+        if lease {
+            let key = format!("tg:{{{tenant}}}:leases");
+            wait_until("every slice back", Duration::from_secs(10), async || {
+                let mut conn = cluster.connection().await;
+                let holders: i64 = redis::cmd("HLEN")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                holders == 0
+            })
+            .await;
+        }
         assert_eq!(cluster.balance(tenant).await, Some(2), "{tenant}");
     }
     assert_eq!(upstream.requests(), 3 * 50);

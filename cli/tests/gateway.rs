@@ -1,6 +1,7 @@
 //! The behavioural suite of docs/DESIGN.md §Request path, run against every ledger: the
 //! embedded one (one process, journal under the data dir), Redis (a private
-//! `redis-server`) and a Redis Cluster (three masters, three replicas).
+//! `redis-server`), Redis with leased credits, and a Redis Cluster (three masters, three
+//! replicas).
 
 use tollgate_testkit as common;
 
@@ -12,6 +13,8 @@ use serde_json::Value;
 enum Backend {
     Embedded,
     Redis,
+    /// Redis with `ledger.lease` on (docs/DESIGN.md §Leased credits).
+    Leased,
     Cluster,
 }
 
@@ -26,7 +29,7 @@ impl Servers {
     fn start(backend: Backend) -> Servers {
         match backend {
             Backend::Embedded => Servers::None,
-            Backend::Redis => Servers::Redis(RedisServer::start()),
+            Backend::Redis | Backend::Leased => Servers::Redis(RedisServer::start()),
             Backend::Cluster => Servers::Cluster(RedisCluster::start()),
         }
     }
@@ -63,10 +66,12 @@ struct Setup {
 
 /// Services: `notes` (the echo upstream), `down` (a closed port), `slow` (read timeout
 /// 300 ms), `flaky` (refund on 5xx). Tenants: `rich`, `poor` (3 credits), `frozen`.
-fn services_yaml(upstream: &str, closed_port: u16) -> String {
+fn services_yaml(backend: Backend, upstream: &str, closed_port: u16) -> String {
+    let lease = matches!(backend, Backend::Leased);
     format!(
         r#"
 ledger:
+  lease: {{ enabled: {lease} }}
   idempotency_max_response_bytes: 4096
 services:
   - name: notes
@@ -105,7 +110,7 @@ impl Setup {
         let upstream = Upstream::start().await;
         let servers = Servers::start(backend);
         let closed = common::ClosedPort::new();
-        let yaml = services_yaml(&upstream.url(), closed.port);
+        let yaml = services_yaml(backend, &upstream.url(), closed.port);
         let gateway = Gateway::start_with(&yaml, servers.env());
         Setup {
             gateway,
@@ -532,7 +537,7 @@ async fn gateway_errors_after_the_charge_are_refunded(backend: Backend) {
         "TOLLGATE_FAILPOINTS".to_owned(),
         "response_filter".to_owned(),
     ));
-    let gateway = Gateway::start_with(&services_yaml(&upstream.url(), closed.port), env);
+    let gateway = Gateway::start_with(&services_yaml(backend, &upstream.url(), closed.port), env);
     for tries in 1..=2 {
         let r = client()
             .post(gateway.url("/api/proxy/notes/expensive"))
@@ -613,6 +618,10 @@ macro_rules! on_every_ledger {
         mod redis {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Backend::Redis).await })*
+        }
+        mod leased {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Leased).await })*
         }
         mod cluster {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,10 @@ struct Slice {
     /// A return is in flight: nothing may be taken from the slice meanwhile.
     returning: bool,
     recall: bool,
+    /// This replica has asked whether to announce the low warning since its view last
+    /// went below the threshold (its view can jump below it between charges, when a
+    /// report shows what other replicas took).
+    low_asked: bool,
     last_used: Instant,
     window_start: Instant,
     window_spent: i64,
@@ -121,6 +125,7 @@ impl Slice {
             busy: false,
             returning: false,
             recall: false,
+            low_asked: false,
             last_used: now,
             window_start: now,
             window_spent: 0,
@@ -218,8 +223,9 @@ impl LeasedLedger {
         self.slices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a charge from the tenant's slice if it can: `Some((view before, view after))`.
-    fn take(&self, charge: &Charge<'_>) -> Option<(i64, i64)> {
+    /// Takes a charge from the tenant's slice if it can: the view before and after, and
+    /// whether to ask if the low warning is this replica's to announce.
+    fn take(&self, charge: &Charge<'_>) -> Option<(i64, i64, bool)> {
         let now = Instant::now();
         let mut slices = self.slices();
         let slice = slices
@@ -231,7 +237,10 @@ impl LeasedLedger {
         }
         let before = slice.view();
         slice.unreported += charge.cost;
-        Some((before, slice.view()))
+        let after = slice.view();
+        let ask_low = after <= charge.threshold && !slice.low_asked;
+        slice.low_asked = after <= charge.threshold;
+        Some((before, after, ask_low))
     }
 
     /// This replica's own unspent slice of the tenant's balance.
@@ -249,15 +258,9 @@ impl LeasedLedger {
     }
 
     /// The warnings a charge from the slice crossed, announced once across every replica.
-    async fn crossings(
-        &self,
-        tenant_id: &str,
-        before: i64,
-        after: i64,
-        threshold: i64,
-    ) -> Warnings {
+    async fn crossings(&self, tenant_id: &str, before: i64, after: i64, ask_low: bool) -> Warnings {
         let mut warnings = Warnings::NONE;
-        if before > threshold && after <= threshold {
+        if ask_low {
             warnings.low = self.first_to_announce(tenant_id, "low").await;
         }
         if after == 0 && before > 0 {
@@ -390,15 +393,14 @@ impl Slice {
 impl Ledger for LeasedLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
         if charge.fresh && charge.idempotency.is_none() {
-            if let Some((before, after)) = self.take(charge) {
+            if let Some((before, after, ask_low)) = self.take(charge) {
                 LEASED_CHARGES.inc();
-                let warnings =
-                    if before > charge.threshold && after <= charge.threshold || after == 0 {
-                        self.crossings(charge.tenant_id, before, after, charge.threshold)
-                            .await
-                    } else {
-                        Warnings::NONE
-                    };
+                let warnings = if ask_low || (after == 0 && before > 0) {
+                    self.crossings(charge.tenant_id, before, after, ask_low)
+                        .await
+                } else {
+                    Warnings::NONE
+                };
                 return Ok(ChargeOutcome::Charged {
                     balance: after,
                     warnings,
