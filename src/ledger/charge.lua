@@ -5,7 +5,9 @@
 -- KEYS[4] leases    tg:{tenant}:leases           (the replicas' slices: sweep.lua)
 -- KEYS[5] idem key  tg:{tenant}:idk:{key}        (optional; hash: charge, fp, resp)
 -- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
--- ARGV[5] the tenant's low-credit threshold, ARGV[6] the request's fingerprint (with a key)
+-- ARGV[5] the tenant's low-credit threshold, ARGV[6] the request's fingerprint (with a key),
+-- ARGV[7] credits the calling replica holds in its own leased slice (0 without leasing):
+-- warnings are decided on its view, the balance plus that slice
 -- Returns {code, balance, warnings}: code 0 charged, 1 the idempotency key belongs to an earlier
 -- request (nothing taken: the gateway reads the key's record), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
 -- already applied (a retry of a charge whose answer was lost: nothing taken twice), 6 not
@@ -53,11 +55,11 @@ if KEYS[5] then
   redis.call('PEXPIRE', KEYS[5], ARGV[4])
 end
 local warnings = 0
-local threshold = tonumber(ARGV[5])
+local threshold = tonumber(ARGV[5]) - (tonumber(ARGV[7]) or 0)
 if balance > threshold and after <= threshold then
   warnings = warnings + redis.call('HSETNX', KEYS[3], 'low', 1)
 end
-if after == 0 then
+if after + (tonumber(ARGV[7]) or 0) == 0 then
   warnings = warnings + 2 * redis.call('HSETNX', KEYS[3], 'exhausted', 1)
 end
 return {0, after, warnings}

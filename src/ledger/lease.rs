@@ -243,6 +243,18 @@ impl LeasedLedger {
         Some((before, after, ask_low))
     }
 
+    /// Whether a charge that left the view at `view` should ask if the low warning is this
+    /// replica's to announce (the first since the view went at or below the threshold).
+    fn low_to_ask(&self, tenant_id: &str, view: i64, threshold: i64) -> bool {
+        let mut slices = self.slices();
+        let Some(slice) = slices.get_mut(tenant_id) else {
+            return false;
+        };
+        let ask = view <= threshold && !slice.low_asked;
+        slice.low_asked = view <= threshold;
+        ask
+    }
+
     /// This replica's own unspent slice of the tenant's balance.
     fn own(&self, tenant_id: &str) -> i64 {
         self.slices()
@@ -408,18 +420,27 @@ impl Ledger for LeasedLedger {
             }
         }
         // Per call: warnings are decided on this replica's view (Redis's balance plus its
-        // own slice), as a charge from the slice decides them.
+        // own slice), as a charge from the slice decides them (charge.lua's ARGV[7]).
+        let outcome = self
+            .redis
+            .charge_holding(charge, self.own(charge.tenant_id))
+            .await?;
+        // What the slice holds now: a recall may have returned it meanwhile.
         let own = self.own(charge.tenant_id);
-        let per_call = Charge {
-            threshold: charge.threshold - own,
-            ..*charge
-        };
-        let outcome = self.redis.charge(&per_call).await?;
         Ok(match outcome {
-            ChargeOutcome::Charged { balance, warnings } => {
+            ChargeOutcome::Charged {
+                balance,
+                mut warnings,
+            } => {
                 self.saw_balance(charge.tenant_id, balance);
+                let view = balance + own;
+                // The view may have gone below the threshold by a report, not a charge:
+                // the first charge past it asks, as a charge from the slice does.
+                if self.low_to_ask(charge.tenant_id, view, charge.threshold) && !warnings.low {
+                    warnings.low = self.first_to_announce(charge.tenant_id, "low").await;
+                }
                 ChargeOutcome::Charged {
-                    balance: balance + own,
+                    balance: view,
                     warnings,
                 }
             }

@@ -170,8 +170,42 @@ impl RedisLedger {
         Ok(conn.clone())
     }
 
+    /// A charge by a replica holding `own_slice` credits of the tenant in its leased slice:
+    /// warnings are decided on its view (the balance plus that slice). Waits for recalled
+    /// slices before refusing.
+    pub async fn charge_holding(
+        &self,
+        charge: &Charge<'_>,
+        own_slice: i64,
+    ) -> Result<ChargeOutcome, LedgerError> {
+        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
+        loop {
+            match self.charge_once(charge, own_slice).await? {
+                Charged::Outcome(outcome) => return Ok(outcome),
+                // Slices are out: ask again once their holders have returned them.
+                // Not back in time (a holder cut off: its lease expires): refused, and a
+                // refusal announces exhaustion as charge.lua's own does.
+                Charged::Recalled { balance } if tokio::time::Instant::now() >= deadline => {
+                    let exhausted = self.announce(charge.tenant_id, "exhausted").await?;
+                    return Ok(ChargeOutcome::Insufficient {
+                        balance,
+                        warnings: Warnings {
+                            low: false,
+                            exhausted,
+                        },
+                    });
+                }
+                Charged::Recalled { .. } => tokio::time::sleep(RECALL_POLL).await,
+            }
+        }
+    }
+
     /// One try of charge.lua.
-    async fn charge_once(&self, charge: &Charge<'_>) -> Result<Charged, LedgerError> {
+    async fn charge_once(
+        &self,
+        charge: &Charge<'_>,
+        own_slice: i64,
+    ) -> Result<Charged, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
             let mut invocation = self.charge.prepare_invoke();
@@ -190,7 +224,8 @@ impl RedisLedger {
                 .arg(self.charge_ttl_ms)
                 .arg(self.idempotency_ttl_ms)
                 .arg(charge.threshold)
-                .arg(charge.idempotency.map_or("", |c| c.fingerprint));
+                .arg(charge.idempotency.map_or("", |c| c.fingerprint))
+                .arg(own_slice);
             let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
             let [code, balance, warnings] = values[..] else {
                 return Err(LedgerError::Reply(format!("{values:?}")));
@@ -372,20 +407,7 @@ fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
 #[async_trait]
 impl Ledger for RedisLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
-        loop {
-            match self.charge_once(charge).await? {
-                Charged::Outcome(outcome) => return Ok(outcome),
-                // Slices are out: ask again once their holders have returned them.
-                Charged::Recalled { balance } if tokio::time::Instant::now() >= deadline => {
-                    return Ok(ChargeOutcome::Insufficient {
-                        balance,
-                        warnings: Warnings::NONE,
-                    })
-                }
-                Charged::Recalled { .. } => tokio::time::sleep(RECALL_POLL).await,
-            }
-        }
+        self.charge_holding(charge, 0).await
     }
 
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
