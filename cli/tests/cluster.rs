@@ -114,16 +114,7 @@ async fn exact_on_every_master(lease: bool) {
 
 /// `n` calls for `tenant` on `gateway`, 8 at a time; how many were forwarded (200).
 async fn calls(gateway: &Gateway, tenant: &str, n: usize) -> i64 {
-    use futures_util::StreamExt as _;
-    let url = gateway.url("/api/proxy/notes/x");
-    let statuses: Vec<u16> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let request = client().get(&url).bearer_auth(token(tenant, "u1"));
-            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let statuses = common::get_many(gateway, "/api/proxy/notes/x", tenant, n, 8).await;
     assert!(
         statuses.iter().all(|s| matches!(s, 200 | 503)),
         "served, or refused while the balance cannot be known: {statuses:?}"

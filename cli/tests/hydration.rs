@@ -10,7 +10,7 @@ use tollgate_testkit as common;
 
 use common::gate::TcpGate;
 use common::store::{wait_for_logs, StoreUnderTest};
-use common::{admin_token, client, token, ControlPlane, Gateway, RedisServer, Upstream};
+use common::{admin_token, client, ControlPlane, Gateway, RedisServer, Upstream};
 use std::time::Duration;
 use tollgate::config::LedgerConfig;
 use tollgate::ledger::RedisLedger;
@@ -35,16 +35,7 @@ tenants:
 
 /// `n` calls on `gateway`, 8 at a time; how many were forwarded (200).
 async fn calls(gateway: &Gateway, n: usize) -> i64 {
-    use futures_util::StreamExt as _;
-    let url = gateway.url("/api/proxy/notes/x");
-    let statuses: Vec<u16> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let request = client().get(&url).bearer_auth(token("acme", "u1"));
-            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let statuses = common::get_many(gateway, "/api/proxy/notes/x", "acme", n, 8).await;
     assert!(
         statuses.iter().all(|s| matches!(s, 200 | 503)),
         "served, or refused while the balance cannot be known: {statuses:?}"

@@ -67,21 +67,6 @@ async fn forfeited(redis: &RedisServer) -> i64 {
     value.unwrap_or(0)
 }
 
-async fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let mut conn = redis.connection().await;
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn leased_charges(gateway: &Gateway) -> f64 {
     metric_sample(
         &gateway.metrics_text().await,
@@ -92,16 +77,7 @@ async fn leased_charges(gateway: &Gateway) -> f64 {
 
 /// `n` GET /x calls (5 credits) on `gateway`, `width` at a time: the statuses.
 async fn calls(gateway: &Gateway, n: usize, width: usize) -> Vec<u16> {
-    use futures_util::StreamExt as _;
-    let url = gateway.url("/api/proxy/notes/x");
-    futures_util::stream::iter(0..n)
-        .map(|_| {
-            let request = client().get(&url).bearer_auth(token("rich", "u1"));
-            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
-        })
-        .buffer_unordered(width)
-        .collect()
-        .await
+    common::get_many(gateway, "/api/proxy/notes/x", "rich", n, width).await
 }
 
 /// The existing exactness test with leasing on: balance 1000, cost 7, 300 concurrent calls
@@ -159,9 +135,16 @@ async fn slices_take_the_round_trip_off_the_hot_path_and_stay_exact() {
     let mut first = Gateway::start_with(&yaml(&upstream.url(), 1_000_000), env.clone());
     let mut second = Gateway::start_with(&yaml(&upstream.url(), 1_000_000), env);
 
+    // Every phase may see a 503 under load (the first calls hydrate from the store and
+    // wait for the other replica's publishes; a per-call charge may pass the ledger
+    // timeout): it costs nothing, so the books count the 200s.
+    let served = |statuses: (Vec<u16>, Vec<u16>)| {
+        let all: Vec<u16> = statuses.0.into_iter().chain(statuses.1).collect();
+        assert!(all.iter().all(|s| matches!(s, 200 | 503)), "{all:?}");
+        all.iter().filter(|s| **s == 200).count() as u64
+    };
     // Warm: both replicas see a busy tenant and lease.
-    let warm = tokio::join!(calls(&first, 200, 8), calls(&second, 200, 8));
-    assert!(warm.0.iter().chain(&warm.1).all(|s| *s == 200));
+    let warmed = served(tokio::join!(calls(&first, 200, 8), calls(&second, 200, 8)));
     wait_until(
         "both replicas to hold a slice",
         Duration::from_secs(10),
@@ -169,20 +152,23 @@ async fn slices_take_the_round_trip_off_the_hot_path_and_stay_exact() {
     )
     .await;
 
-    let scripts_before = evalsha_calls(&redis).await;
+    let scripts_before = redis.evalsha_calls().await;
     let leased_before = leased_charges(&first).await + leased_charges(&second).await;
     let started = Instant::now();
-    let (a, b) = tokio::join!(calls(&first, 1000, 8), calls(&second, 1000, 8));
+    let busy = served(tokio::join!(
+        calls(&first, 1000, 8),
+        calls(&second, 1000, 8)
+    ));
     let took = started.elapsed();
-    assert!(a.iter().chain(&b).all(|s| *s == 200));
-    let scripts = evalsha_calls(&redis).await - scripts_before;
+    assert!(busy >= 1900, "{busy} of 2000 served");
+    let scripts = redis.evalsha_calls().await - scripts_before;
     let leased = leased_charges(&first).await + leased_charges(&second).await - leased_before;
     // Reports: one per replica per tick, plus a few per-call charges while a slice grows.
     let ticks = (took.as_millis() / 100 + 2) as u64;
     eprintln!("2000 calls in {took:?}: {scripts} scripts, {leased} from slices, {ticks} ticks");
     assert!(
-        leased >= 1800.0,
-        "most calls were taken from slices: {leased}"
+        leased >= 0.9 * busy as f64,
+        "most calls were taken from slices: {leased} of {busy}"
     );
     assert!(
         scripts <= 2 * ticks + 200,
@@ -191,25 +177,39 @@ async fn slices_take_the_round_trip_off_the_hot_path_and_stay_exact() {
 
     // An operator's changes with slices out: a top-up, then a new balance.
     let admin = client();
+    // A change that could not finish in time (a balance set waits for the slices) answers
+    // 503 change-pending; asked again with its key, it gives its one result.
     let credit = async |method: reqwest::Method, body: serde_json::Value, key: &str| {
-        let r = admin
-            .request(method, first.admin_url("/admin/tenants/rich/credits"))
-            .bearer_auth(admin_token("ops", "root"))
-            .header("idempotency-key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = admin
+                .request(
+                    method.clone(),
+                    first.admin_url("/admin/tenants/rich/credits"),
+                )
+                .bearer_auth(admin_token("ops", "root"))
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+            return;
+        }
     };
-    let during = tokio::join!(calls(&first, 300, 8), calls(&second, 300, 8), async {
-        let top_up = serde_json::json!({"amount": 1000, "reason": "top-up"});
-        credit(reqwest::Method::POST, top_up, "k1").await;
-        let reset = serde_json::json!({"balance": 500_000, "reason": "reset"});
-        credit(reqwest::Method::PUT, reset, "k2").await;
-    });
-    assert!(during.0.iter().chain(&during.1).all(|s| *s == 200));
-    assert_eq!(upstream.requests(), 400 + 2000 + 600);
+    let (first_calls, second_calls, ()) =
+        tokio::join!(calls(&first, 300, 8), calls(&second, 300, 8), async {
+            let top_up = serde_json::json!({"amount": 1000, "reason": "top-up"});
+            credit(reqwest::Method::POST, top_up, "k1").await;
+            let reset = serde_json::json!({"balance": 500_000, "reason": "reset"});
+            credit(reqwest::Method::PUT, reset, "k2").await;
+        });
+    let during = served((first_calls, second_calls));
+    assert_eq!(upstream.requests(), warmed + busy + during);
 
     // Stopped, the replicas return their slices and drain their usage: the books agree.
     first.stop();
@@ -248,8 +248,13 @@ async fn a_killed_replica_strands_its_slice_only_until_the_lease_expires() {
     let upstream = Upstream::start().await;
     let redis = RedisServer::start();
     let mut doomed = Gateway::start_with(&yaml(&upstream.url(), INITIAL), env(&redis));
+    // A 503 under load (the first calls hydrate; a per-call charge may pass the ledger
+    // timeout) costs nothing: the books below count what the upstream saw.
     let statuses = calls(&doomed, 100, 8).await;
-    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 503)),
+        "{statuses:?}"
+    );
     let held_out = async || leases(&redis).await.into_values().next();
     wait_until("a slice", Duration::from_secs(10), async || {
         held_out().await.is_some()
@@ -257,7 +262,10 @@ async fn a_killed_replica_strands_its_slice_only_until_the_lease_expires() {
     .await;
     // Spend from it, so the lease has something unreported when the replica dies.
     let statuses = calls(&doomed, 40, 4).await;
-    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 503)),
+        "{statuses:?}"
+    );
     doomed.kill();
     let killed = Instant::now();
     let (held, margin) = held_out().await.expect("the dead replica's lease");
@@ -269,7 +277,10 @@ async fn a_killed_replica_strands_its_slice_only_until_the_lease_expires() {
     while forfeited(&redis).await == 0 {
         assert!(Instant::now() < deadline, "the dead lease never expired");
         let statuses = calls(&survivor, 40, 4).await;
-        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 503)),
+            "{statuses:?}"
+        );
     }
     let expired_after = killed.elapsed();
     assert!(

@@ -286,15 +286,9 @@ impl RedisCluster {
             .expect("GET a balance")
     }
 
-    /// How many EVALSHA calls each live master has served (INFO commandstats).
+    /// How many EVALSHA calls a node has served (INFO commandstats).
     pub fn evalsha_calls(&self, port: u16) -> u64 {
-        let stats = self.cli(port, &["info", "commandstats"]);
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        crate::evalsha_calls_in(&self.cli(port, &["info", "commandstats"]))
     }
 }
 

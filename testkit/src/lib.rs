@@ -196,6 +196,17 @@ impl RedisServer {
         }
     }
 
+    /// How many EVALSHA calls (scripts run) this server has served.
+    pub async fn evalsha_calls(&self) -> u64 {
+        let mut conn = self.connection().await;
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        evalsha_calls_in(&stats)
+    }
+
     /// Starts a fresh (empty) server on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -211,6 +222,16 @@ impl Drop for RedisServer {
         }
         self.kill();
     }
+}
+
+/// The EVALSHA count in an `INFO commandstats` answer.
+pub fn evalsha_calls_in(stats: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The echo upstream, served from this test process.
@@ -578,6 +599,27 @@ pub fn client() -> reqwest::Client {
 
 /// The value of the sample of `metric` whose labels include all of `labels`, in a
 /// Prometheus text page.
+/// `n` GET calls to `path` on `gateway` as a user of `tenant`, `width` at a time: the
+/// statuses (0 where no answer came).
+pub async fn get_many(
+    gateway: &Gateway,
+    path: &str,
+    tenant: &str,
+    n: usize,
+    width: usize,
+) -> Vec<u16> {
+    use futures_util::StreamExt as _;
+    let url = gateway.url(path);
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let request = client().get(&url).bearer_auth(token(tenant, "u1"));
+            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+        })
+        .buffer_unordered(width)
+        .collect()
+        .await
+}
+
 pub fn metric_sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
