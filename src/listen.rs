@@ -3,7 +3,11 @@
 //! a gateway that runs without it. In a graceful upgrade the process being replaced still
 //! holds them until it exits, so there they are bound when free (as the embedded MQTT
 //! broker's port is).
+//!
+//! The shutdown signals are caught from before the first listener too ([`EarlySignals`]).
 
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -57,6 +61,45 @@ impl Reserved {
                 }
                 bound => return bound,
             }
+        }
+    }
+}
+
+/// SIGQUIT (graceful upgrade), SIGTERM (graceful stop) and SIGINT (fast stop), caught from
+/// before anything listens. Pingora registers its own handlers only once its services run,
+/// after their listeners are up: a SIGTERM in between (an orchestrator stopping a replica
+/// the moment its port answers) killed the process without its shutdown, the usage drain
+/// and the ledger's last writes. Handed to Pingora in place of its own watcher.
+pub struct EarlySignals {
+    quit: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+    term: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+    int: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+}
+
+impl EarlySignals {
+    /// Registers the handlers on `runtime`, which must outlive the server (its driver
+    /// delivers them): a signal from now on is kept until Pingora asks.
+    pub fn register(runtime: &tokio::runtime::Runtime) -> std::io::Result<EarlySignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _entered = runtime.enter();
+        Ok(EarlySignals {
+            quit: tokio::sync::Mutex::new(signal(SignalKind::quit())?),
+            term: tokio::sync::Mutex::new(signal(SignalKind::terminate())?),
+            int: tokio::sync::Mutex::new(signal(SignalKind::interrupt())?),
+        })
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for EarlySignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut quit = self.quit.lock().await;
+        let mut term = self.term.lock().await;
+        let mut int = self.int.lock().await;
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::deferred::{DeferredWorker, WorkerParts};
 use crate::demo_upstream::DemoUpstream;
 use crate::hydration::{Hydrator, PendingPublisher};
 use crate::ledger::{RedisLedger, VoidWorker, WorkLog};
+use crate::listen::EarlySignals;
 use crate::proxy::{Backends, Gateway};
 use crate::reconcile::Reconciler;
 use crate::store::Documents;
@@ -124,7 +125,7 @@ pub fn run(
     options: RunOptions,
     control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
 ) -> Result<(), StartError> {
-    let (store_rt, parts) = open_for_serving(&config)?;
+    let (store_rt, parts, run_args) = open_for_serving(&config)?;
     let settings = UsageSettings {
         batch_size: config.usage.batch_size,
         flush_interval: Duration::from_millis(config.usage.flush_interval_ms),
@@ -246,7 +247,7 @@ pub fn run(
         store = if config.store.mongodb_uri.is_some() { "mongodb" } else { "embedded" },
         "tollgate gateway starting"
     );
-    server.run(RunArgs::default());
+    server.run(run_args);
 
     // Every service has stopped, so no event can come any more: drain the usage queue,
     // then make the embedded ledger's last writes durable.
@@ -285,7 +286,7 @@ pub fn run_control_plane(
     config: Config,
     control_plane: impl FnOnce(&mut Server, &Handles) -> Result<(), StartError>,
 ) -> Result<(), StartError> {
-    let (store_rt, parts) = open_for_serving(&config)?;
+    let (store_rt, parts, run_args) = open_for_serving(&config)?;
     let hydrator = Arc::new(Hydrator::new(
         Arc::clone(&parts.ledger),
         Arc::clone(&parts.store),
@@ -300,20 +301,27 @@ pub fn run_control_plane(
     let mut server = pingora_server(&config, false);
     control_plane(&mut server, &handles)?;
     tracing::info!("tollgate control plane starting (no gateway in this process)");
-    server.run(RunArgs::default());
+    server.run(run_args);
     store_rt.block_on(parts.ledger.close());
     Ok(())
 }
 
 /// What both servers do first: warn about unsafe modes, register the metrics, and open the
 /// backends on the runtime that keeps serving the store.
-fn open_for_serving(config: &Config) -> Result<(tokio::runtime::Runtime, Parts), StartError> {
+/// And catches the shutdown signals from now on, before anything listens.
+fn open_for_serving(
+    config: &Config,
+) -> Result<(tokio::runtime::Runtime, Parts, RunArgs), StartError> {
     warn_about_modes(config);
     crate::metrics::register_all();
     let store_rt =
         crate::app::store_runtime().map_err(StartError::data_dir(config, "store runtime"))?;
+    let signals = EarlySignals::register(&store_rt).map_err(StartError::Signals)?;
+    let run_args = RunArgs {
+        shutdown_signal: Box::new(signals),
+    };
     let parts = store_rt.block_on(crate::app::open(config, crate::app::Access::Serve))?;
-    Ok((store_rt, parts))
+    Ok((store_rt, parts, run_args))
 }
 
 /// The metrics and health endpoint (`metrics_listen`).

@@ -491,3 +491,60 @@ fn a_port_that_cannot_be_had_stops_start_up_naming_it() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// A SIGTERM the moment the first port answers (an orchestrator stopping a replica that
+/// just started) stops the gateway cleanly: the shutdown signals are caught from before
+/// anything listens. Before, Pingora caught them only once its services ran, and a SIGTERM
+/// in between killed the process without its shutdown (CI saw `signal: 15` once).
+#[test]
+fn a_sigterm_during_start_up_is_a_clean_stop() {
+    for _ in 0..5 {
+        let dir = common::temp_dir("tollgate-early-term");
+        let config = dir.join("tollgate.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "auth: {{ secret: {} }}\nscheduler: {{ enabled: false }}\ngrace_period_secs: 0\n",
+                common::SECRET
+            ),
+        )
+        .unwrap();
+        let admin_port = common::free_port();
+        let mut child = std::process::Command::new(common::tollgate_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(
+                "TOLLGATE_LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env(
+                "TOLLGATE_METRICS_LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env("TOLLGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env(
+                "TOLLGATE_MQTT_EMBEDDED_LISTEN",
+                format!("127.0.0.1:{}", common::free_port()),
+            )
+            .env("TOLLGATE_DATA_DIR", dir.join("data"))
+            .env_remove("TOLLGATE_REDIS_URL")
+            .env_remove("TOLLGATE_REDIS_CLUSTER_NODES")
+            .env_remove("TOLLGATE_MONGODB_URI")
+            .env_remove("TOLLGATE_MQTT_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The admin port listens first (bound before the server runs): signal at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "never listened");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("exited before listening: {status}");
+            }
+        }
+        common::signal(&child, libc::SIGTERM);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a SIGTERM during start-up: {status}");
+    }
+}

@@ -34,6 +34,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot catch the shutdown signals: {0}")]
+    Signals(std::io::Error),
     #[error("{what} cannot listen on {addr}: {source}")]
     Listen {
         what: &'static str,
