@@ -455,3 +455,76 @@ async fn the_embedded_journal_survives_a_reopen() {
     assert_eq!(record.response.as_deref(), Some(&b"kept"[..]));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The lease script (docs/DESIGN.md §Leased credits): a grant leaves ¾ of the balance; a
+/// report whose answer was lost, sent again with its number, takes its spent once; a
+/// return gives the rest back; an expired lease gives back all but its margin, which it
+/// keeps as forfeited.
+#[tokio::test]
+async fn leases_are_reported_once_and_expire_keeping_their_margin() {
+    use std::time::Duration;
+    use tollgate::ledger::lease::{LeaseReply, LeaseRequest};
+    let redis = RedisServer::start();
+    let ledger = RedisLedger::new(&redis.url(), &LedgerConfig::default()).unwrap();
+    ledger.seed("t", 1000).await.unwrap();
+    let request = |spent, want, report, give_back| LeaseRequest {
+        holder: "a",
+        spent,
+        want,
+        least: 2,
+        margin: 20,
+        ttl: Duration::from_secs(60),
+        give_back,
+        report,
+    };
+    assert_eq!(
+        ledger.lease("t", &request(0, 400, 1, false)).await.unwrap(),
+        LeaseReply::Held {
+            balance: 750,
+            held: 250,
+            recall: false
+        },
+        "at most a quarter of the balance"
+    );
+    let reported = LeaseReply::Held {
+        balance: 750,
+        held: 220,
+        recall: false,
+    };
+    assert_eq!(
+        ledger.lease("t", &request(30, 0, 2, false)).await.unwrap(),
+        reported
+    );
+    assert_eq!(
+        ledger.lease("t", &request(30, 0, 2, false)).await.unwrap(),
+        reported,
+        "the same report again (its answer was lost): its spent taken once"
+    );
+    assert_eq!(
+        ledger.lease("t", &request(10, 0, 3, true)).await.unwrap(),
+        LeaseReply::Returned { balance: 960 }
+    );
+    assert_eq!(ledger.leases("t").await.unwrap().holders, 0);
+
+    // A holder that stops reporting: its lease expires; Redis takes back all but the margin
+    // at the next look (here another holder's report).
+    let dying = LeaseRequest {
+        ttl: Duration::from_millis(50),
+        ..request(0, 100, 4, false)
+    };
+    assert!(matches!(
+        ledger.lease("t", &dying).await.unwrap(),
+        LeaseReply::Held { held: 100, .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = LeaseRequest {
+        holder: "b",
+        ..request(0, 0, 1, false)
+    };
+    assert!(matches!(
+        ledger.lease("t", &other).await.unwrap(),
+        LeaseReply::NoLease { balance: 940 }
+    ));
+    let leases = ledger.leases("t").await.unwrap();
+    assert_eq!((leases.holders, leases.forfeited), (0, 20));
+}

@@ -3,7 +3,9 @@
 -- KEYS[1] balance tg:{tenant}:bal, KEYS[2] leases tg:{tenant}:leases (see sweep.lua)
 -- ARGV[1] holder, ARGV[2] credits spent since the last report, ARGV[3] credits wanted on
 -- top of what it holds (0: none), ARGV[4] the least grant worth having, ARGV[5] margin,
--- ARGV[6] lease ttl ms, ARGV[7] 'sync' or 'return'
+-- ARGV[6] lease ttl ms, ARGV[7] 'sync' or 'return', ARGV[8] the report's number (one more
+-- than the last the holder saw applied; a report whose answer was lost is sent again with
+-- the same number and the same spent, and its spent is taken once)
 -- Returns {code, balance, held, recall}: 0 the lease stands (held after the grant), 1 the
 -- slice was returned, 2 no lease (none was granted, or it expired): the holder drops its
 -- slice, 3 no balance (Redis lost it): the holder drops its slice. recall 1: return it.
@@ -17,9 +19,14 @@ balance = tonumber(redis.call('GET', KEYS[1]))
 local mine = redis.call('HGET', KEYS[2], ARGV[1])
 local recall = redis.call('HEXISTS', KEYS[2], '_recall')
 local held = 0
+local report = tonumber(ARGV[8])
 if mine then
   others = others - 1
-  held = parse_lease(mine) - tonumber(ARGV[2])
+  local was, _, _, last = parse_lease(mine)
+  held = was
+  if report > last then
+    held = was - tonumber(ARGV[2])
+  end
 end
 if ARGV[7] == 'return' or recall == 1 then
   if mine then
@@ -48,5 +55,5 @@ if grant > 0 then
   held = held + grant
 end
 redis.call('HSET', KEYS[2], ARGV[1],
-  string.format('%d:%d:%d', held, tonumber(ARGV[5]), now + tonumber(ARGV[6])))
+  string.format('%d:%d:%d:%d', held, tonumber(ARGV[5]), now + tonumber(ARGV[6]), report))
 return {0, balance, held, 0}

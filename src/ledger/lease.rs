@@ -62,6 +62,9 @@ pub struct LeaseRequest<'a> {
     pub ttl: Duration,
     /// Return the slice instead.
     pub give_back: bool,
+    /// The report's number: a report whose answer was lost is sent again with the same
+    /// number and spent, and Redis takes that spent once.
+    pub report: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +90,11 @@ struct Slice {
     held: i64,
     /// Spent here, not yet in a report.
     unreported: i64,
-    /// Spent here, in the report in flight.
+    /// Spent here, in the report in flight, or in one whose answer was lost (sent again,
+    /// with the same number, before anything else is reported).
     reporting: i64,
+    /// The number of the next report.
+    report: u64,
     /// The most that may be spent beyond the last confirmed report.
     margin: i64,
     /// Redis's balance outside every slice, as last seen.
@@ -119,6 +125,7 @@ impl Slice {
             held: 0,
             unreported: 0,
             reporting: 0,
+            report: 1,
             margin: 0,
             balance: 0,
             leased: false,
@@ -327,13 +334,17 @@ impl LeasedLedger {
                 if !s.leased && want == 0 {
                     continue;
                 }
+                // A report whose answer was lost goes again as it was (Redis applies its
+                // spent once, by its number); otherwise what was spent since is reported.
+                if s.reporting == 0 {
+                    s.reporting = s.unreported;
+                    s.unreported = 0;
+                }
                 // Redis keeps the margin if the lease expires: it must cover what may be
                 // spent while this report is in flight, under the margin it replaces.
-                let margin = s.target_margin(target).max(s.margin - s.unreported);
+                let margin = s.target_margin(target).max(s.margin - s.reporting);
                 s.busy = true;
                 s.returning = give_back;
-                s.reporting = s.unreported;
-                s.unreported = 0;
                 let request = LeaseRequest {
                     holder: &self.holder,
                     spent: s.reporting,
@@ -342,6 +353,7 @@ impl LeasedLedger {
                     margin,
                     ttl: self.settings.ttl,
                     give_back,
+                    report: s.report,
                 };
                 reports.push((tenant.clone(), request));
             }
@@ -358,7 +370,12 @@ impl LeasedLedger {
                 continue;
             };
             s.busy = false;
-            s.returning = false;
+            // A return whose answer was lost may have landed: the slice stays unusable
+            // until Redis answers one.
+            if reply.is_ok() {
+                s.report += 1;
+                s.returning = false;
+            }
             match reply {
                 Ok(LeaseReply::Held {
                     balance,
@@ -377,10 +394,9 @@ impl LeasedLedger {
                     s.drop_slice();
                 }
                 Ok(LeaseReply::NoBalance) => s.drop_slice(),
+                // It may have been applied: sent again as it was, at the next tick.
                 Err(e) => {
                     tracing::debug!(tenant_id = %tenant, error = %e, "lease report failed");
-                    s.unreported += s.reporting;
-                    s.reporting = 0;
                 }
             }
         }

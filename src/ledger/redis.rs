@@ -304,6 +304,7 @@ impl RedisLedger {
                 .arg(request.margin)
                 .arg(request.ttl.as_millis() as u64)
                 .arg(if request.give_back { "return" } else { "sync" })
+                .arg(request.report)
                 .invoke_async(&mut conn)
                 .await?;
             let [code, balance, held, recall] = values[..] else {

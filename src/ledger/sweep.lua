@@ -1,8 +1,9 @@
 -- Tollgate: the leases' bookkeeping shared by the scripts that see a tenant's slices
 -- (prepended to lease.lua, charge.lua and adjust.lua). docs/DESIGN.md §Leased credits.
--- A tenant's leases hash (tg:{tenant}:leases) maps each holder to "held:margin:expires_ms":
--- held, the credits of its slice it has not yet reported spent; margin, the most it may
--- spend beyond its last report; expires_ms, Redis time. `_recall` (1) asks every holder
+-- A tenant's leases hash (tg:{tenant}:leases) maps each holder to
+-- "held:margin:expires_ms:report": held, the credits of its slice it has not yet reported
+-- spent; margin, the most it may spend beyond its last report; expires_ms, Redis time;
+-- report, the number of the last report applied (a retried report is applied once). `_recall` (1) asks every holder
 -- to return its slice; `_forfeited` counts the credits kept from expired leases.
 
 local function now_ms()
@@ -11,8 +12,8 @@ local function now_ms()
 end
 
 local function parse_lease(value)
-  local held, margin, expires = string.match(value or '', '^(%-?%d+):(%d+):(%d+)$')
-  return tonumber(held), tonumber(margin), tonumber(expires)
+  local held, margin, expires, report = string.match(value or '', '^(%-?%d+):(%d+):(%d+):?(%d*)$')
+  return tonumber(held), tonumber(margin), tonumber(expires), tonumber(report) or 0
 end
 
 -- Ends the leases past their expiry: the part of a slice its holder cannot have spent
