@@ -143,14 +143,15 @@ async fn slices_take_the_round_trip_off_the_hot_path_and_stay_exact() {
         assert!(all.iter().all(|s| matches!(s, 200 | 503)), "{all:?}");
         all.iter().filter(|s| **s == 200).count() as u64
     };
-    // Warm: both replicas see a busy tenant and lease.
-    let warmed = served(tokio::join!(calls(&first, 200, 8), calls(&second, 200, 8)));
-    wait_until(
-        "both replicas to hold a slice",
-        Duration::from_secs(10),
-        async || leases(&redis).await.len() == 2,
-    )
-    .await;
+    // Warm: both replicas see a busy tenant and lease. Traffic keeps flowing until both
+    // hold a slice (an idle slice goes back after 1 s, and a loaded machine is slow to
+    // hydrate the first calls).
+    let mut warmed = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leases(&redis).await.len() < 2 {
+        assert!(Instant::now() < deadline, "both replicas to hold a slice");
+        warmed += served(tokio::join!(calls(&first, 100, 8), calls(&second, 100, 8)));
+    }
 
     let scripts_before = redis.evalsha_calls().await;
     let leased_before = leased_charges(&first).await + leased_charges(&second).await;
@@ -250,16 +251,17 @@ async fn a_killed_replica_strands_its_slice_only_until_the_lease_expires() {
     let mut doomed = Gateway::start_with(&yaml(&upstream.url(), INITIAL), env(&redis));
     // A 503 under load (the first calls hydrate; a per-call charge may pass the ledger
     // timeout) costs nothing: the books below count what the upstream saw.
-    let statuses = calls(&doomed, 100, 8).await;
-    assert!(
-        statuses.iter().all(|s| matches!(s, 200 | 503)),
-        "{statuses:?}"
-    );
+    // Traffic until the replica holds a slice (an idle one goes back after 1 s).
     let held_out = async || leases(&redis).await.into_values().next();
-    wait_until("a slice", Duration::from_secs(10), async || {
-        held_out().await.is_some()
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held_out().await.is_none() {
+        assert!(Instant::now() < deadline, "never leased");
+        let statuses = calls(&doomed, 100, 8).await;
+        assert!(
+            statuses.iter().all(|s| matches!(s, 200 | 503)),
+            "{statuses:?}"
+        );
+    }
     // Spend from it, so the lease has something unreported when the replica dies.
     let statuses = calls(&doomed, 40, 4).await;
     assert!(
