@@ -235,9 +235,11 @@ impl LeasedLedger {
     fn take(&self, charge: &Charge<'_>) -> Option<(i64, i64, bool)> {
         let now = Instant::now();
         let mut slices = self.slices();
-        let slice = slices
-            .entry(charge.tenant_id.to_owned())
-            .or_insert_with(|| Slice::new(now));
+        // The tenant's id is copied only the first time it is seen, not per charge.
+        if !slices.contains_key(charge.tenant_id) {
+            slices.insert(charge.tenant_id.to_owned(), Slice::new(now));
+        }
+        let slice = slices.get_mut(charge.tenant_id)?;
         slice.note(charge.cost, now);
         if !slice.can_take(charge.cost) {
             return None;
@@ -245,21 +247,7 @@ impl LeasedLedger {
         let before = slice.view();
         slice.unreported += charge.cost;
         let after = slice.view();
-        let ask_low = after <= charge.threshold && !slice.low_asked;
-        slice.low_asked = after <= charge.threshold;
-        Some((before, after, ask_low))
-    }
-
-    /// Whether a charge that left the view at `view` should ask if the low warning is this
-    /// replica's to announce (the first since the view went at or below the threshold).
-    fn low_to_ask(&self, tenant_id: &str, view: i64, threshold: i64) -> bool {
-        let mut slices = self.slices();
-        let Some(slice) = slices.get_mut(tenant_id) else {
-            return false;
-        };
-        let ask = view <= threshold && !slice.low_asked;
-        slice.low_asked = view <= threshold;
-        ask
+        Some((before, after, slice.ask_low(after, charge.threshold)))
     }
 
     /// This replica's own unspent slice of the tenant's balance.
@@ -269,11 +257,18 @@ impl LeasedLedger {
             .map_or(0, |s| s.remaining().max(0))
     }
 
-    /// Records the Redis balance an answer carried.
-    fn saw_balance(&self, tenant_id: &str, balance: i64) {
-        if let Some(slice) = self.slices().get_mut(tenant_id) {
-            slice.balance = balance;
-        }
+    /// Records the Redis balance an answer carried and returns this replica's view: that
+    /// balance plus what is left of its own slice (read now: a recall may have returned it
+    /// meanwhile). With a charge's threshold, also whether that charge asks for the low
+    /// warning (see [`Slice::ask_low`]).
+    fn saw(&self, tenant_id: &str, balance: i64, threshold: Option<i64>) -> (i64, bool) {
+        let mut slices = self.slices();
+        let Some(slice) = slices.get_mut(tenant_id) else {
+            return (balance, false);
+        };
+        slice.balance = balance;
+        let view = slice.view();
+        (view, threshold.is_some_and(|t| slice.ask_low(view, t)))
     }
 
     /// The warnings a charge from the slice crossed, announced once across every replica.
@@ -405,6 +400,16 @@ impl LeasedLedger {
 }
 
 impl Slice {
+    /// Whether a charge that left the view at `view` asks if the low warning is this
+    /// replica's to announce: the first since the view went at or below the threshold,
+    /// whichever path the charge took (a report can move the view below it between two
+    /// charges, so a crossing is not only a charge's).
+    fn ask_low(&mut self, view: i64, threshold: i64) -> bool {
+        let ask = view <= threshold && !self.low_asked;
+        self.low_asked = view <= threshold;
+        ask
+    }
+
     /// The lease is over: whatever was spent unreported is covered by the margin Redis kept
     /// (an expired lease) or was reported with the return.
     fn drop_slice(&mut self) {
@@ -441,37 +446,30 @@ impl Ledger for LeasedLedger {
             .redis
             .charge_holding(charge, self.own(charge.tenant_id))
             .await?;
-        // What the slice holds now: a recall may have returned it meanwhile.
-        let own = self.own(charge.tenant_id);
+        let tenant = charge.tenant_id;
         Ok(match outcome {
             ChargeOutcome::Charged {
                 balance,
                 mut warnings,
             } => {
-                self.saw_balance(charge.tenant_id, balance);
-                let view = balance + own;
-                // The view may have gone below the threshold by a report, not a charge:
-                // the first charge past it asks, as a charge from the slice does.
-                if self.low_to_ask(charge.tenant_id, view, charge.threshold) && !warnings.low {
-                    warnings.low = self.first_to_announce(charge.tenant_id, "low").await;
+                let (view, ask_low) = self.saw(tenant, balance, Some(charge.threshold));
+                if ask_low && !warnings.low {
+                    warnings.low = self.first_to_announce(tenant, "low").await;
                 }
                 ChargeOutcome::Charged {
                     balance: view,
                     warnings,
                 }
             }
-            ChargeOutcome::Insufficient { balance, warnings } => {
-                self.saw_balance(charge.tenant_id, balance);
-                ChargeOutcome::Insufficient {
-                    balance: balance + own,
-                    warnings,
-                }
-            }
+            ChargeOutcome::Insufficient { balance, warnings } => ChargeOutcome::Insufficient {
+                balance: self.saw(tenant, balance, None).0,
+                warnings,
+            },
             ChargeOutcome::KeyTaken { balance } => ChargeOutcome::KeyTaken {
-                balance: balance + own,
+                balance: self.saw(tenant, balance, None).0,
             },
             ChargeOutcome::AlreadyCharged { balance } => ChargeOutcome::AlreadyCharged {
-                balance: balance + own,
+                balance: self.saw(tenant, balance, None).0,
             },
             other => other,
         })
@@ -480,12 +478,9 @@ impl Ledger for LeasedLedger {
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
         let outcome = self.redis.void(void).await?;
         Ok(match outcome {
-            VoidOutcome::Refunded { balance } => {
-                self.saw_balance(void.tenant_id, balance);
-                VoidOutcome::Refunded {
-                    balance: balance + self.own(void.tenant_id),
-                }
-            }
+            VoidOutcome::Refunded { balance } => VoidOutcome::Refunded {
+                balance: self.saw(void.tenant_id, balance, None).0,
+            },
             other => other,
         })
     }

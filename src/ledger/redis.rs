@@ -178,34 +178,28 @@ impl RedisLedger {
         charge: &Charge<'_>,
         own_slice: i64,
     ) -> Result<ChargeOutcome, LedgerError> {
-        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
-        loop {
-            match self.charge_once(charge, own_slice).await? {
-                Charged::Outcome(outcome) => return Ok(outcome),
-                // Slices are out: ask again once their holders have returned them.
-                // Not back in time (a holder cut off: its lease expires): refused, and a
-                // refusal announces exhaustion as charge.lua's own does.
-                Charged::Recalled { balance } if tokio::time::Instant::now() >= deadline => {
-                    let exhausted = self.announce(charge.tenant_id, "exhausted").await?;
-                    return Ok(ChargeOutcome::Insufficient {
-                        balance,
-                        warnings: Warnings {
-                            low: false,
-                            exhausted,
-                        },
-                    });
-                }
-                Charged::Recalled { .. } => tokio::time::sleep(RECALL_POLL).await,
-            }
-        }
+        let balance = match until_slices_back(|| self.charge_once(charge, own_slice)).await? {
+            Ok(outcome) => return Ok(outcome),
+            Err(balance) => balance,
+        };
+        // Not back in time (a holder cut off: its lease expires): refused, and a refusal
+        // announces exhaustion as charge.lua's own does.
+        let exhausted = self.announce(charge.tenant_id, "exhausted").await?;
+        Ok(ChargeOutcome::Insufficient {
+            balance,
+            warnings: Warnings {
+                low: false,
+                exhausted,
+            },
+        })
     }
 
-    /// One try of charge.lua.
+    /// One try of charge.lua: `Err(balance)` while slices are out (recalled: ask again).
     async fn charge_once(
         &self,
         charge: &Charge<'_>,
         own_slice: i64,
-    ) -> Result<Charged, LedgerError> {
+    ) -> Result<Result<ChargeOutcome, i64>, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
             let mut invocation = self.charge.prepare_invoke();
@@ -231,25 +225,25 @@ impl RedisLedger {
                 return Err(LedgerError::Reply(format!("{values:?}")));
             };
             let warnings = Warnings::from_bits(warnings);
-            Ok(Charged::Outcome(match code {
+            Ok(Ok(match code {
                 0 => ChargeOutcome::Charged { balance, warnings },
                 1 => ChargeOutcome::KeyTaken { balance },
                 2 => ChargeOutcome::Insufficient { balance, warnings },
                 3 => ChargeOutcome::NoBalance,
                 4 => ChargeOutcome::Void,
                 5 => ChargeOutcome::AlreadyCharged { balance },
-                6 => return Ok(Charged::Recalled { balance }),
+                6 => return Ok(Err(balance)),
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
             }))
         })
         .await
     }
 
-    /// One try of adjust.lua: `None` while slices are out (recalled: ask again).
+    /// One try of adjust.lua: `Err(())` while slices are out (recalled: ask again).
     async fn adjust_once(
         &self,
         adjustment: &Adjustment<'_>,
-    ) -> Result<Option<AdjustOutcome>, LedgerError> {
+    ) -> Result<Result<AdjustOutcome, ()>, LedgerError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
             let tenant = adjustment.tenant_id;
@@ -273,11 +267,11 @@ impl RedisLedger {
             let [code, amount, balance] = values[..] else {
                 return Err(LedgerError::Reply(format!("{values:?}")));
             };
-            Ok(Some(match code {
+            Ok(Ok(match code {
                 0 | 1 => AdjustOutcome::Applied { amount, balance },
                 2 => AdjustOutcome::NoBalance,
                 3 => AdjustOutcome::OutOfRange { amount, balance },
-                4 => return Ok(None),
+                4 => return Ok(Err(())),
                 _ => return Err(LedgerError::Reply(format!("adjust code {code}"))),
             }))
         })
@@ -392,10 +386,23 @@ fn leases_key(tenant_id: &str) -> String {
 const RECALL_WAIT: Duration = Duration::from_secs(1);
 const RECALL_POLL: Duration = Duration::from_millis(20);
 
-/// One try of a charge: decided, or waiting for recalled slices.
-enum Charged {
-    Outcome(ChargeOutcome),
-    Recalled { balance: i64 },
+/// Asks `once` until it decides (`Ok`) or [`RECALL_WAIT`] has passed with slices still
+/// out; then its last undecided answer (`Err`).
+async fn until_slices_back<T, U, F>(
+    mut once: impl FnMut() -> F,
+) -> Result<Result<T, U>, LedgerError>
+where
+    F: Future<Output = Result<Result<T, U>, LedgerError>>,
+{
+    let deadline = tokio::time::Instant::now() + RECALL_WAIT;
+    loop {
+        match once().await? {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RECALL_POLL).await
+            }
+            answer => return Ok(answer),
+        }
+    }
 }
 
 fn reply(values: Vec<i64>) -> Result<(i64, i64), LedgerError> {
@@ -486,16 +493,9 @@ impl Ledger for RedisLedger {
     async fn adjust(&self, adjustment: &Adjustment<'_>) -> Result<AdjustOutcome, LedgerError> {
         // A balance is set only with every slice back: recalled, they return within a
         // tick or two; past the wait the change is left to the caller's retry.
-        let deadline = tokio::time::Instant::now() + RECALL_WAIT;
-        loop {
-            if let Some(outcome) = self.adjust_once(adjustment).await? {
-                return Ok(outcome);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(LedgerError::Timeout);
-            }
-            tokio::time::sleep(RECALL_POLL).await;
-        }
+        until_slices_back(|| self.adjust_once(adjustment))
+            .await?
+            .map_err(|()| LedgerError::Timeout)
     }
 
     async fn publish_pending(
