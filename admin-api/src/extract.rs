@@ -157,7 +157,7 @@ impl FromRequestParts<AdminState> for Caller {
                 ));
             }
         }
-        Ok(Caller(claims, user))
+        Ok(Caller(std::sync::Arc::unwrap_or_clone(claims), user))
     }
 }
 

@@ -10,6 +10,7 @@ use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::vocab::is_valid_tenant_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest token accepted; anything longer is refused before any parsing.
@@ -64,8 +65,8 @@ pub enum AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
-    /// Verified tokens, for RS256/ES256 only (HS256 verifies in ~1.6 µs: not worth it).
-    verified: Option<cache::VerifiedTokens>,
+    /// Tokens verified before, for every algorithm (see `cache`).
+    verified: cache::VerifiedTokens,
 }
 
 impl Verifier {
@@ -87,16 +88,15 @@ impl Verifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
-        let verified = (config.algorithm != JwtAlgorithm::HS256).then(Default::default);
         Ok(Verifier {
             key,
             validation,
-            verified,
+            verified: cache::VerifiedTokens::default(),
         })
     }
 
     /// Verifies the value of an `Authorization` header.
-    pub fn verify_header(&self, header: Option<&[u8]>) -> Result<Claims, AuthError> {
+    pub fn verify_header(&self, header: Option<&[u8]>) -> Result<Arc<Claims>, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = header
             .strip_prefix(b"Bearer ")
@@ -108,13 +108,13 @@ impl Verifier {
         self.verify(token)
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
         self.verify_at(token, now_secs())
     }
 
     /// `verify` with the clock as a parameter, for the cached path's time checks.
-    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        if let Some(claims) = self.verified.as_ref().and_then(|v| v.get(token)) {
+    fn verify_at(&self, token: &str, now: u64) -> Result<Arc<Claims>, AuthError> {
+        if let Some(claims) = self.verified.get(token) {
             self.check_times(&claims, now)?;
             return Ok(claims);
         }
@@ -127,9 +127,8 @@ impl Verifier {
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(AuthError::Invalid("malformed sub".into()));
         }
-        if let Some(verified) = &self.verified {
-            verified.insert(token, &claims);
-        }
+        let claims = Arc::new(claims);
+        self.verified.insert(token, &claims);
         Ok(claims)
     }
 
@@ -221,6 +220,34 @@ mod tests {
             (claims.tenant_id.as_str(), claims.sub.as_str(), claims.role),
             ("acme", "u1", Role::Admin)
         );
+    }
+
+    #[test]
+    fn hs256_tokens_are_cached_and_still_checked_for_time() {
+        let c = config();
+        let verifier = Verifier::new(&c).unwrap();
+        let token = mint(&c, "acme", "u1", Role::User, 60).unwrap();
+        let fresh = verifier.verify(&token).unwrap();
+        let cached = verifier.verify(&token).unwrap();
+        assert!(
+            Arc::ptr_eq(&fresh, &cached),
+            "the second sight is a cache hit"
+        );
+        let later = fresh.exp + c.leeway_secs + 1;
+        assert!(matches!(
+            verifier.verify_at(&token, later),
+            Err(AuthError::Invalid(_))
+        ));
+        // A forged token for the same claims is no hit: its MAC fails.
+        let other = AuthConfig {
+            secret: "another-secret-entirely-0000000000000".into(),
+            ..c.clone()
+        };
+        let forged = mint(&other, "acme", "u1", Role::User, 60).unwrap();
+        assert!(matches!(
+            verifier.verify(&forged),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -372,7 +399,10 @@ mod pem_tests {
         let token = mint(&c, "acme", "u1", Role::User, 60).unwrap();
         let fresh = verifier.verify(&token).unwrap();
         let cached = verifier.verify(&token).unwrap();
-        assert_eq!((cached.tenant_id, cached.exp), (fresh.tenant_id, fresh.exp));
+        assert!(
+            Arc::ptr_eq(&fresh, &cached),
+            "the second sight is a cache hit"
+        );
         // Past exp + leeway the cached token is refused, as a fresh verification would be.
         let later = fresh.exp + c.leeway_secs + 1;
         assert!(matches!(

@@ -84,7 +84,7 @@ pub struct RequestCtx {
     request_id: String,
     started: Instant,
     route: Option<RouteMatch>,
-    claims: Option<Claims>,
+    claims: Option<Arc<Claims>>,
     idempotency_key: Option<String>,
     /// The idempotency key this request claimed, and what is taken for it as it passes
     /// (boxed: most calls carry no key, and the context of every call stays small).

@@ -9,6 +9,7 @@ use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
 use crate::routing::{RouteError, RouteMatch};
 use crate::vocab::TenantStatus;
 use pingora::proxy::Session;
+use std::sync::Arc;
 
 /// The most request-header bytes accepted (names, values and separators): far above any
 /// real client, far below what a memory-exhaustion attempt needs.
@@ -138,7 +139,7 @@ impl Gateway {
     pub(super) fn authenticate(
         &self,
         session: &Session,
-    ) -> std::result::Result<(Claims, i64), Box<Problem>> {
+    ) -> std::result::Result<(Arc<Claims>, i64), Box<Problem>> {
         let header = session
             .req_header()
             .headers
