@@ -52,24 +52,30 @@ pub fn open_alerts(
     docs: Arc<dyn Documents>,
 ) -> Result<(Arc<dyn AlertSink>, AlertPublisher), StartError> {
     let alerts = &config.alerts;
-    let target = match &alerts.mqtt_url {
-        Some(url) => MqttTarget::parse(url)
-            .map_err(|message| crate::config::ConfigError::invalid("alerts.mqtt_url", message))?,
+    let (target, local) = match &alerts.mqtt_url {
+        Some(url) => (
+            MqttTarget::parse(url).map_err(|message| {
+                crate::config::ConfigError::invalid("alerts.mqtt_url", message)
+            })?,
+            None,
+        ),
         None => {
             let listen =
                 crate::config::parse_addr("alerts.embedded_listen", &alerts.embedded_listen)?;
-            crate::alerts::broker::start(listen).map_err(|source| StartError::Listen {
-                what: "the embedded MQTT broker (alerts.embedded_listen)",
-                addr: listen,
-                source,
-            })?;
-            MqttTarget {
+            let local =
+                crate::alerts::broker::start(listen).map_err(|source| StartError::Listen {
+                    what: "the embedded MQTT broker (alerts.embedded_listen)",
+                    addr: listen,
+                    source,
+                })?;
+            let target = MqttTarget {
                 host: listen.ip().to_string(),
                 port: listen.port(),
                 username: None,
                 password: None,
                 tls: false,
-            }
+            };
+            (target, Some(local))
         }
     };
     let sample = if alerts.credit_success {
@@ -77,7 +83,7 @@ pub fn open_alerts(
     } else {
         0.0
     };
-    let (sink, publisher) = Alerts::new(alerts.queue_capacity, sample, target, docs);
+    let (sink, publisher) = Alerts::new(alerts.queue_capacity, sample, target, local, docs);
     Ok((Arc::new(sink), publisher))
 }
 

@@ -3,7 +3,14 @@
 //! It listens on `alerts.embedded_listen` (`TOLLGATE_MQTT_EMBEDDED_LISTEN`, default
 //! `127.0.0.1:11883`, so it never fights a system broker on 1883), MQTT 3.1.1, no auth:
 //! keep it on loopback.
+//!
+//! The publisher hands credit-success notices (QoS 0, one per charge) to this broker's
+//! router through an in-process link ([`Local`]): no socket write, no MQTT encoding and no
+//! broker-side read per notice, and one router wake-up per burst. Warnings (QoS 1, whose
+//! delivery is recorded when the broker acknowledges them) still go over loopback MQTT.
 
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,10 +48,50 @@ fn config(listen: SocketAddr) -> Config {
 /// How often a broker whose port is taken tries again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Starts the broker on its own threads. While `listen` is taken — the process being
-/// replaced in a graceful upgrade still holds it — it waits for the port, and the
-/// publisher's reconnect finds whichever broker listens there.
-pub fn start(listen: SocketAddr) -> std::io::Result<()> {
+/// The publisher's in-process link to the broker's router.
+pub struct Local {
+    tx: LinkTx,
+    /// Kept open: the router takes a dropped receiver for a disconnected client. Nothing
+    /// arrives on it (the link subscribes to nothing, and QoS 0 is not acknowledged).
+    _rx: LinkRx,
+}
+
+impl Local {
+    /// Hands every `(topic, payload)` to the router and wakes it once; returns how many.
+    pub fn publish_all(&mut self, notices: Vec<(String, Vec<u8>)>) -> usize {
+        let count = notices.len();
+        let mut notices = notices.into_iter();
+        let Some((last_topic, last_payload)) = notices.next_back() else {
+            return 0;
+        };
+        {
+            let mut buffer = self.tx.buffer();
+            for (topic, payload) in notices {
+                buffer.push_back(Packet::Publish(
+                    Publish::new(topic.into_bytes(), payload, false),
+                    None,
+                ));
+            }
+        }
+        // The last one wakes the router, which drains the whole buffer. A full router
+        // channel only delays the wake-up to the next burst: the packets stay buffered.
+        if let Err(e) = self.tx.try_publish(last_topic, last_payload) {
+            tracing::debug!(error = %e, "embedded broker busy; notices go with the next burst");
+        }
+        count
+    }
+}
+
+/// Starts the broker on its own threads and returns the publisher's link to it. While
+/// `listen` is taken — the process being replaced in a graceful upgrade still holds it —
+/// it waits for the port, and the publisher's reconnect finds whichever broker listens
+/// there (credit-success notices sent through the link meanwhile reach the new broker's
+/// subscribers only: none until it listens; they are QoS 0, at most once).
+pub fn start(listen: SocketAddr) -> std::io::Result<Local> {
+    let mut broker = Broker::new(config(listen));
+    let (tx, rx) = broker
+        .link("tollgate-notices")
+        .map_err(std::io::Error::other)?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -58,9 +105,9 @@ pub fn start(listen: SocketAddr) -> std::io::Result<()> {
                 std::thread::sleep(RETRY);
             }
             tracing::info!(%listen, "embedded MQTT broker listening");
-            if let Err(e) = Broker::new(config(listen)).start() {
+            if let Err(e) = broker.start() {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })?;
-    Ok(())
+    Ok(Local { tx, _rx: rx })
 }

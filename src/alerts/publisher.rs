@@ -5,8 +5,10 @@
 //! the queue and the client's channel and go out on its return. Credit-success notices
 //! (QoS 0) come with every charge: they are collected without waking anyone and published
 //! in bursts every [`CREDIT_BATCH_INTERVAL`] (a wake-up per request cost the gateway ~10 %
-//! of its throughput on two cores).
+//! of its throughput on two cores); with the in-process broker a burst goes through its
+//! in-memory link (see `broker`), not the socket.
 
+use super::broker::Local;
 use super::{AlertSink, CreditSuccess, Warning};
 use crate::metrics::{ALERTS_DROPPED, ALERTS_PUBLISHED};
 use crate::store::{Doc, Documents, Kind};
@@ -115,11 +117,13 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// `credit_sample` is the fraction of charges that get a credit-success notice.
+    /// `credit_sample` is the fraction of charges that get a credit-success notice;
+    /// `local` is the in-process broker's link, when `target` is that broker.
     pub fn new(
         queue_capacity: usize,
         credit_sample: f64,
         target: MqttTarget,
+        local: Option<Local>,
         store: Arc<dyn Documents>,
     ) -> (Alerts, AlertPublisher) {
         let (warnings, warnings_rx) = mpsc::channel(queue_capacity.max(1));
@@ -133,7 +137,7 @@ impl Alerts {
             (1.0 / credit_sample.min(1.0)).round() as u64
         };
         let publisher = AlertPublisher {
-            queues: Mutex::new(Some(warnings_rx)),
+            queues: Mutex::new(Some((warnings_rx, local))),
             credits: Arc::clone(&credits),
             target,
             store,
@@ -176,7 +180,8 @@ struct Deliveries {
 }
 
 pub struct AlertPublisher {
-    queues: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Taken by the service when it starts: the warnings' queue and the local link.
+    queues: Mutex<Option<(mpsc::Receiver<Outgoing>, Option<Local>)>>,
     credits: Arc<CreditQueue>,
     target: MqttTarget,
     store: Arc<dyn Documents>,
@@ -215,6 +220,7 @@ impl AlertPublisher {
     async fn feed(
         client: AsyncClient,
         mut warnings: mpsc::Receiver<Outgoing>,
+        mut local: Option<Local>,
         credits: Arc<CreditQueue>,
         deliveries: Arc<Mutex<Deliveries>>,
         store: Arc<dyn Documents>,
@@ -229,12 +235,20 @@ impl AlertPublisher {
                     None => return,
                 },
                 _ = burst.tick() => {
-                    for notice in credits.take() {
+                    let notices = credits.take().into_iter().map(|notice| {
                         let topic = format!("tenant/{}/credit-success", notice.tenant_id);
-                        let payload = serde_json::to_vec(&notice).unwrap_or_default();
-                        match client.try_publish(topic, QoS::AtMostOnce, false, payload) {
-                            Ok(()) => ALERTS_PUBLISHED.with_label_values(&["credit-success"]).inc(),
-                            Err(_) => ALERTS_DROPPED.with_label_values(&["credit-success"]).inc(),
+                        (topic, serde_json::to_vec(&notice).unwrap_or_default())
+                    });
+                    let published = ALERTS_PUBLISHED.with_label_values(&["credit-success"]);
+                    match local.as_mut() {
+                        Some(local) => published.inc_by(local.publish_all(notices.collect()) as u64),
+                        None => {
+                            for (topic, payload) in notices {
+                                match client.try_publish(topic, QoS::AtMostOnce, false, payload) {
+                                    Ok(()) => published.inc(),
+                                    Err(_) => ALERTS_DROPPED.with_label_values(&["credit-success"]).inc(),
+                                }
+                            }
                         }
                     }
                     continue;
@@ -301,7 +315,8 @@ impl AlertPublisher {
 #[async_trait]
 impl BackgroundService for AlertPublisher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(warnings) = self.queues.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some((warnings, local)) = self.queues.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
             return;
         };
         let (client, mut eventloop) = AsyncClient::new(self.options(), CLIENT_CHANNEL);
@@ -309,6 +324,7 @@ impl BackgroundService for AlertPublisher {
         let feeder = tokio::spawn(AlertPublisher::feed(
             client.clone(),
             warnings,
+            local,
             Arc::clone(&self.credits),
             Arc::clone(&deliveries),
             Arc::clone(&self.store),
