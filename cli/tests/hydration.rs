@@ -115,3 +115,43 @@ async fn hydration_counts_every_replicas_unflushed_usage() {
         .unwrap();
     assert!(reports.iter().all(|r| r.is_consistent()), "{reports:?}");
 }
+
+/// Hydration waits for the other replicas' publishes to postdate any charge then in flight,
+/// so it lasts at least the ledger timeout; its deadline must leave room for that. With a
+/// 2.5 s ledger timeout and a second replica live, a tenant's first call is served. Before,
+/// the wait gave up after a fixed 2 s, shorter than the wait itself: with any ledger timeout
+/// from 2 s up, no tenant could ever be hydrated while another replica ran (every call
+/// 503), and a 1 s timeout on a loaded machine left 1 s of slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_ledger_timeout_still_leaves_hydration_its_time() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let config = format!("ledger: {{ timeout_ms: 2500 }}\n{}", yaml(&upstream.url()));
+    let env = vec![("TOLLGATE_REDIS_URL".to_owned(), redis.url())];
+    let first = Gateway::start_with(&config, env.clone());
+    let _second = Gateway::start_with(&config, env);
+    // Both replicas registered (they publish every 100 ms): the wait is a real one.
+    common::wait_until(
+        "both replicas publish",
+        Duration::from_secs(10),
+        async || {
+            let mut conn = redis.connection().await;
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg("tg:pipelines")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            fields.iter().filter(|f| !f.starts_with('_')).count() == 2
+        },
+    )
+    .await;
+    let status = client()
+        .get(first.url("/api/proxy/notes/x"))
+        .bearer_auth(common::token("acme", "alice"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "{}", first.log());
+    assert_eq!(redis.balance("acme").await, Some(INITIAL - COST));
+}

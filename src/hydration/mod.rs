@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest hydration waits for the usage flusher to finish the batch it is writing (one
-/// batch write; longer means the store is struggling, and the caller gets a 503).
+/// batch write; longer means the store is struggling, and the caller gets a 503), and for
+/// the other replicas' publishes beyond the ledger timeout they must postdate.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Hydrator {
@@ -128,10 +129,11 @@ impl Hydrator {
     /// returns what dead ones last held (0 when the ledger serves this process alone).
     async fn others_pending(&self, tenant_id: &str) -> Result<i64, LedgerError> {
         let own = self.usage.pipeline_id();
-        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         // Publishes must postdate any charge in flight when this began (a reply counts it
-        // as pending), so they must be this much younger than the first look.
+        // as pending), so they must be this much younger than the first look: the wait
+        // lasts at least the ledger timeout, and gets SETTLE_WAIT beyond it.
         let fresh_after = self.ledger_timeout.as_millis() as u64;
+        let deadline = tokio::time::Instant::now() + self.ledger_timeout + SETTLE_WAIT;
         let mut started = None;
         loop {
             let Some(view) = self.ledger.pending_elsewhere(tenant_id, own).await? else {
