@@ -21,6 +21,7 @@ fn event(i: u64) -> UsageEvent {
         endpoint: "/notes/{id}".into(),
         method: "GET".into(),
         credits_used: 1,
+        plan_id: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

@@ -1,5 +1,6 @@
 //! What the gateway routes and admits, kept current without restart: the services with
-//! their priced endpoints (the [`Router`]), the tenants' status ([`TenantDirectory`]) and
+//! their priced endpoints (the [`Router`]), the plans' prices ([`PlanPrices`]), the
+//! tenants' status and plan ([`TenantDirectory`]) and
 //! the users whose earlier tokens are void ([`Revocations`]: disabled, demoted or moved
 //! within the longest token life).
 //!
@@ -11,6 +12,7 @@
 
 use crate::config::ServiceConfig;
 use crate::ledger::Coordination;
+use crate::pricing::PlanPrices;
 use crate::routing::Router;
 use crate::store::{Doc, Documents, Kind, Store, StoreError};
 use crate::tenants::TenantDirectory;
@@ -40,19 +42,21 @@ pub type Revocations = HashMap<String, u64>;
 pub struct Catalog {
     router: ArcSwap<Router>,
     tenants: ArcSwap<TenantDirectory>,
+    prices: ArcSwap<PlanPrices>,
     revoked: ArcSwap<Revocations>,
     /// Wakes the watcher at once after a change made in this process.
     changed: Notify,
 }
 
 impl Catalog {
-    /// Loads services and users from the documents, tenants from the store.
+    /// Loads services, plans and users from the documents, tenants from the store.
     pub async fn load(store: &dyn Store, docs: &dyn Documents) -> Result<Catalog, StoreError> {
-        let (router, tenants, revoked) = read(store, docs).await?;
+        let read = read(store, docs).await?;
         Ok(Catalog {
-            router: ArcSwap::from_pointee(router),
-            tenants: ArcSwap::from_pointee(tenants),
-            revoked: ArcSwap::from_pointee(revoked),
+            router: ArcSwap::from_pointee(read.router),
+            tenants: ArcSwap::from_pointee(read.tenants),
+            prices: ArcSwap::from_pointee(read.prices),
+            revoked: ArcSwap::from_pointee(read.revoked),
             changed: Notify::new(),
         })
     }
@@ -62,6 +66,7 @@ impl Catalog {
         Catalog {
             router: ArcSwap::from_pointee(router),
             tenants: ArcSwap::from_pointee(tenants),
+            prices: ArcSwap::from_pointee(PlanPrices::default()),
             revoked: ArcSwap::from_pointee(Revocations::new()),
             changed: Notify::new(),
         }
@@ -75,16 +80,22 @@ impl Catalog {
         self.tenants.load()
     }
 
+    pub fn prices(&self) -> Guard<Arc<PlanPrices>> {
+        self.prices.load()
+    }
+
     pub fn revoked(&self) -> Guard<Arc<Revocations>> {
         self.revoked.load()
     }
 
     /// Reads the store again and swaps the new catalog in.
     pub async fn reload(&self, store: &dyn Store, docs: &dyn Documents) -> Result<(), StoreError> {
-        let (router, tenants, revoked) = read(store, docs).await?;
-        self.router.store(Arc::new(router));
-        self.tenants.store(Arc::new(tenants));
-        self.revoked.store(Arc::new(revoked));
+        let read = read(store, docs).await?;
+        // Prices before the directory: a tenant moved to a new plan finds its prices.
+        self.router.store(Arc::new(read.router));
+        self.prices.store(Arc::new(read.prices));
+        self.tenants.store(Arc::new(read.tenants));
+        self.revoked.store(Arc::new(read.revoked));
         Ok(())
     }
 
@@ -94,12 +105,17 @@ impl Catalog {
     }
 }
 
+/// One reading of the store.
+struct Read {
+    router: Router,
+    tenants: TenantDirectory,
+    prices: PlanPrices,
+    revoked: Revocations,
+}
+
 /// The services as stored, skipping (loudly) any that cannot be routed: one bad document
 /// must not take every other service down.
-async fn read(
-    store: &dyn Store,
-    docs: &dyn Documents,
-) -> Result<(Router, TenantDirectory, Revocations), StoreError> {
+async fn read(store: &dyn Store, docs: &dyn Documents) -> Result<Read, StoreError> {
     let mut services = Vec::new();
     for doc in docs.docs(Kind::Services, None).await? {
         match service_from_doc(doc) {
@@ -108,6 +124,7 @@ async fn read(
         }
     }
     let tenants = TenantDirectory::from_records(&store.tenants().await?);
+    let prices = PlanPrices::from_docs(&docs.docs(Kind::Plans, None).await?);
     // A change older than the longest token life has outlived every token it voids.
     // Users changed (disabled, demoted, moved) at or after `since`: the tokens they hold
     // from before the change are void (`users` documents' `tokens_valid_after_ms`).
@@ -125,7 +142,12 @@ async fn read(
     for error in errors {
         tracing::error!(%error, "service not routable; its calls get 404 until fixed");
     }
-    Ok((router, tenants, revoked))
+    Ok(Read {
+        router,
+        tenants,
+        prices,
+        revoked,
+    })
 }
 
 /// A stored service document (its `id` is its name) as the config shape.

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod listen;
 pub mod metrics;
 pub mod ops;
+pub mod pricing;
 pub mod problem;
 pub mod proxy;
 pub mod reconcile;

@@ -5,6 +5,7 @@ use crate::config::TenantConfig;
 use crate::store::TenantRecord;
 use crate::vocab::{TenantStatus, DEFAULT_LOW_CREDIT_THRESHOLD};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Tenant {
@@ -12,6 +13,8 @@ pub struct Tenant {
     pub name: String,
     pub status: TenantStatus,
     pub low_credit_threshold: i64,
+    /// The plan whose prices the tenant pays (docs/DESIGN.md §Pricing), if any.
+    pub plan: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +32,7 @@ impl TenantDirectory {
                     name: t.name.clone(),
                     status: t.status.clone(),
                     low_credit_threshold: DEFAULT_LOW_CREDIT_THRESHOLD,
+                    plan: None,
                 };
                 (t.id.clone(), tenant)
             })
@@ -45,6 +49,7 @@ impl TenantDirectory {
                     name: t.name.clone(),
                     status: t.status.clone(),
                     low_credit_threshold: t.low_credit_threshold,
+                    plan: t.plan_id.as_deref().map(Arc::from),
                 };
                 (t.id.clone(), tenant)
             })

@@ -57,6 +57,10 @@ pub struct UsageEvent {
     pub endpoint: String,
     pub method: String,
     pub credits_used: i64,
+    /// The plan whose price the call paid (docs/DESIGN.md §Pricing); `None`: the
+    /// endpoint's own price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<String>,
     pub balance_after: i64,
     /// Status sent to the client (0 if the client went away first).
     pub status: u16,

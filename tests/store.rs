@@ -28,6 +28,7 @@ fn event(
         endpoint: endpoint.into(),
         method: "POST".into(),
         credits_used: credits,
+        plan_id: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.5,
@@ -120,7 +121,11 @@ async fn contract<S: Store + Documents>(store: &S) {
         })
         .await
         .unwrap();
-    let other = vec![event("e6", "acme", "/notes/{id}", 1, false, 5_000)];
+    // Priced by a plan: the log and the totals say which.
+    let other = vec![UsageEvent {
+        plan_id: Some("pro".into()),
+        ..event("e6", "acme", "/notes/{id}", 1, false, 5_000)
+    }];
     store
         .insert_usage(&UsageBatch {
             pipeline_id: "p2",
@@ -161,15 +166,39 @@ async fn contract<S: Store + Documents>(store: &S) {
     };
     assert!(store.usage_logs(&by_service).await.unwrap().is_empty());
 
-    // Totals per service and endpoint, refunded logs left out.
+    let priced = store
+        .usage_logs(&UsageQuery {
+            from_ms: Some(5_000),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(priced, other, "a plan-priced log reads back as written");
+
+    // Totals per service, endpoint and plan price, refunded logs left out.
     let totals = store.usage_totals("acme", 0, 10_000).await.unwrap();
     assert_eq!((totals.calls, totals.credits), (4, 8));
     let lines: Vec<_> = totals
         .lines
         .iter()
-        .map(|l| (l.endpoint.as_str(), l.calls, l.credits))
+        .map(|l| {
+            (
+                l.endpoint.as_str(),
+                l.plan_id.as_deref(),
+                l.calls,
+                l.credits,
+            )
+        })
         .collect();
-    assert_eq!(lines, [("/notes/create", 1, 5), ("/notes/{id}", 3, 3)]);
+    assert_eq!(
+        lines,
+        [
+            ("/notes/create", None, 1, 5),
+            ("/notes/{id}", None, 2, 2),
+            ("/notes/{id}", Some("pro"), 1, 1)
+        ]
+    );
     assert_eq!(
         store
             .usage_totals("acme", 3_000, 4_000)

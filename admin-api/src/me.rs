@@ -106,6 +106,9 @@ impl Window {
 pub struct UsageLineView {
     service: String,
     endpoint: String,
+    /// The plan whose price these calls paid; absent: the service's own price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_id: Option<String>,
     calls: u64,
     credits: i64,
 }
@@ -146,6 +149,7 @@ pub async fn usage(
             .map(|l| UsageLineView {
                 service: l.service,
                 endpoint: l.endpoint,
+                plan_id: l.plan_id,
                 calls: l.calls,
                 credits: l.credits,
             })

@@ -48,6 +48,43 @@ fn check(plan: &Plan) -> ApiResult<()> {
     Ok(())
 }
 
+/// Every override names an endpoint a stored service declares (method and declared path,
+/// as the service lists them): a price for nothing is a typo, refused with its field. A
+/// service changed later may leave an override pointing nowhere; it then prices nothing.
+async fn check_endpoints(state: &AdminState, plan: &Plan) -> ApiResult<()> {
+    if plan.price_overrides.is_empty() {
+        return Ok(());
+    }
+    let mut services = std::collections::HashMap::new();
+    for doc in state.docs.docs(Kind::Services, None).await? {
+        if let Ok(service) = tollgate::catalog::service_from_doc(doc) {
+            services.insert(service.name.clone(), service);
+        }
+    }
+    for (i, o) in plan.price_overrides.iter().enumerate() {
+        let Some(service) = services.get(&o.service) else {
+            return Err(Problem::invalid(
+                format!("price_overrides[{i}].service"),
+                "no such service",
+            ));
+        };
+        if !service
+            .endpoints
+            .iter()
+            .any(|e| e.method.eq_ignore_ascii_case(&o.method) && e.path == o.path)
+        {
+            return Err(Problem::invalid(
+                format!("price_overrides[{i}]"),
+                format!(
+                    "service `{}` declares no endpoint {} {}",
+                    o.service, o.method, o.path
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPlan {
@@ -91,9 +128,12 @@ pub async fn create(
         price_overrides: body.price_overrides,
     };
     check(&plan)?;
+    check_endpoints(&state, &plan).await?;
     if !state.docs.insert_doc(Kind::Plans, &to_doc(&plan)).await? {
         return Err(Problem::conflict("id", "a plan with this id exists"));
     }
+    // Its prices reach every gateway within the catalog's reload bound.
+    state.catalog_changed().await;
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
@@ -166,9 +206,11 @@ pub async fn update(
         plan.price_overrides = overrides;
     }
     check(&plan)?;
+    check_endpoints(&state, &plan).await?;
     if !state.docs.replace_doc(Kind::Plans, &to_doc(&plan)).await? {
         return Err(Problem::not_found("plan"));
     }
+    state.catalog_changed().await;
     Ok(Json(plan))
 }
 
@@ -193,5 +235,6 @@ pub async fn delete(
     if !state.docs.delete_doc(Kind::Plans, &id).await? {
         return Err(Problem::not_found("plan"));
     }
+    state.catalog_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }

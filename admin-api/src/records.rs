@@ -73,8 +73,8 @@ pub struct Plan {
     pub(crate) monthly_credits: i64,
     /// Day of the month (1–28) the scheduler refills on.
     pub(crate) refill_day: u32,
-    /// Per-endpoint prices for this plan's tenants (stored; the gateway charges the
-    /// service's prices in this build).
+    /// Per-endpoint prices for this plan's tenants, charged instead of the service's
+    /// (docs/DESIGN.md §Pricing).
     pub(crate) price_overrides: Vec<PriceOverride>,
 }
 

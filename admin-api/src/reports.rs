@@ -111,6 +111,9 @@ pub struct UsageLogView {
     endpoint: String,
     method: String,
     credits_used: i64,
+    /// The plan whose price the call paid; absent: the service's own price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_id: Option<String>,
     balance_after: i64,
     status: u16,
     latency_ms: f64,
@@ -189,6 +192,7 @@ pub async fn usage_logs(
             endpoint: e.endpoint,
             method: e.method,
             credits_used: e.credits_used,
+            plan_id: e.plan_id,
             balance_after: e.balance_after,
             status: e.status,
             latency_ms: e.latency_ms,

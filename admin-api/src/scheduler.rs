@@ -53,6 +53,9 @@ pub struct Scheduler {
 struct Line {
     service: String,
     endpoint: String,
+    /// The plan whose price these calls paid; absent: the service's own price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_id: Option<String>,
     calls: u64,
     credits: i64,
 }
@@ -63,6 +66,7 @@ fn lines(lines: Vec<UsageLine>) -> Vec<Line> {
         .map(|l| Line {
             service: l.service,
             endpoint: l.endpoint,
+            plan_id: l.plan_id,
             calls: l.calls,
             credits: l.credits,
         })

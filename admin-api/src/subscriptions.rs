@@ -44,6 +44,9 @@ pub async fn subscribe(
 ) -> ApiResult<(StatusCode, Json<Subscription>)> {
     let subscription =
         billing::subscribe(&state, &body.tenant_id, &body.plan_id, &admin.sub).await?;
+    // The tenant's plan prices its calls from now on, at every gateway within the
+    // catalog's reload bound.
+    state.catalog_changed().await;
     Ok((StatusCode::CREATED, Json(subscription)))
 }
 
@@ -115,6 +118,10 @@ pub async fn update(
     {
         return Err(Problem::not_found("subscription"));
     }
+    // Only an active subscription's plan prices the tenant's calls.
+    let plan =
+        (subscription.status == SubscriptionStatus::Active).then(|| subscription.plan_id.clone());
+    set_plan(&state, &subscription.tenant_id, plan).await?;
     Ok(Json(subscription))
 }
 
@@ -131,13 +138,18 @@ pub async fn delete(
     if !state.docs.delete_doc(Kind::Subscriptions, &id).await? {
         return Err(Problem::not_found("subscription"));
     }
+    set_plan(&state, &subscription.tenant_id, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets the plan whose prices the tenant pays, at every gateway within the catalog's
+/// reload bound (docs/DESIGN.md §Pricing).
+async fn set_plan(state: &AdminState, tenant_id: &str, plan: Option<String>) -> ApiResult<()> {
     let patch = TenantPatch {
-        plan_id: Some(None),
+        plan_id: Some(plan),
         ..TenantPatch::default()
     };
-    state
-        .store
-        .update_tenant(&subscription.tenant_id, &patch)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    state.store.update_tenant(tenant_id, &patch).await?;
+    state.catalog_changed().await;
+    Ok(())
 }

@@ -37,6 +37,7 @@ fn event(id: &str, tenant: &str, credits: i64, refunded: bool, ts: i64) -> Usage
         endpoint: "/notes/create".into(),
         method: "POST".into(),
         credits_used: credits,
+        plan_id: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

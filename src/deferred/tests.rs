@@ -100,6 +100,7 @@ fn event(charge: &DeferredCharge, refunded: bool) -> UsageEvent {
         endpoint: "/*".into(),
         method: "GET".into(),
         credits_used: charge.cost,
+        plan_id: None,
         balance_after: 0,
         status: if refunded { 502 } else { 200 },
         latency_ms: 1.0,

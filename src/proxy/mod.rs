@@ -85,6 +85,8 @@ pub struct RequestCtx {
     started: Instant,
     route: Option<RouteMatch>,
     claims: Option<Arc<Claims>>,
+    /// The plan whose price this call pays; `None`: the endpoint's own price.
+    price_plan: Option<Arc<str>>,
     idempotency_key: Option<String>,
     /// The idempotency key this request claimed, and what is taken for it as it passes
     /// (boxed: most calls carry no key, and the context of every call stays small).
@@ -146,6 +148,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: None,
             claims: None,
+            price_plan: None,
             idempotency_key: None,
             keyed: None,
             charge: None,
@@ -169,21 +172,39 @@ impl ProxyHttp for Gateway {
             Ok(route) => route,
             Err(problem) => return refuse(session, ctx, &problem).await,
         };
-        let public = route.service.public;
-        let cost = i64::from(route.endpoint().credits);
-        // Kept from here on: refusals below are counted under the service's metrics.
-        ctx.route = Some(route);
-        if public {
+        if route.service.public {
+            // Kept from here on: refusals below are counted under the service's metrics.
+            ctx.route = Some(route);
             ctx.outcome = Some(Outcome::Forwarded);
             return Ok(false);
         }
-        let checked = self.authenticate(session).and_then(|(claims, threshold)| {
-            Ok((claims, threshold, steps::idempotency_key(session)?))
-        });
-        let (claims, threshold, key) = match checked {
+        let checked = self
+            .authenticate(session)
+            .and_then(|caller| Ok((caller, steps::idempotency_key(session)?)));
+        let (caller, key) = match checked {
             Ok(checked) => checked,
-            Err(problem) => return refuse(session, ctx, &problem).await,
+            Err(problem) => {
+                ctx.route = Some(route);
+                return refuse(session, ctx, &problem).await;
+            }
         };
+        let steps::Authenticated {
+            claims,
+            threshold,
+            plan,
+        } = caller;
+        // The tenant's plan may price this endpoint (docs/DESIGN.md §Pricing).
+        let endpoint = route.endpoint();
+        let price = self.catalog.prices().price(
+            plan.as_deref(),
+            &route.service.name,
+            &endpoint.method,
+            &endpoint.path,
+            endpoint.credits,
+        );
+        let cost = i64::from(price.credits);
+        ctx.route = Some(route);
+        ctx.price_plan = price.plan;
         let tenant_id = claims.tenant_id.as_str();
         let fingerprint = match (&key, &ctx.route) {
             (Some(_), Some(route)) => {
@@ -478,6 +499,7 @@ impl ProxyHttp for Gateway {
             endpoint: endpoint.path.clone(),
             method: session.req_header().method.to_string(),
             credits_used: charged.cost,
+            plan_id: ctx.price_plan.as_deref().map(str::to_owned),
             // A deferred charge's balance is filled in once the ledger took it.
             balance_after: charged.balance.unwrap_or(0),
             status,

@@ -118,6 +118,15 @@ impl Charged {
     }
 }
 
+/// Who is calling, as step 2 found them.
+pub(super) struct Authenticated {
+    pub claims: Arc<Claims>,
+    /// The tenant's low-credit threshold.
+    pub threshold: i64,
+    /// The plan whose prices the tenant pays, if any (docs/DESIGN.md §Pricing).
+    pub plan: Option<Arc<str>>,
+}
+
 impl Gateway {
     /// Step 1: resolve the route or explain why not.
     pub(super) fn route(&self, session: &Session) -> std::result::Result<RouteMatch, Box<Problem>> {
@@ -139,7 +148,7 @@ impl Gateway {
     pub(super) fn authenticate(
         &self,
         session: &Session,
-    ) -> std::result::Result<(Arc<Claims>, i64), Box<Problem>> {
+    ) -> std::result::Result<Authenticated, Box<Problem>> {
         let header = session
             .req_header()
             .headers
@@ -169,8 +178,8 @@ impl Gateway {
                 )));
             }
         }
-        let threshold = match self.catalog.tenants().get(&claims.tenant_id) {
-            Some(t) if t.status == TenantStatus::Active => t.low_credit_threshold,
+        let (threshold, plan) = match self.catalog.tenants().get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => (t.low_credit_threshold, t.plan.clone()),
             Some(_) => {
                 return Err(Box::new(
                     Problem::new(
@@ -194,7 +203,11 @@ impl Gateway {
                 ))
             }
         };
-        Ok((claims, threshold))
+        Ok(Authenticated {
+            claims,
+            threshold,
+            plan,
+        })
     }
 
     /// Step 3 when the ledger did not answer: a service with `on_ledger_error: allow` is

@@ -169,9 +169,11 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    /// Totals of `lines`, sorted by service then endpoint.
+    /// Totals of `lines`, sorted by service, endpoint and plan price.
     pub fn from_lines(mut lines: Vec<UsageLine>) -> UsageTotals {
-        lines.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+        lines.sort_by(|a, b| {
+            (&a.service, &a.endpoint, &a.plan_id).cmp(&(&b.service, &b.endpoint, &b.plan_id))
+        });
         UsageTotals {
             calls: lines.iter().map(|l| l.calls).sum(),
             credits: lines.iter().map(|l| l.credits).sum(),
@@ -184,6 +186,8 @@ impl UsageTotals {
 pub struct UsageLine {
     pub service: String,
     pub endpoint: String,
+    /// The plan whose price these calls paid; `None`: the service's own price.
+    pub plan_id: Option<String>,
     pub calls: u64,
     pub credits: i64,
 }

@@ -116,7 +116,7 @@ fn tenant_from(doc: &Document) -> Result<TenantRecord, StoreError> {
 }
 
 fn event_doc(e: &UsageEvent) -> Document {
-    doc! {
+    let mut doc = doc! {
         "_id": &e.id, "tenant_id": &e.tenant_id, "user_id": &e.user_id,
         "service": &e.service, "endpoint": &e.endpoint, "method": &e.method,
         "credits_used": e.credits_used, "balance_after": e.balance_after,
@@ -125,7 +125,11 @@ fn event_doc(e: &UsageEvent) -> Document {
         "idempotency_key": e.idempotency_key.as_deref().map_or(Bson::Null, |k| Bson::String(k.to_owned())),
         "refunded": e.refunded,
         "timestamp": bson::DateTime::from_millis(e.timestamp_ms),
+    };
+    if let Some(plan) = &e.plan_id {
+        doc.insert("plan_id", plan.as_str());
     }
+    doc
 }
 
 fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
@@ -144,6 +148,7 @@ fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
         idempotency_key: doc.get_str("idempotency_key").ok().map(str::to_owned),
         refunded: doc.get_bool("refunded").unwrap_or(false),
         timestamp_ms: millis(doc, "timestamp")?,
+        plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
     })
 }
 
@@ -472,7 +477,7 @@ impl Store for MongoStore {
                 "timestamp": { "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms) },
             } },
             doc! { "$group": {
-                "_id": { "service": "$service", "endpoint": "$endpoint" },
+                "_id": { "service": "$service", "endpoint": "$endpoint", "plan_id": "$plan_id" },
                 "calls": { "$sum": 1 }, "credits": { "$sum": "$credits_used" },
             } },
         ];
@@ -487,6 +492,7 @@ impl Store for MongoStore {
             lines.push(UsageLine {
                 service: string(key, "service")?,
                 endpoint: string(key, "endpoint")?,
+                plan_id: key.get_str("plan_id").ok().map(str::to_owned),
                 calls: int(d, "calls")? as u64,
                 credits: int(d, "credits")?,
             });

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS usage_logs (
     request_id TEXT NOT NULL,
     idempotency_key TEXT,
     refunded INTEGER NOT NULL,
-    timestamp_ms INTEGER NOT NULL
+    timestamp_ms INTEGER NOT NULL,
+    plan_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_logs_tenant_time ON usage_logs (tenant_id, timestamp_ms, id);
 CREATE INDEX IF NOT EXISTS usage_logs_time ON usage_logs (timestamp_ms, id);
@@ -154,6 +155,9 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
     })
 }
 
+/// (table, column, definition) added after the table's first release, in order.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("usage_logs", "plan_id", "TEXT")];
+
 const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
 
 fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
@@ -172,6 +176,7 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
         idempotency_key: row.get(11)?,
         refunded: row.get(12)?,
         timestamp_ms: row.get(13)?,
+        plan_id: row.get(14)?,
     })
 }
 
@@ -237,7 +242,27 @@ fn insert_transaction(
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        self.run(|conn| Ok(conn.execute_batch(SCHEMA)?)).await
+        self.run(|conn| {
+            conn.execute_batch(SCHEMA)?;
+            // Columns added since a table was first created (CREATE TABLE IF NOT EXISTS
+            // leaves an existing table as it was).
+            for (table, column, definition) in ADDED_COLUMNS {
+                let exists: bool = conn.query_row(
+                    &format!(
+                        "SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"
+                    ),
+                    [column],
+                    |row| row.get(0),
+                )?;
+                if !exists {
+                    conn.execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                    ))?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -297,14 +322,14 @@ impl Store for SqliteStore {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_logs (id, tenant_id, user_id, service, endpoint, method,
                        credits_used, balance_after, status, latency_ms, request_id, idempotency_key,
-                       refunded, timestamp_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                       refunded, timestamp_ms, plan_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )?;
                 for e in &events {
                     insert.execute(params![
                         e.id, e.tenant_id, e.user_id, e.service, e.endpoint, e.method,
                         e.credits_used, e.balance_after, e.status, e.latency_ms, e.request_id,
-                        e.idempotency_key, e.refunded, e.timestamp_ms
+                        e.idempotency_key, e.refunded, e.timestamp_ms, e.plan_id
                     ])?;
                 }
                 for (tenant, credits) in credits_by_tenant(&events) {
@@ -373,7 +398,7 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let mut sql = String::from(
                 "SELECT id, tenant_id, user_id, service, endpoint, method, credits_used, balance_after,
-                   status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms
+                   status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms, plan_id
                  FROM usage_logs WHERE 1 = 1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -415,9 +440,9 @@ impl Store for SqliteStore {
         let tenant = tenant_id.to_owned();
         self.run(move |conn| {
             let mut stmt = conn.prepare(
-                "SELECT service, endpoint, COUNT(*), SUM(credits_used) FROM usage_logs
+                "SELECT service, endpoint, COUNT(*), SUM(credits_used), plan_id FROM usage_logs
                  WHERE tenant_id = ?1 AND timestamp_ms >= ?2 AND timestamp_ms < ?3 AND refunded = 0
-                 GROUP BY service, endpoint ORDER BY service, endpoint",
+                 GROUP BY service, endpoint, plan_id ORDER BY service, endpoint, plan_id",
             )?;
             let lines = stmt
                 .query_map(params![tenant, from_ms, to_ms], |row| {
@@ -426,6 +451,7 @@ impl Store for SqliteStore {
                         endpoint: row.get(1)?,
                         calls: row.get::<_, i64>(2)? as u64,
                         credits: row.get(3)?,
+                        plan_id: row.get(4)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -664,5 +690,51 @@ impl Documents for SqliteStore {
             .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir from before `usage_logs.plan_id`: opened by this build, its rows stay and
+    /// new rows carry the column.
+    #[tokio::test]
+    async fn an_older_usage_table_gains_the_new_columns() {
+        let dir = std::env::temp_dir().join(format!("tollgate-migrate-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join("store.sqlite3")).unwrap();
+            conn.execute_batch(&SCHEMA.replace(",\n    plan_id TEXT\n);", "\n);"))
+                .unwrap();
+            let columns: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('usage_logs') WHERE name = 'plan_id'",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(columns, 0, "the old table has no plan_id");
+            conn.execute(
+                "INSERT INTO usage_logs VALUES ('old', 't', 'u', 's', '/e', 'GET', 1, 9, 200, 1.0, 'r', NULL, 0, 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let logs = store
+            .usage_logs(&UsageQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (logs[0].id.as_str(), logs[0].plan_id.as_deref()),
+            ("old", None)
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

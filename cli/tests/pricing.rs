@@ -1,0 +1,240 @@
+//! What a call costs (docs/DESIGN.md §Pricing): a tenant's active subscription's plan
+//! overrides an endpoint's price at every replica within the catalog's reload bound; the
+//! usage logs and the usage lines say which price applied. On the embedded default (one
+//! process) and on Redis with two replicas sharing a MongoDB.
+
+use tollgate_testkit as common;
+
+use common::store::StoreUnderTest;
+use common::{admin_token, client, header_i64, token, wait_until, Gateway, RedisServer, Upstream};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn yaml(upstream: &str) -> String {
+    format!(
+        "usage: {{ batch_size: 10, flush_interval_ms: 50 }}
+services:
+  - name: notes
+    upstream: {upstream}
+    endpoints:
+      - {{ method: GET, path: /x, credits: 5 }}
+      - {{ method: GET, path: /y, credits: 4 }}
+tenants:
+  - {{ id: ops }}
+  - {{ id: acme, credits: 100000 }}
+  - {{ id: other, credits: 100000 }}
+"
+    )
+}
+
+/// One call to GET /`path` as `tenant`: what it cost.
+async fn cost(gateway: &Gateway, tenant: &str, path: &str) -> Option<i64> {
+    let response = client()
+        .get(gateway.url(&format!("/api/proxy/notes{path}")))
+        .bearer_auth(token(tenant, "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    header_i64(&response, "x-credits-cost")
+}
+
+/// An admin API call on `gateway`; the status and the JSON answer.
+async fn admin(
+    gateway: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = client()
+        .request(method, gateway.admin_url(path))
+        .bearer_auth(admin_token("ops", "root"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Every gateway charges `expected` for acme's GET /x within the catalog's reload bound.
+async fn every_replica_charges(gateways: &[&Gateway], expected: i64) {
+    let changed = Instant::now();
+    for gateway in gateways {
+        wait_until(
+            "the new price at every replica",
+            Duration::from_secs(10),
+            async || cost(gateway, "acme", "/x").await == Some(expected),
+        )
+        .await;
+    }
+    assert!(
+        changed.elapsed() < Duration::from_millis(2_500),
+        "the catalog's reload bound (2 s): took {:?}",
+        changed.elapsed()
+    );
+}
+
+async fn plan_prices_are_charged(upstream: &Upstream, gateways: &[&Gateway]) {
+    let first = gateways[0];
+    // An override must name an endpoint a service declares.
+    let (status, problem) = admin(
+        first,
+        reqwest::Method::POST,
+        "/admin/plans",
+        json!({"id": "typo", "name": "Typo", "monthly_credits": 0,
+               "price_overrides": [{"service": "notes", "method": "GET", "path": "/nope", "credits": 1}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "price_overrides[0]", "{problem}");
+
+    let (status, plan) = admin(
+        first,
+        reqwest::Method::POST,
+        "/admin/plans",
+        json!({"id": "pro", "name": "Pro", "monthly_credits": 0,
+               "price_overrides": [{"service": "notes", "method": "GET", "path": "/x", "credits": 2}]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{plan}");
+    assert_eq!(cost(first, "acme", "/x").await, Some(5), "no plan yet");
+
+    let (status, subscription) = admin(
+        first,
+        reqwest::Method::POST,
+        "/admin/subscriptions",
+        json!({"tenant_id": "acme", "plan_id": "pro"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{subscription}");
+    every_replica_charges(gateways, 2).await;
+    for gateway in gateways {
+        assert_eq!(
+            cost(gateway, "acme", "/y").await,
+            Some(4),
+            "not on the plan"
+        );
+        assert_eq!(
+            cost(gateway, "other", "/x").await,
+            Some(5),
+            "not subscribed"
+        );
+    }
+
+    // The plan's price changes: every replica follows.
+    let (status, _) = admin(
+        first,
+        reqwest::Method::PATCH,
+        "/admin/plans/pro",
+        json!({"price_overrides": [{"service": "notes", "method": "GET", "path": "/x", "credits": 3}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    every_replica_charges(gateways, 3).await;
+
+    // Cancelled, the subscription's plan prices nothing.
+    let id = subscription["id"].as_str().unwrap();
+    let (status, _) = admin(
+        first,
+        reqwest::Method::PATCH,
+        &format!("/admin/subscriptions/{id}"),
+        json!({"status": "cancelled"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    every_replica_charges(gateways, 5).await;
+
+    // The usage logs say which price each call paid (all of them written: as many as the
+    // upstream saw), and the usage lines split by it.
+    let mut logs = Vec::new();
+    wait_until(
+        "every call's usage log",
+        Duration::from_secs(10),
+        async || {
+            let (status, page) = admin(
+                first,
+                reqwest::Method::GET,
+                "/admin/usage-logs?limit=1000",
+                Value::Null,
+            )
+            .await;
+            assert_eq!(status, 200, "{page}");
+            logs = page["items"].as_array().unwrap().clone();
+            logs.len() as u64 == upstream.requests()
+        },
+    )
+    .await;
+    let mut expected_lines = std::collections::BTreeMap::new();
+    for log in &logs {
+        let (endpoint, plan) = (log["endpoint"].as_str(), log["plan_id"].as_str());
+        let credits = log["credits_used"].as_i64().unwrap();
+        let prices: &[i64] = match (log["tenant_id"].as_str(), endpoint, plan) {
+            (Some("acme"), Some("/x"), Some("pro")) => &[2, 3],
+            (_, Some("/x"), None) => &[5],
+            (_, Some("/y"), None) => &[4],
+            _ => panic!("unexpected log: {log}"),
+        };
+        assert!(prices.contains(&credits), "{log}");
+        if log["tenant_id"] == "acme" {
+            let line = expected_lines
+                .entry((endpoint.unwrap().to_owned(), plan.map(str::to_owned)))
+                .or_insert((0, 0));
+            *line = (line.0 + 1, line.1 + credits);
+        }
+    }
+    let usage: Value = client()
+        .get(first.admin_url("/me/usage"))
+        .bearer_auth(token("acme", "alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lines: std::collections::BTreeMap<_, _> = usage["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let key = (
+                l["endpoint"].as_str().unwrap().to_owned(),
+                l["plan_id"].as_str().map(str::to_owned),
+            );
+            (
+                key,
+                (l["calls"].as_i64().unwrap(), l["credits"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(lines, expected_lines);
+    assert!(
+        lines.contains_key(&("/x".to_owned(), Some("pro".to_owned()))),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prices_are_charged_on_the_embedded_ledger() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&yaml(&upstream.url()), None);
+    plan_prices_are_charged(&upstream, &[&gateway]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prices_are_charged_at_every_redis_replica() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let mut env = StoreUnderTest::Mongo {
+        uri,
+        db: common::unique_db(),
+    }
+    .env();
+    env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
+    let first = Gateway::start_with(&yaml(&upstream.url()), env.clone());
+    let second = Gateway::start_with(&yaml(&upstream.url()), env);
+    plan_prices_are_charged(&upstream, &[&first, &second]).await;
+}
