@@ -1,5 +1,6 @@
 //! Microbenchmarks of the request path's own work: route matching among 1,000 endpoints,
-//! JWT verification (HS256 and RS256), and a charge on the embedded ledger.
+//! JWT verification (HS256 and RS256), a charge on the embedded ledger, and a price
+//! expression next to an integer price.
 //! `cargo bench --bench hot_path`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -128,5 +129,27 @@ fn ledger(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, jwt, ledger);
+fn pricing(c: &mut Criterion) {
+    use tollgate::pricing::{Call, PriceExpression};
+    let call = Call {
+        method: "GET",
+        path: "/models/large/complete",
+        pattern: "/models/{model}/complete",
+        query: Some("pages=4&lang=en"),
+        size: Some(2048),
+        tenant: "acme",
+        plan: None,
+    };
+    for source in [
+        "1 + int(request.query.pages)",
+        "request.params.model == \"large\" ? 8 : 1",
+    ] {
+        let expression = PriceExpression::compile(source).expect("compiles");
+        c.bench_function(&format!("price expression `{source}`"), |b| {
+            b.iter(|| expression.evaluate(black_box(&call)))
+        });
+    }
+}
+
+criterion_group!(benches, routing, jwt, ledger, pricing);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the front door for a bounded time per target (not part of CI: a cold nightly
 # build with sanitizers takes several minutes): the route matcher and path checks, the
-# token verifier, the config parser. Needs the nightly toolchain; installs cargo-fuzz.
+# token verifier, the config parser, price expressions. Needs the nightly toolchain; installs cargo-fuzz.
 # A crash is saved by libFuzzer under fuzz/artifacts/<target>/: copy it to
 # fuzz/regressions/<target>/ so `cargo test` replays it forever after.
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(route token config)
+((${#targets[@]})) || targets=(route token config price)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for target in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$target"

@@ -13,7 +13,7 @@ fn router() -> &'static Router {
         let endpoint = |method: &str, path: &str| EndpointConfig {
             method: method.into(),
             path: path.into(),
-            credits: 1,
+            credits: 1.into(),
         };
         let service = ServiceConfig {
             name: "notes".into(),
@@ -84,6 +84,26 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A price expression: any text in, compiled or refused; a compiled one, evaluated on a
+/// call whose query is the same text, gives a price in range or an error, never a panic.
+pub fn price(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(expression) = crate::pricing::PriceExpression::compile(&text) {
+        let call = crate::pricing::Call {
+            method: "GET",
+            path: "/a/b",
+            pattern: "/{x}/*",
+            query: Some(&text),
+            size: Some(u64::MAX),
+            tenant: "t",
+            plan: None,
+        };
+        if let Ok(credits) = expression.evaluate(&call) {
+            assert!(credits <= crate::vocab::MAX_ENDPOINT_CREDITS);
+        }
+    }
+}
+
 /// Replays every saved input under `fuzz/regressions/<target>/` (crashes the fuzzer found,
 /// and seeds); run by `cargo test`.
 #[cfg(test)]
@@ -92,10 +112,11 @@ mod tests {
     fn saved_fuzz_inputs_still_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
+        let targets: [(&str, Target); 4] = [
             ("route", super::route),
             ("token", super::token),
             ("config", super::config),
+            ("price", super::price),
         ];
         let mut replayed = 0;
         for (name, target) in targets {

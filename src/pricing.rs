@@ -1,13 +1,15 @@
-//! What a call costs (docs/DESIGN.md §Pricing): the endpoint's price, unless the tenant's
-//! plan overrides it. A plan's `price_overrides` name an endpoint by service, method and
-//! declared path; the catalog keeps them current with the plans and the tenants' plan
-//! (set by a subscription), so a plan change reaches every replica within the catalog's
-//! reload bound. The request path looks them up without allocating.
+//! What a call costs (docs/DESIGN.md §Pricing): the endpoint's price — a number, or a CEL
+//! expression over the request ([`PriceExpression`]) — unless the tenant's plan overrides
+//! it. A plan's `price_overrides` name an endpoint by service, method and declared path;
+//! the catalog keeps them current with the plans and the tenants' plan (set by a
+//! subscription), so a plan change reaches every replica within the catalog's reload
+//! bound. The request path looks them up without allocating.
 
 use crate::store::Doc;
+use crate::vocab::MAX_ENDPOINT_CREDITS;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// One endpoint's price on a plan, as a plan document stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,179 @@ pub struct Price {
     pub credits: u32,
     /// The plan whose override applied; `None`: the service's own price.
     pub plan: Option<Arc<str>>,
+}
+
+/// An endpoint's price as the router keeps it: compiled once, when the service is loaded.
+#[derive(Debug, Clone)]
+pub enum EndpointPrice {
+    Fixed(u32),
+    Expression(Arc<PriceExpression>),
+}
+
+/// The longest price expression accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 1024;
+
+/// The variables a price may read.
+const VARIABLES: [&str; 2] = ["request", "tenant"];
+
+/// CEL's standard functions, built once for every evaluation.
+static CEL: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
+/// A price in CEL over the call: `request.method`, `request.path` (after the service),
+/// `request.params.<name>` (the declared path's `{name}` segments), `request.query.<name>`
+/// (the first value of each query parameter), `request.size` (the declared body size,
+/// `Content-Length`, 0 when absent), `tenant.id` and `tenant.plan` (`""` without one).
+/// It must come to an integer from 0 to [`MAX_ENDPOINT_CREDITS`]. Evaluation is bounded:
+/// the expression is at most [`MAX_EXPRESSION_BYTES`] and may not loop (CEL has no loops;
+/// its comprehension macros, `all`, `exists`, `map`, `filter`, are refused at compile
+/// time), so it costs time in proportion to its length.
+#[derive(Debug)]
+pub struct PriceExpression {
+    source: String,
+    program: cel::Program,
+}
+
+/// Why an expression was refused, and where (line and column, from 1) when the parser knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpressionError {
+    pub position: Option<(usize, usize)>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ExpressionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "line {line}, column {column}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// What an expression can see of a call.
+#[derive(Debug, Default)]
+pub struct Call<'a> {
+    pub method: &'a str,
+    /// The request's path after `/api/proxy/{service}`.
+    pub path: &'a str,
+    /// The endpoint's declared path (`/notes/{id}`), for `request.params`.
+    pub pattern: &'a str,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The declared body size (`Content-Length`), if any.
+    pub size: Option<u64>,
+    pub tenant: &'a str,
+    pub plan: Option<&'a str>,
+}
+
+impl PriceExpression {
+    /// Compiles `source`, or says what is wrong with it and where.
+    pub fn compile(source: &str) -> Result<PriceExpression, ExpressionError> {
+        let refuse = |reason: String| ExpressionError {
+            position: None,
+            reason,
+        };
+        if source.trim().is_empty() {
+            return Err(refuse("an empty expression".into()));
+        }
+        if source.len() > MAX_EXPRESSION_BYTES {
+            return Err(refuse(format!("longer than {MAX_EXPRESSION_BYTES} bytes")));
+        }
+        let program = CEL.compile(source).map_err(|e| {
+            let first = e.errors.first();
+            ExpressionError {
+                position: first.and_then(|e| {
+                    Some((
+                        usize::try_from(e.pos.0).ok()?,
+                        usize::try_from(e.pos.1).ok()? + 1,
+                    ))
+                }),
+                reason: first.map_or_else(|| "does not parse".to_owned(), |e| e.msg.clone()),
+            }
+        })?;
+        // A comprehension binds a variable of its own: refusing every other name refuses
+        // them too, and with them the only way CEL has to repeat work.
+        let references = program.references();
+        if let Some(name) = references
+            .variables()
+            .into_iter()
+            .find(|v| !VARIABLES.contains(v))
+        {
+            return Err(refuse(format!(
+                "unknown name `{name}`: a price reads `request` and `tenant`, and may not loop \
+                 (all, exists, exists_one, map, filter)"
+            )));
+        }
+        Ok(PriceExpression {
+            source: source.to_owned(),
+            program,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The price of `call`, or why there is none.
+    pub fn evaluate(&self, call: &Call<'_>) -> Result<u32, String> {
+        let mut context = cel::Context::with_env(Arc::clone(&CEL));
+        let params: HashMap<String, String> = path_params(call.pattern, call.path);
+        let mut query: HashMap<String, String> = HashMap::new();
+        for (name, value) in form_urlencoded::parse(call.query.unwrap_or("").as_bytes()) {
+            query
+                .entry(name.into_owned())
+                .or_insert_with(|| value.into_owned());
+        }
+        let request: HashMap<&str, cel::Value> = HashMap::from([
+            ("method", call.method.into()),
+            ("path", call.path.into()),
+            ("params", params.into()),
+            ("query", query.into()),
+            (
+                "size",
+                i64::try_from(call.size.unwrap_or(0))
+                    .unwrap_or(i64::MAX)
+                    .into(),
+            ),
+        ]);
+        let tenant: HashMap<&str, cel::Value> = HashMap::from([
+            ("id", call.tenant.into()),
+            ("plan", call.plan.unwrap_or("").into()),
+        ]);
+        context.add_variable_from_value("request", request);
+        context.add_variable_from_value("tenant", tenant);
+        let range = 0..=i64::from(MAX_ENDPOINT_CREDITS);
+        match self.program.execute(&context) {
+            Ok(cel::Value::Int(n)) if range.contains(&n) => Ok(n as u32),
+            Ok(cel::Value::UInt(n)) if n <= u64::from(MAX_ENDPOINT_CREDITS) => Ok(n as u32),
+            Ok(cel::Value::Int(n)) => Err(format!(
+                "the price came to {n}, outside 0 to {MAX_ENDPOINT_CREDITS}"
+            )),
+            Ok(cel::Value::UInt(n)) => Err(format!(
+                "the price came to {n}, above {MAX_ENDPOINT_CREDITS}"
+            )),
+            Ok(other) => Err(format!(
+                "the price must be an integer, not {:?} (wrap it in int())",
+                other.type_of()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The values of the declared path's `{name}` segments in `path`.
+fn path_params(pattern: &str, path: &str) -> HashMap<String, String> {
+    let mut params = HashMap::new();
+    let mut actual = path.split('/');
+    for declared in pattern.split('/') {
+        let Some(value) = actual.next() else { break };
+        if declared == "*" {
+            break;
+        }
+        if let Some(name) = declared.strip_prefix('{').and_then(|d| d.strip_suffix('}')) {
+            params.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    params
 }
 
 impl PlanPrices {
@@ -77,30 +252,24 @@ impl PlanPrices {
         PlanPrices { plans }
     }
 
-    /// The price of `service`'s endpoint `method path` (its declared pattern) for a tenant on
-    /// `plan`, whose own price is `credits`.
-    pub fn price(
+    /// The price `plan` sets for `service`'s endpoint `method path` (its declared pattern),
+    /// if it sets one.
+    pub fn override_for(
         &self,
         plan: Option<&str>,
         service: &str,
         method: &str,
         path: &str,
-        credits: u32,
-    ) -> Price {
-        let found = plan.and_then(|plan| self.plans.get(plan)).and_then(|p| {
-            let (_, _, credits) = p
-                .by_service
-                .get(service)?
-                .iter()
-                .find(|(m, p, _)| m == method && p == path)?;
-            Some(Price {
-                credits: *credits,
-                plan: Some(Arc::clone(&p.plan)),
-            })
-        });
-        found.unwrap_or(Price {
-            credits,
-            plan: None,
+    ) -> Option<Price> {
+        let p = self.plans.get(plan?)?;
+        let (_, _, credits) = p
+            .by_service
+            .get(service)?
+            .iter()
+            .find(|(m, p, _)| m == method && p == path)?;
+        Some(Price {
+            credits: *credits,
+            plan: Some(Arc::clone(&p.plan)),
         })
     }
 }
@@ -129,33 +298,95 @@ mod tests {
             doc(serde_json::json!({"id": "free", "name": "Free"})),
             doc(serde_json::json!({"id": "broken", "price_overrides": "nope"})),
         ]);
-        let pro = |method, path| prices.price(Some("pro"), "notes", method, path, 5);
-        assert_eq!(pro("GET", "/notes/{id}").credits, 1);
-        assert_eq!(pro("GET", "/notes/{id}").plan.as_deref(), Some("pro"));
-        assert_eq!(pro("POST", "/notes").credits, 0, "free on this plan");
+        let pro = |method, path| prices.override_for(Some("pro"), "notes", method, path);
+        let one = pro("GET", "/notes/{id}").unwrap();
+        assert_eq!((one.credits, one.plan.as_deref()), (1, Some("pro")));
         assert_eq!(
-            pro("DELETE", "/notes/{id}"),
-            Price {
-                credits: 5,
-                plan: None
-            }
+            pro("POST", "/notes").unwrap().credits,
+            0,
+            "free on this plan"
         );
+        assert_eq!(pro("DELETE", "/notes/{id}"), None);
         assert_eq!(
-            prices.price(Some("pro"), "other", "GET", "/notes/{id}", 5),
-            Price {
-                credits: 5,
-                plan: None
-            }
+            prices.override_for(Some("pro"), "other", "GET", "/notes/{id}"),
+            None
         );
         for plan in [None, Some("free"), Some("broken"), Some("gone")] {
             assert_eq!(
-                prices.price(plan, "notes", "GET", "/notes/{id}", 5),
-                Price {
-                    credits: 5,
-                    plan: None
-                },
+                prices.override_for(plan, "notes", "GET", "/notes/{id}"),
+                None,
                 "{plan:?}"
             );
         }
+    }
+
+    fn call<'a>(query: Option<&'a str>, size: Option<u64>) -> Call<'a> {
+        Call {
+            method: "GET",
+            path: "/models/large/complete",
+            pattern: "/models/{model}/complete",
+            query,
+            size,
+            tenant: "acme",
+            plan: Some("pro"),
+        }
+    }
+
+    fn price(source: &str, call: &Call<'_>) -> Result<u32, String> {
+        PriceExpression::compile(source).unwrap().evaluate(call)
+    }
+
+    #[test]
+    fn the_documented_examples_price_what_they_say() {
+        let expr = "1 + int(request.query.pages)";
+        assert_eq!(price(expr, &call(Some("pages=4&pages=9"), None)), Ok(5));
+        let expr = "request.size > 1048576 ? 10 : 2";
+        assert_eq!(price(expr, &call(None, Some(2_000_000))), Ok(10));
+        assert_eq!(price(expr, &call(None, None)), Ok(2));
+        let expr = "request.params.model == \"large\" ? 8 : 1";
+        assert_eq!(price(expr, &call(None, None)), Ok(8));
+        let expr = "tenant.plan == \"pro\" && request.method == \"GET\" ? 0 : 3";
+        assert_eq!(price(expr, &call(None, None)), Ok(0));
+    }
+
+    #[test]
+    fn a_call_it_cannot_price_is_an_error_never_a_wrong_price() {
+        let pages = "1 + int(request.query.pages)";
+        for query in [
+            None,
+            Some("pages=many"),
+            Some("pages=-5"),
+            Some("pages=99999999"),
+        ] {
+            let result = price(pages, &call(query, None));
+            assert!(result.is_err(), "{query:?}: {result:?}");
+        }
+        assert!(price("double(request.size) / 3.0", &call(None, Some(9)))
+            .unwrap_err()
+            .contains("integer"));
+        let overflow = "9223372036854775807 + int(request.query.n)";
+        assert!(price(overflow, &call(Some("n=1"), None)).is_err());
+        assert!(price("1 / int(request.query.n)", &call(Some("n=0"), None)).is_err());
+    }
+
+    #[test]
+    fn a_bad_expression_is_refused_with_where_and_why() {
+        let err = PriceExpression::compile("1 +\n  * 2").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        assert!(!err.reason.is_empty());
+        for (source, says) in [
+            ("", "empty"),
+            ("secrets.key", "unknown name `secrets`"),
+            ("[1, 2].map(x, x * 2)[0]", "may not loop"),
+            ("request.query.all(k, k == \"a\") ? 1 : 2", "may not loop"),
+        ] {
+            let err = PriceExpression::compile(source).unwrap_err();
+            assert!(err.to_string().contains(says), "{source}: {err}");
+        }
+        let long = format!("1{}", " + 1".repeat(MAX_EXPRESSION_BYTES));
+        assert!(PriceExpression::compile(&long)
+            .unwrap_err()
+            .reason
+            .contains("longer"));
     }
 }

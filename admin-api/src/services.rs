@@ -11,7 +11,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::catalog::{service_from_doc, service_to_doc};
-use tollgate::config::{ConfigError, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+use tollgate::config::{
+    ConfigError, Credits, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig,
+};
 use tollgate::store::Kind;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -37,9 +39,35 @@ pub struct EndpointBody {
         pattern = r"^/(([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\})/)*([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\}|\*)?$"
     )]
     path: String,
-    /// 0 to 1,000,000.
-    #[schema(maximum = 1_000_000)]
-    credits: u32,
+    credits: CreditsBody,
+}
+
+/// A price: 0 to 1,000,000 credits, or a CEL expression over the request that comes to
+/// one, e.g. `1 + int(request.query.pages)` (docs/DESIGN.md §Pricing). A bad expression is
+/// refused with `endpoints[i].credits`, the line and column, and the reason.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreditsBody {
+    Fixed(u32),
+    Expression(String),
+}
+
+impl From<CreditsBody> for Credits {
+    fn from(c: CreditsBody) -> Credits {
+        match c {
+            CreditsBody::Fixed(n) => Credits::Fixed(n),
+            CreditsBody::Expression(e) => Credits::Expression(e),
+        }
+    }
+}
+
+impl From<Credits> for CreditsBody {
+    fn from(c: Credits) -> CreditsBody {
+        match c {
+            Credits::Fixed(n) => CreditsBody::Fixed(n),
+            Credits::Expression(e) => CreditsBody::Expression(e),
+        }
+    }
 }
 
 impl From<EndpointBody> for EndpointConfig {
@@ -47,7 +75,7 @@ impl From<EndpointBody> for EndpointConfig {
         EndpointConfig {
             method: e.method.to_ascii_uppercase(),
             path: e.path,
-            credits: e.credits,
+            credits: e.credits.into(),
         }
     }
 }
@@ -100,7 +128,7 @@ impl From<ServiceConfig> for ServiceView {
                 .map(|e| EndpointBody {
                     method: e.method,
                     path: e.path,
-                    credits: e.credits,
+                    credits: e.credits.into(),
                 })
                 .collect(),
         }
@@ -383,7 +411,7 @@ pub async fn update_endpoint(
     else {
         return Err(Problem::not_found("endpoint"));
     };
-    existing.credits = endpoint.credits;
+    existing.credits = endpoint.credits.into();
     save(&state, service).await.map_err(endpoint_field)
 }
 

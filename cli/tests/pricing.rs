@@ -238,3 +238,149 @@ async fn plan_prices_are_charged_at_every_redis_replica() {
     let second = Gateway::start_with(&yaml(&upstream.url()), env);
     plan_prices_are_charged(&upstream, &[&first, &second]).await;
 }
+
+fn expression_yaml(upstream: &str) -> String {
+    format!(
+        r#"services:
+  - name: api
+    upstream: {upstream}
+    endpoints:
+      - {{ method: GET, path: /search, credits: "1 + int(request.query.pages)" }}
+      - {{ method: POST, path: /upload, credits: "request.size > 1000 ? 10 : 2" }}
+      - {{ method: GET, path: "/models/{{model}}/complete", credits: 'request.params.model == "large" ? 8 : 1' }}
+tenants:
+  - {{ id: ops }}
+  - {{ id: acme, credits: 1000 }}
+"#
+    )
+}
+
+/// Calls `path` as acme: the status, the cost charged and the balance left.
+async fn priced(
+    gateway: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: &str,
+) -> (u16, Option<i64>, Option<i64>, Value) {
+    let response = client()
+        .request(method, gateway.url(&format!("/api/proxy/api{path}")))
+        .bearer_auth(token("acme", "alice"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let (status, cost, left) = (
+        response.status().as_u16(),
+        header_i64(&response, "x-credits-cost"),
+        header_i64(&response, "x-credits-remaining"),
+    );
+    (
+        status,
+        cost,
+        left,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn expressions_price_each_call(upstream: &Upstream, gateway: &Gateway) {
+    use reqwest::Method;
+    let get = |path: &'static str| priced(gateway, Method::GET, path, "");
+    let (status, cost, left, _) = get("/search?pages=4").await;
+    assert_eq!((status, cost, left), (200, Some(5), Some(995)));
+    let (_, cost, _, _) = priced(gateway, Method::POST, "/upload", &"x".repeat(2000)).await;
+    assert_eq!(cost, Some(10));
+    let (_, cost, _, _) = priced(gateway, Method::POST, "/upload", "small").await;
+    assert_eq!(cost, Some(2));
+    assert_eq!(get("/models/large/complete").await.1, Some(8));
+    let (_, cost, left, _) = get("/models/small/complete").await;
+    assert_eq!((cost, left), (Some(1), Some(974)));
+
+    // A call the price cannot be computed for is refused, names the pricing, costs nothing
+    // and never reaches the upstream.
+    let forwarded = upstream.requests();
+    for path in [
+        "/search",
+        "/search?pages=many",
+        "/search?pages=-9",
+        "/search?pages=99999999",
+    ] {
+        let (status, cost, _, problem) = get(path).await;
+        assert_eq!((status, cost), (400, None), "{path}: {problem}");
+        assert_eq!(
+            problem["type"], "urn:tollgate:problem:price-not-computed",
+            "{problem}"
+        );
+        assert_eq!(
+            (&problem["service"], &problem["endpoint"]),
+            (&json!("api"), &json!("/search")),
+            "{problem}"
+        );
+    }
+    assert_eq!(upstream.requests(), forwarded);
+    let (_, _, left, _) = get("/models/small/complete").await;
+    assert_eq!(left, Some(973), "the refused calls cost nothing");
+
+    // The admin API takes expressions, returns them, and refuses a bad one with its place.
+    let (status, problem) = admin(
+        gateway,
+        reqwest::Method::POST,
+        "/admin/services",
+        json!({"name": "bad", "upstream": upstream.url(),
+               "endpoints": [{"method": "GET", "path": "/x", "credits": "1 + * 2"}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "endpoints[0].credits", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line 1, column"),
+        "{problem}"
+    );
+    let (status, problem) = admin(
+        gateway,
+        reqwest::Method::POST,
+        "/admin/services",
+        json!({"name": "loop", "upstream": upstream.url(),
+               "endpoints": [{"method": "GET", "path": "/x", "credits": "[1].map(x, x)[0]"}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    let (status, service) = admin(
+        gateway,
+        reqwest::Method::GET,
+        "/admin/services/api",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        service["endpoints"][0]["credits"], "1 + int(request.query.pages)",
+        "{service}"
+    );
+    let (status, _) = admin(
+        gateway,
+        reqwest::Method::GET,
+        "/admin/services/bad",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_price_each_call_on_the_embedded_ledger() {
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&expression_yaml(&upstream.url()), None);
+    expressions_price_each_call(&upstream, &gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_price_each_call_on_redis() {
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let env = vec![("TOLLGATE_REDIS_URL".to_owned(), redis.url())];
+    let gateway = Gateway::start_with(&expression_yaml(&upstream.url()), env);
+    expressions_price_each_call(&upstream, &gateway).await;
+}

@@ -9,7 +9,7 @@ mod env;
 mod service;
 
 use crate::vocab::TenantStatus;
-pub use service::{EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+pub use service::{Credits, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
 
 use serde::Deserialize;
 use std::net::SocketAddr;

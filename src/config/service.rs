@@ -62,5 +62,20 @@ pub struct EndpointConfig {
     pub method: String,
     /// `/exact/path`, `/notes/{id}` segments, or a trailing `/*` prefix.
     pub path: String,
-    pub credits: u32,
+    pub credits: Credits,
+}
+
+/// An endpoint's price: a number of credits, or a CEL expression over the request that
+/// comes to one (docs/DESIGN.md §Pricing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Credits {
+    Fixed(u32),
+    Expression(String),
+}
+
+impl From<u32> for Credits {
+    fn from(credits: u32) -> Credits {
+        Credits::Fixed(credits)
+    }
 }

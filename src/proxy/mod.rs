@@ -193,15 +193,13 @@ impl ProxyHttp for Gateway {
             threshold,
             plan,
         } = caller;
-        // The tenant's plan may price this endpoint (docs/DESIGN.md §Pricing).
-        let endpoint = route.endpoint();
-        let price = self.catalog.prices().price(
-            plan.as_deref(),
-            &route.service.name,
-            &endpoint.method,
-            &endpoint.path,
-            endpoint.credits,
-        );
+        let price = match self.price(session, &route, &claims.tenant_id, plan.as_deref()) {
+            Ok(price) => price,
+            Err(problem) => {
+                ctx.route = Some(route);
+                return refuse(session, ctx, &problem).await;
+            }
+        };
         let cost = i64::from(price.credits);
         ctx.route = Some(route);
         ctx.price_plan = price.plan;

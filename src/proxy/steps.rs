@@ -6,6 +6,7 @@ use crate::auth::{AuthError, Claims};
 use crate::config::OnLedgerError;
 use crate::deferred::{DeferredCharge, Reservation};
 use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
+use crate::pricing::{Call, EndpointPrice, Price};
 use crate::routing::{RouteError, RouteMatch};
 use crate::vocab::TenantStatus;
 use pingora::proxy::Session;
@@ -208,6 +209,68 @@ impl Gateway {
             threshold,
             plan,
         })
+    }
+
+    /// Step 3's price: the tenant's plan's for this endpoint, else the endpoint's own,
+    /// evaluated on the call when it is an expression (docs/DESIGN.md §Pricing).
+    pub(super) fn price(
+        &self,
+        session: &Session,
+        route: &RouteMatch,
+        tenant: &str,
+        plan: Option<&str>,
+    ) -> std::result::Result<Price, Box<Problem>> {
+        let endpoint = route.endpoint();
+        let service = &route.service.name;
+        let prices = self.catalog.prices();
+        if let Some(price) = prices.override_for(plan, service, &endpoint.method, &endpoint.path) {
+            return Ok(price);
+        }
+        let expression = match &endpoint.credits {
+            EndpointPrice::Fixed(credits) => {
+                return Ok(Price {
+                    credits: *credits,
+                    plan: None,
+                })
+            }
+            EndpointPrice::Expression(expression) => expression,
+        };
+        let req = session.req_header();
+        let full = req.uri.path();
+        let call = Call {
+            method: req.method.as_str(),
+            path: full
+                .strip_prefix(crate::routing::PROXY_PREFIX)
+                .and_then(|p| p.strip_prefix(service.as_str()))
+                .unwrap_or(full),
+            pattern: &endpoint.path,
+            query: req.uri.query(),
+            size: req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            tenant,
+            plan,
+        };
+        expression
+            .evaluate(&call)
+            .map(|credits| Price {
+                credits,
+                plan: None,
+            })
+            .map_err(|why| {
+                Box::new(
+                    Problem::new(
+                        400,
+                        "price-not-computed",
+                        "Bad request",
+                        format!("this call's price could not be computed: {why}"),
+                    )
+                    .with("service", service.clone())
+                    .with("endpoint", endpoint.path.clone())
+                    .with("price", expression.source().to_owned()),
+                )
+            })
     }
 
     /// Step 3 when the ledger did not answer: a service with `on_ledger_error: allow` is

@@ -11,7 +11,8 @@ mod upstream;
 pub use table::{EndpointTable, ANY_METHOD};
 pub use upstream::Upstream;
 
-use crate::config::{ConfigError, OnLedgerError, ServiceConfig, TimeoutsConfig};
+use crate::config::{ConfigError, Credits, OnLedgerError, ServiceConfig, TimeoutsConfig};
+use crate::pricing::{EndpointPrice, PriceExpression};
 use crate::vocab::{is_valid_service_name, MAX_ENDPOINT_CREDITS};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub struct Endpoint {
     pub method: String,
     /// The declared pattern, e.g. `/notes/{id}`: what usage logs and bills group by.
     pub path: String,
-    pub credits: u32,
+    pub credits: EndpointPrice,
 }
 
 /// The outcome of routing one request.
@@ -105,7 +106,7 @@ impl Router {
             endpoints.push(Endpoint {
                 method: e.method.clone(),
                 path: e.path.clone(),
-                credits: e.credits,
+                credits: compile(&e.credits).map_err(|e| format!("endpoints[{i}].credits: {e}"))?,
             });
         }
         Ok(Service {
@@ -260,15 +261,25 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
     }
     let mut table = EndpointTable::default();
     for (i, endpoint) in service.endpoints.iter().enumerate() {
-        if endpoint.credits > MAX_ENDPOINT_CREDITS {
-            return Err(ConfigError::invalid(
-                format!("{key}.endpoints[{i}].credits"),
-                format!("at most {MAX_ENDPOINT_CREDITS}"),
-            ));
-        }
+        compile(&endpoint.credits)
+            .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}].credits"), msg))?;
         table
             .insert(&endpoint.method, &endpoint.path, i)
             .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
     }
     Ok(())
+}
+
+/// An endpoint's price as the request path uses it: a number in range, or an expression
+/// compiled once (docs/DESIGN.md §Pricing).
+fn compile(credits: &Credits) -> Result<EndpointPrice, String> {
+    match credits {
+        Credits::Fixed(n) if *n > MAX_ENDPOINT_CREDITS => {
+            Err(format!("at most {MAX_ENDPOINT_CREDITS}"))
+        }
+        Credits::Fixed(n) => Ok(EndpointPrice::Fixed(*n)),
+        Credits::Expression(source) => PriceExpression::compile(source)
+            .map(|e| EndpointPrice::Expression(Arc::new(e)))
+            .map_err(|e| format!("the expression does not compile: {e}")),
+    }
 }
