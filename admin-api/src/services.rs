@@ -39,7 +39,32 @@ pub struct EndpointBody {
         pattern = r"^/(([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\})/)*([^/{}*%\\.][^/{}*%\\]*|\.[^/{}*%\\.][^/{}*%\\]*|\.\.[^/{}*%\\]+|\{[A-Za-z0-9_]+\}|\*)?$"
     )]
     path: String,
+    #[schema(schema_with = credits_schema)]
     credits: CreditsBody,
+}
+
+/// `credits` in the schema: an integer in range, or an expression's text.
+fn credits_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(1_000_000)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(1024))
+                .examples(["1 + int(request.query.pages)"]),
+        )
+        .description(Some(
+            "0 to 1,000,000 credits, or a CEL expression over the call that comes to one",
+        ))
+        .build();
+    Schema::OneOf(one_of)
 }
 
 /// A price: 0 to 1,000,000 credits, or a CEL expression over the request that comes to
