@@ -140,6 +140,13 @@ fn pricing(c: &mut Criterion) {
         tenant: "acme",
         plan: None,
     };
+    let fixed = tollgate::pricing::EndpointPrice::Fixed(5);
+    c.bench_function("price, integer", |b| {
+        b.iter(|| match black_box(&fixed) {
+            tollgate::pricing::EndpointPrice::Fixed(credits) => Ok(*credits),
+            tollgate::pricing::EndpointPrice::Expression(e) => e.evaluate(&call),
+        })
+    });
     for source in [
         "1 + int(request.query.pages)",
         "request.params.model == \"large\" ? 8 : 1",

@@ -152,34 +152,47 @@ impl PriceExpression {
         &self.source
     }
 
-    /// The price of `call`, or why there is none.
+    /// The price of `call`, or why there is none. The variables borrow the request's own
+    /// bytes (no copies of the path or query).
     pub fn evaluate(&self, call: &Call<'_>) -> Result<u32, String> {
-        let mut context = cel::Context::with_env(Arc::clone(&CEL));
-        let params: HashMap<String, String> = path_params(call.pattern, call.path);
-        let mut query: HashMap<String, String> = HashMap::new();
-        for (name, value) in form_urlencoded::parse(call.query.unwrap_or("").as_bytes()) {
-            query
-                .entry(name.into_owned())
-                .or_insert_with(|| value.into_owned());
+        use cel::common::types::{CelInt, CelMap, CelMapKey, CelString};
+        use cel::common::value::Val;
+        fn map<'v>(entries: Vec<(CelMapKey<'v>, Box<dyn Val + 'v>)>) -> Box<dyn Val + 'v> {
+            Box::new(CelMap::from(entries.into_iter().collect::<HashMap<_, _>>()))
         }
-        let request: HashMap<&str, cel::Value> = HashMap::from([
-            ("method", call.method.into()),
-            ("path", call.path.into()),
-            ("params", params.into()),
-            ("query", query.into()),
-            (
-                "size",
-                i64::try_from(call.size.unwrap_or(0))
-                    .unwrap_or(i64::MAX)
-                    .into(),
-            ),
+        fn text<'v>(s: impl Into<CelString<'v>>) -> Box<dyn Val + 'v> {
+            Box::new(s.into())
+        }
+        let params = path_params(call.pattern, call.path)
+            .map(|(name, value)| (CelMapKey::from(name), text(value)))
+            .collect();
+        let mut query: Vec<(CelMapKey<'_>, Box<dyn Val + '_>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (name, value) in form_urlencoded::parse(call.query.unwrap_or("").as_bytes()) {
+            // The first value of each parameter.
+            if seen.insert(name.clone()) {
+                let key = match name {
+                    std::borrow::Cow::Borrowed(name) => CelMapKey::from(name),
+                    std::borrow::Cow::Owned(name) => CelMapKey::from(name),
+                };
+                query.push((key, text(value)));
+            }
+        }
+        let size = i64::try_from(call.size.unwrap_or(0)).unwrap_or(i64::MAX);
+        let request = map(vec![
+            ("method".into(), text(call.method)),
+            ("path".into(), text(call.path)),
+            ("params".into(), map(params)),
+            ("query".into(), map(query)),
+            ("size".into(), Box::new(CelInt::from(size))),
         ]);
-        let tenant: HashMap<&str, cel::Value> = HashMap::from([
-            ("id", call.tenant.into()),
-            ("plan", call.plan.unwrap_or("").into()),
+        let tenant = map(vec![
+            ("id".into(), text(call.tenant)),
+            ("plan".into(), text(call.plan.unwrap_or(""))),
         ]);
-        context.add_variable_from_value("request", request);
-        context.add_variable_from_value("tenant", tenant);
+        let mut context = cel::Context::with_env(Arc::clone(&CEL));
+        context.add_variable_as_val("request", request);
+        context.add_variable_as_val("tenant", tenant);
         let range = 0..=i64::from(MAX_ENDPOINT_CREDITS);
         match self.program.execute(&context) {
             Ok(cel::Value::Int(n)) if range.contains(&n) => Ok(n as u32),
@@ -199,20 +212,16 @@ impl PriceExpression {
     }
 }
 
-/// The values of the declared path's `{name}` segments in `path`.
-fn path_params(pattern: &str, path: &str) -> HashMap<String, String> {
-    let mut params = HashMap::new();
-    let mut actual = path.split('/');
-    for declared in pattern.split('/') {
-        let Some(value) = actual.next() else { break };
-        if declared == "*" {
-            break;
-        }
-        if let Some(name) = declared.strip_prefix('{').and_then(|d| d.strip_suffix('}')) {
-            params.insert(name.to_owned(), value.to_owned());
-        }
-    }
-    params
+/// The declared path's `{name}` segments and their values in `path`.
+fn path_params<'a>(pattern: &'a str, path: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+    pattern
+        .split('/')
+        .zip(path.split('/'))
+        .take_while(|(declared, _)| *declared != "*")
+        .filter_map(|(declared, value)| {
+            let name = declared.strip_prefix('{')?.strip_suffix('}')?;
+            Some((name, value))
+        })
 }
 
 impl PlanPrices {
