@@ -52,6 +52,43 @@ pub enum EndpointPrice {
 /// The longest price expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 1024;
 
+/// The deepest expression tree accepted: `a + b + c` is three levels deep.
+pub const MAX_DEPTH: usize = 32;
+
+/// How deep the expression tree under `e` is.
+fn depth(e: &cel::IdedExpr) -> usize {
+    use cel::common::ast::{EntryExpr, Expr};
+    let deepest =
+        |children: &mut dyn Iterator<Item = &cel::IdedExpr>| children.map(depth).max().unwrap_or(0);
+    1 + match &e.expr {
+        Expr::Call(call) => deepest(&mut call.target.iter().map(|t| &**t).chain(&call.args)),
+        Expr::Select(select) => depth(&select.operand),
+        Expr::List(list) => deepest(&mut list.elements.iter()),
+        Expr::Map(map) => deepest(&mut map.entries.iter().flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        Expr::Struct(s) => deepest(&mut s.entries.iter().flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })),
+        Expr::Comprehension(c) => deepest(
+            &mut [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]
+            .into_iter(),
+        ),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+/// The compiler thread's stack: reserved, not used, unless an expression needs it.
+const PARSER_STACK: usize = 256 * 1024 * 1024;
+
 /// The variables a price may read.
 const VARIABLES: [&str; 2] = ["request", "tenant"];
 
@@ -117,7 +154,22 @@ impl PriceExpression {
         if source.len() > MAX_EXPRESSION_BYTES {
             return Err(refuse(format!("longer than {MAX_EXPRESSION_BYTES} bytes")));
         }
-        let program = CEL.compile(source).map_err(|e| {
+        // The parser recurses deeply per level of the expression (a dozen parentheses took
+        // 2 MiB of stack in a debug build): it runs on a thread of its own with room to spare.
+        let text = source.to_owned();
+        let parsed = std::thread::Builder::new()
+            .name("price-compile".into())
+            .stack_size(PARSER_STACK)
+            .spawn(move || {
+                CEL.compile(&text).map(|program| {
+                    let depth = depth(program.expression());
+                    (program, depth)
+                })
+            })
+            .map_err(|e| refuse(format!("cannot start the compiler: {e}")))?
+            .join()
+            .map_err(|_| refuse("the expression could not be parsed".into()))?;
+        let (program, depth) = parsed.map_err(|e| {
             let first = e.errors.first();
             ExpressionError {
                 position: first.and_then(|e| {
@@ -129,6 +181,12 @@ impl PriceExpression {
                 reason: first.map_or_else(|| "does not parse".to_owned(), |e| e.msg.clone()),
             }
         })?;
+        // The interpreter recurses once per level of the tree, on the request's thread.
+        if depth > MAX_DEPTH {
+            return Err(refuse(format!(
+                "{depth} levels deep; at most {MAX_DEPTH} (split long sums with parentheses)"
+            )));
+        }
         // A comprehension binds a variable of its own: refusing every other name refuses
         // them too, and with them the only way CEL has to repeat work.
         let references = program.references();
@@ -397,5 +455,40 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("longer"));
+    }
+}
+
+#[cfg(test)]
+mod deep_expressions {
+    use super::*;
+
+    /// Deep expressions are compiled on a roomy stack and, past [`MAX_DEPTH`], refused; what
+    /// is accepted evaluates on a 2 MiB thread (a tokio worker's) in a debug build. Before,
+    /// a dozen nested parentheses overflowed the stack and aborted the process.
+    #[test]
+    fn deep_expressions_are_refused_or_evaluated_never_overflow() {
+        let cases = [
+            (format!("{}1{}", "(".repeat(24), ")".repeat(24)), Some(1)),
+            (format!("{}1{}", "(".repeat(400), ")".repeat(400)), None),
+            (format!("1{}", " + 1".repeat(30)), Some(31)),
+            (format!("1{}", " + 1".repeat(250)), None),
+            (format!("{}1{}", "[".repeat(40), "][0]".repeat(40)), None),
+            (format!("1{}", " ? 1 : 1".repeat(120)), None),
+            (format!("request{}", ".a".repeat(400)), None),
+            (format!("{}1{}", "int(".repeat(24), ")".repeat(24)), Some(1)),
+        ];
+        for (source, expected) in cases {
+            let outcome = std::thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || {
+                    PriceExpression::compile(&source)
+                        .ok()
+                        .map(|e| e.evaluate(&Call::default()))
+                })
+                .unwrap()
+                .join()
+                .expect("no overflow");
+            assert_eq!(outcome, expected.map(Ok));
+        }
     }
 }
