@@ -22,6 +22,8 @@ fn event(i: u64) -> UsageEvent {
         method: "GET".into(),
         credits_used: 1,
         plan_id: None,
+        reserved: None,
+        shortfall: 0,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

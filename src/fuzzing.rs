@@ -14,6 +14,9 @@ fn router() -> &'static Router {
             method: method.into(),
             path: path.into(),
             credits: 1.into(),
+            reserve: None,
+            settle: None,
+            overage: Default::default(),
         };
         let service = ServiceConfig {
             name: "notes".into(),

@@ -90,7 +90,7 @@ fn depth(e: &cel::IdedExpr) -> usize {
 const PARSER_STACK: usize = 256 * 1024 * 1024;
 
 /// The variables a price may read.
-const VARIABLES: [&str; 2] = ["request", "tenant"];
+const VARIABLES: &[&str] = &["request", "tenant"];
 
 /// CEL's standard functions, built once for every evaluation.
 static CEL: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
@@ -144,6 +144,14 @@ pub struct Call<'a> {
 impl PriceExpression {
     /// Compiles `source`, or says what is wrong with it and where.
     pub fn compile(source: &str) -> Result<PriceExpression, ExpressionError> {
+        PriceExpression::compile_over(source, VARIABLES)
+    }
+
+    /// Compiles `source` as an expression that reads only `variables`.
+    fn compile_over(
+        source: &str,
+        variables: &'static [&'static str],
+    ) -> Result<PriceExpression, ExpressionError> {
         let refuse = |reason: String| ExpressionError {
             position: None,
             reason,
@@ -193,11 +201,13 @@ impl PriceExpression {
         if let Some(name) = references
             .variables()
             .into_iter()
-            .find(|v| !VARIABLES.contains(v))
+            .find(|v| !variables.contains(v))
         {
+            let known = variables.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>();
             return Err(refuse(format!(
-                "unknown name `{name}`: a price reads `request` and `tenant`, and may not loop \
-                 (all, exists, exists_one, map, filter)"
+                "unknown name `{name}`: this expression reads {}, and may not loop \
+                 (all, exists, exists_one, map, filter)",
+                known.join(" and ")
             )));
         }
         Ok(PriceExpression {
@@ -251,22 +261,108 @@ impl PriceExpression {
         let mut context = cel::Context::with_env(Arc::clone(&CEL));
         context.add_variable_as_val("request", request);
         context.add_variable_as_val("tenant", tenant);
-        let range = 0..=i64::from(MAX_ENDPOINT_CREDITS);
-        match self.program.execute(&context) {
-            Ok(cel::Value::Int(n)) if range.contains(&n) => Ok(n as u32),
-            Ok(cel::Value::UInt(n)) if n <= u64::from(MAX_ENDPOINT_CREDITS) => Ok(n as u32),
-            Ok(cel::Value::Int(n)) => Err(format!(
-                "the price came to {n}, outside 0 to {MAX_ENDPOINT_CREDITS}"
-            )),
-            Ok(cel::Value::UInt(n)) => Err(format!(
-                "the price came to {n}, above {MAX_ENDPOINT_CREDITS}"
-            )),
-            Ok(other) => Err(format!(
-                "the price must be an integer, not {:?} (wrap it in int())",
-                other.type_of()
-            )),
-            Err(e) => Err(e.to_string()),
+        credits(self.program.execute(&context))
+    }
+
+    /// What the expression makes of a value read from the response (`response` or
+    /// `event`): whole credits, or why not.
+    pub fn evaluate_response(
+        &self,
+        name: &'static str,
+        value: &serde_json::Value,
+    ) -> Result<u32, String> {
+        let value = cel::to_value(Signed(value)).map_err(|e| e.to_string())?;
+        let value: Box<dyn cel::common::value::Val> =
+            value.try_into().map_err(|e: cel::ExecutionError| e.to_string())?;
+        let mut context = cel::Context::with_env(Arc::clone(&CEL));
+        context.add_variable_as_val(name, value);
+        credits(self.program.execute(&context))
+    }
+}
+
+/// A JSON value as CEL sees it: a whole number that fits is an `int` (so that
+/// `usage.total_tokens / 10` divides two ints), not the `uint` serde would make of it.
+struct Signed<'a>(&'a serde_json::Value);
+
+impl Serialize for Signed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        use serde_json::Value;
+        match self.0 {
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => serializer.serialize_i64(i),
+                (None, Some(u), _) => serializer.serialize_u64(u),
+                (None, None, Some(f)) => serializer.serialize_f64(f),
+                (None, None, None) => serializer.serialize_unit(),
+            },
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Signed(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(key, &Signed(value))?;
+                }
+                map.end()
+            }
+            other => other.serialize(serializer),
         }
+    }
+}
+
+/// An expression's result as credits: an integer from 0 to [`MAX_ENDPOINT_CREDITS`].
+fn credits(result: Result<cel::Value, cel::ExecutionError>) -> Result<u32, String> {
+    let range = 0..=i64::from(MAX_ENDPOINT_CREDITS);
+    match result {
+        Ok(cel::Value::Int(n)) if range.contains(&n) => Ok(n as u32),
+        Ok(cel::Value::UInt(n)) if n <= u64::from(MAX_ENDPOINT_CREDITS) => Ok(n as u32),
+        Ok(cel::Value::Int(n)) => Err(format!(
+            "the price came to {n}, outside 0 to {MAX_ENDPOINT_CREDITS}"
+        )),
+        Ok(cel::Value::UInt(n)) => Err(format!(
+            "the price came to {n}, above {MAX_ENDPOINT_CREDITS}"
+        )),
+        Ok(other) => Err(format!(
+            "the price must be an integer, not {:?} (wrap it in int())",
+            other.type_of()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Where a settled endpoint's cost is read from the upstream's answer (docs/DESIGN.md
+/// §Settled prices), compiled once with the service.
+#[derive(Debug)]
+pub enum SettleRule {
+    /// A response header holding whole credits.
+    Header(http::HeaderName),
+    /// An expression over `response.body` (the JSON body, kept up to a cap) and
+    /// `response.status`.
+    Json(PriceExpression),
+    /// An expression over `event`: the last server-sent `data:` event with a `usage`.
+    Sse(PriceExpression),
+}
+
+impl SettleRule {
+    pub fn header(name: &str) -> Result<SettleRule, ExpressionError> {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map(SettleRule::Header)
+            .map_err(|_| ExpressionError {
+                position: None,
+                reason: format!("`{name}` is not a header name"),
+            })
+    }
+
+    pub fn json(source: &str) -> Result<SettleRule, ExpressionError> {
+        PriceExpression::compile_over(source, &["response"]).map(SettleRule::Json)
+    }
+
+    pub fn sse(source: &str) -> Result<SettleRule, ExpressionError> {
+        PriceExpression::compile_over(source, &["event"]).map(SettleRule::Sse)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::app::{Parts, StartError};
 use crate::auth::Verifier;
 use crate::catalog::{Catalog, CatalogWatcher};
 use crate::config::{Config, DEMO_JWT_SECRET};
+use crate::deferred::settles::SettleWorker;
 use crate::deferred::{DeferredWorker, WorkerParts};
 use crate::demo_upstream::DemoUpstream;
 use crate::hydration::{Hydrator, PendingPublisher};
@@ -155,6 +156,7 @@ pub fn run(
     let record_life = Duration::from_secs(config.ledger.charge_ttl_secs);
     let restored_voids = VoidWorker::restore(&mut open_work);
     let restored_deferred = DeferredWorker::restore(&mut open_work);
+    let restored_settles = SettleWorker::restore(&mut open_work);
     let ledger = &parts.ledger;
     let (voids, void_worker) = VoidWorker::new(
         Arc::clone(ledger),
@@ -174,21 +176,30 @@ pub fn run(
         hydrator: Arc::clone(&hydrator),
         usage: Arc::clone(&usage),
         alerts: Arc::clone(&alerts),
-        worklog,
+        worklog: Arc::clone(&worklog),
         record_life,
     };
+    let (settles, settle_worker) = SettleWorker::new(
+        Arc::clone(ledger),
+        Arc::clone(&usage),
+        worklog,
+        record_life,
+        restored_settles,
+    );
     let (deferred, deferred_worker) = DeferredWorker::new(workers, restored_deferred);
     let backends = Backends {
         ledger: Arc::clone(ledger),
         voids,
         deferred,
+        settles,
         usage: Arc::clone(&usage),
         hydrator: Arc::clone(&hydrator),
         alerts,
     };
     let gateway = Gateway::new(Arc::clone(&catalog), verifier, backends)
         .with_client_read_timeout(Duration::from_millis(config.client_read_timeout_ms))
-        .with_max_kept_response(config.ledger.idempotency_max_response_bytes);
+        .with_max_kept_response(config.ledger.idempotency_max_response_bytes)
+        .with_settle_body_max(config.settle_body_max_bytes);
     let handles = Handles {
         parts: parts.clone(),
         hydrator,
@@ -201,6 +212,7 @@ pub fn run(
     server.add_service(proxy);
     server.add_service(background_service("ledger voids", void_worker));
     server.add_service(background_service("deferred charges", deferred_worker));
+    server.add_service(background_service("settlements", settle_worker));
     server.add_service(background_service("alerts", publisher));
     let watcher = CatalogWatcher {
         catalog,

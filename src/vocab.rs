@@ -61,6 +61,13 @@ pub struct UsageEvent {
     /// endpoint's own price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_id: Option<String>,
+    /// A settled call's reserve (docs/DESIGN.md §Settled prices): what was held before it
+    /// was forwarded; `credits_used` is what it cost in the end. `None`: not settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<i64>,
+    /// What a settled call cost beyond what the balance could cover (`overage: allow`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shortfall: i64,
     pub balance_after: i64,
     /// Status sent to the client (0 if the client went away first).
     pub status: u16,
@@ -70,6 +77,13 @@ pub struct UsageEvent {
     pub refunded: bool,
     /// When the call ended, unix ms (a BSON date in MongoDB).
     pub timestamp_ms: i64,
+}
+
+/// `settle_body_max_bytes`' default: the largest body a settled call's cost is read from.
+pub const DEFAULT_SETTLE_BODY_MAX: usize = 1024 * 1024;
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 // ---- outcome labels ----

@@ -9,7 +9,7 @@ use tollgate::config::LedgerConfig;
 use tollgate::idempotency::{KeyClaim, KeyRecord};
 use tollgate::ledger::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, EmbeddedLedger, Ledger,
-    RedisLedger, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    RedisLedger, Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 
 const NONE: Warnings = Warnings::NONE;
@@ -155,6 +155,67 @@ async fn embedded_ledger_keeps_the_contract() {
     contract(&ledger).await;
     adjustments(&ledger).await;
     warnings(&ledger).await;
+    settlements(&ledger).await;
+}
+
+fn settle<'a>(tenant: &'a str, id: &'a str, reserved: i64, cost: i64) -> Settle<'a> {
+    Settle {
+        tenant_id: tenant,
+        charge_id: id,
+        reserved,
+        cost,
+        threshold: -1,
+    }
+}
+
+fn settled(charged: i64, balance: i64) -> SettleOutcome {
+    SettleOutcome::Settled {
+        charged,
+        balance,
+        warnings: NONE,
+    }
+}
+
+/// Reserved charges settled at what the calls cost (docs/DESIGN.md §Settled prices).
+async fn settlements(l: &dyn Ledger) {
+    l.seed("s", 100).await.unwrap();
+    let charged = |balance| ChargeOutcome::Charged {
+        balance,
+        warnings: NONE,
+    };
+    // Under the reserve: the rest goes back, once, however often it is asked.
+    assert_eq!(l.charge(&charge("s", "a", 50, None)).await.unwrap(), charged(50));
+    assert_eq!(l.settle(&settle("s", "a", 50, 12)).await.unwrap(), settled(12, 88));
+    assert_eq!(l.settle(&settle("s", "a", 50, 12)).await.unwrap(), settled(12, 88));
+    assert_eq!(
+        l.settle(&settle("s", "a", 50, 40)).await.unwrap(),
+        settled(12, 88),
+        "a second settlement of the same charge changes nothing"
+    );
+    // Over it: the extra is taken as far as the balance goes, never below 0.
+    assert_eq!(l.charge(&charge("s", "b", 50, None)).await.unwrap(), charged(38));
+    assert_eq!(l.settle(&settle("s", "b", 50, 70)).await.unwrap(), settled(70, 18));
+    assert_eq!(l.charge(&charge("s", "c", 10, None)).await.unwrap(), charged(8));
+    let outcome = l.settle(&settle("s", "c", 10, 500)).await.unwrap();
+    assert!(
+        matches!(outcome, SettleOutcome::Settled { charged: 18, balance: 0, .. }),
+        "{outcome:?}"
+    );
+    // A settled charge voided gives back what it took in the end.
+    assert_eq!(
+        l.void(&void("s", "b", Some(50), None)).await.unwrap(),
+        VoidOutcome::Refunded { balance: 70 }
+    );
+    // A voided charge settles nothing.
+    assert_eq!(l.charge(&charge("s", "d", 5, None)).await.unwrap(), charged(65));
+    l.void(&void("s", "d", Some(5), None)).await.unwrap();
+    assert_eq!(l.settle(&settle("s", "d", 5, 1)).await.unwrap(), SettleOutcome::Void);
+    assert_eq!(l.balance("s").await.unwrap(), Some(70));
+    // No balance (lost since the charge): nothing moves.
+    assert_eq!(
+        l.settle(&settle("nobody", "e", 5, 1)).await.unwrap(),
+        SettleOutcome::NoBalance
+    );
 }
 
 fn adjustment(op: &str, change: Change) -> Adjustment<'_> {
@@ -280,6 +341,7 @@ async fn redis_ledger_keeps_the_contract() {
     contract(&ledger).await;
     adjustments(&ledger).await;
     warnings(&ledger).await;
+    settlements(&ledger).await;
     // A charge that applied but whose answer was lost (timeout) is found by its record.
     assert_eq!(
         ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
@@ -330,7 +392,7 @@ async fn redis_ledger_keeps_the_contract() {
         .await
         .unwrap();
     assert!(
-        keys.iter().all(|k| ["t", "u", "a", "w", "gone"]
+        keys.iter().all(|k| ["t", "u", "a", "w", "s", "gone"]
             .iter()
             .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
@@ -349,6 +411,7 @@ async fn redis_cluster_ledger_keeps_the_contract() {
     contract(&ledger).await;
     adjustments(&ledger).await;
     warnings(&ledger).await;
+    settlements(&ledger).await;
     login_attempts(&ledger).await;
 
     // One tenant on each master.

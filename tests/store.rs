@@ -29,6 +29,8 @@ fn event(
         method: "POST".into(),
         credits_used: credits,
         plan_id: None,
+        reserved: None,
+        shortfall: 0,
         balance_after: 0,
         status: 200,
         latency_ms: 1.5,

@@ -12,7 +12,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tollgate::catalog::{service_from_doc, service_to_doc};
 use tollgate::config::{
-    ConfigError, Credits, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig,
+    ConfigError, Credits, EndpointConfig, OnLedgerError, Overage, ServiceConfig, SettleConfig,
+    TimeoutsConfig,
 };
 use tollgate::store::Kind;
 use utoipa::{IntoParams, ToSchema};
@@ -41,6 +42,36 @@ pub struct EndpointBody {
     path: String,
     #[schema(schema_with = credits_schema)]
     credits: CreditsBody,
+    /// Held before forwarding when the cost is settled from the response (`credits` when
+    /// absent); needs `settle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = credits_schema)]
+    reserve: Option<CreditsBody>,
+    /// Where the call's final cost is read from the upstream's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<SettleBody>)]
+    settle: Option<SettleConfig>,
+    /// A settled cost above the reserve: `cap` (the default: charge the reserve) or `allow`
+    /// (take the rest as far as the balance goes; the shortfall is logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "cap", pattern = "^(cap|allow)$")]
+    overage: Option<Overage>,
+}
+
+/// Where a settled endpoint's cost is read (one of the three; docs/DESIGN.md §Settled
+/// prices).
+#[derive(ToSchema)]
+#[allow(dead_code)] // the schema of `SettleConfig`, which is what is parsed
+pub struct SettleBody {
+    /// A response header holding whole credits, e.g. `X-Usage-Credits`.
+    #[schema(example = "X-Usage-Credits", min_length = 1, max_length = 256)]
+    header: Option<String>,
+    /// A CEL expression over `response.body` (JSON) and `response.status`.
+    #[schema(example = "response.body.usage.total_tokens / 100", min_length = 1, max_length = 1024)]
+    json: Option<String>,
+    /// A CEL expression over `event`: the last server-sent event with a `usage` object.
+    #[schema(example = "event.usage.total_tokens / 10", min_length = 1, max_length = 1024)]
+    sse: Option<String>,
 }
 
 /// `credits` in the schema: an integer in range, or an expression's text.
@@ -101,6 +132,9 @@ impl From<EndpointBody> for EndpointConfig {
             method: e.method.to_ascii_uppercase(),
             path: e.path,
             credits: e.credits.into(),
+            reserve: e.reserve.map(Into::into),
+            settle: e.settle,
+            overage: e.overage.unwrap_or_default(),
         }
     }
 }
@@ -154,6 +188,9 @@ impl From<ServiceConfig> for ServiceView {
                     method: e.method,
                     path: e.path,
                     credits: e.credits.into(),
+                    reserve: e.reserve.map(Into::into),
+                    settle: e.settle,
+                    overage: (!e.overage.is_cap()).then_some(e.overage),
                 })
                 .collect(),
         }
@@ -436,7 +473,7 @@ pub async fn update_endpoint(
     else {
         return Err(Problem::not_found("endpoint"));
     };
-    existing.credits = endpoint.credits.into();
+    *existing = endpoint.into();
     save(&state, service).await.map_err(endpoint_field)
 }
 

@@ -38,6 +38,8 @@ fn event(id: &str, tenant: &str, credits: i64, refunded: bool, ts: i64) -> Usage
         method: "POST".into(),
         credits_used: credits,
         plan_id: None,
+        reserved: None,
+        shortfall: 0,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

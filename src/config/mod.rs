@@ -9,7 +9,9 @@ mod env;
 mod service;
 
 use crate::vocab::TenantStatus;
-pub use service::{Credits, EndpointConfig, OnLedgerError, ServiceConfig, TimeoutsConfig};
+pub use service::{
+    Credits, EndpointConfig, OnLedgerError, Overage, ServiceConfig, SettleConfig, TimeoutsConfig,
+};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -74,6 +76,10 @@ pub struct Config {
     /// longer gets `408` (its charge refunded) and loses the connection (nginx's
     /// `client_body_timeout`, same default).
     pub client_read_timeout_ms: u64,
+    /// Largest JSON body (or server-sent event) a settled endpoint's cost is read from: a
+    /// larger one settles at the reserve (docs/DESIGN.md §Settled prices). Copied aside as
+    /// it streams to the client, never held back.
+    pub settle_body_max_bytes: usize,
     /// The socket a graceful upgrade hands the listeners over (`tollgate run --upgrade`);
     /// default `<data_dir>/upgrade.sock`. Old and new process must name the same one.
     pub upgrade_sock: Option<PathBuf>,
@@ -103,6 +109,7 @@ impl Default for Config {
             threads: 0,
             grace_period_secs: 10,
             client_read_timeout_ms: 60_000,
+            settle_body_max_bytes: crate::vocab::DEFAULT_SETTLE_BODY_MAX,
             upgrade_sock: None,
             auth: AuthConfig::default(),
             ledger: LedgerConfig::default(),
@@ -434,6 +441,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "scheduler.interval_secs",
                 "must be above 0",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.settle_body_max_bytes) {
+            return Err(ConfigError::invalid(
+                "settle_body_max_bytes",
+                "1024 to 67108864 (64 MiB)",
             ));
         }
         if self.client_read_timeout_ms == 0 {

@@ -62,7 +62,52 @@ pub struct EndpointConfig {
     pub method: String,
     /// `/exact/path`, `/notes/{id}` segments, or a trailing `/*` prefix.
     pub path: String,
+    /// The price (docs/DESIGN.md §Pricing); with `settle`, what is held when `reserve` is
+    /// not given.
     pub credits: Credits,
+    /// Held before forwarding when the cost is settled from the response; `credits` when
+    /// absent. Needs `settle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<Credits>,
+    /// Where the call's final cost is read from the upstream's answer (docs/DESIGN.md
+    /// §Settled prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<SettleConfig>,
+    /// A settled cost above the reserve: `cap` (charge the reserve) or `allow` (take the
+    /// rest as far as the balance goes, the shortfall logged).
+    #[serde(default, skip_serializing_if = "Overage::is_cap")]
+    pub overage: Overage,
+}
+
+/// Where a settled endpoint's cost is read from the response.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SettleConfig {
+    /// A response header holding a whole number of credits (`X-Usage-Credits`).
+    Header(String),
+    /// A CEL expression over `response.body` (the JSON body) and `response.status`.
+    Json(String),
+    /// A CEL expression over `event`: the last server-sent `data:` event carrying a
+    /// `usage` object (OpenAI's `stream_options.include_usage`).
+    Sse(String),
+}
+
+/// What a settled cost above the reserve does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overage {
+    /// The call costs the reserve at most.
+    #[default]
+    Cap,
+    /// The rest is taken as far as the balance goes; what it could not cover is logged as
+    /// the call's shortfall.
+    Allow,
+}
+
+impl Overage {
+    pub fn is_cap(&self) -> bool {
+        *self == Overage::Cap
+    }
 }
 
 /// An endpoint's price: a number of credits, or a CEL expression over the request that

@@ -549,5 +549,6 @@ impl BackgroundService for DeferredWorker {
     }
 }
 
+pub mod settles;
 #[cfg(test)]
 mod tests;

@@ -101,6 +101,8 @@ fn event(charge: &DeferredCharge, refunded: bool) -> UsageEvent {
         method: "GET".into(),
         credits_used: charge.cost,
         plan_id: None,
+        reserved: None,
+        shortfall: 0,
         balance_after: 0,
         status: if refunded { 502 } else { 200 },
         latency_ms: 1.0,

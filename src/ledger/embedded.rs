@@ -11,7 +11,7 @@ use super::expiring::ExpiringMap;
 use super::journal::{read_state, Journal, KeyEntry, Record, Restored};
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
-    Void, VoidOutcome, Warnings, MAX_BALANCE,
+    Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -35,6 +35,8 @@ struct Book {
     balance: Option<i64>,
     /// Voided charge ids.
     voided: ExpiringMap<()>,
+    /// Settled charge ids → what each took in the end (settle.lua's `=<credits>` record).
+    settled: ExpiringMap<i64>,
     /// Idempotency key → the charge that claimed it, and the response once kept.
     idempotency: ExpiringMap<KeyEntry>,
     /// Adjustment op id → the amount it applied (retries of an adjustment).
@@ -160,6 +162,7 @@ impl EmbeddedLedger {
             None => books.entry(tenant_id.to_owned()).or_default(),
         };
         book.voided.expire(now);
+        book.settled.expire(now);
         book.idempotency.expire(now);
         book.adjusted.expire(now);
         f(book, now)
@@ -242,7 +245,8 @@ impl Ledger for EmbeddedLedger {
                     });
                 }
             }
-            let Some(cost) = void.applied_cost else {
+            let settled = book.settled.get(void.charge_id, now).copied();
+            let Some(cost) = settled.or(void.applied_cost) else {
                 return VoidOutcome::NotApplied;
             };
             let Some(balance) = book.balance else {
@@ -255,6 +259,52 @@ impl Ledger for EmbeddedLedger {
                 balance,
             });
             VoidOutcome::Refunded { balance }
+        }))
+    }
+
+    async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError> {
+        Ok(self.with_book(settle.tenant_id, |book, now| {
+            if book.voided.get(settle.charge_id, now).is_some() {
+                return SettleOutcome::Void;
+            }
+            let Some(balance) = book.balance else {
+                return SettleOutcome::NoBalance;
+            };
+            if let Some(&charged) = book.settled.get(settle.charge_id, now) {
+                return SettleOutcome::Settled {
+                    charged,
+                    balance,
+                    warnings: Warnings::NONE,
+                };
+            }
+            // Beyond the reserve only as far as the balance goes: never negative.
+            let extra = (settle.cost - settle.reserved)
+                .min(balance.max(0))
+                .max(-settle.reserved);
+            let charged = settle.reserved + extra;
+            let after = balance - extra;
+            book.balance = Some(after);
+            book.settled
+                .insert(settle.charge_id.to_owned(), charged, now + self.charge_ttl_ms);
+            let warnings = Warnings {
+                low: balance > settle.threshold
+                    && after <= settle.threshold
+                    && !book.announced.low,
+                exhausted: after == 0 && balance > 0 && !book.announced.exhausted,
+            };
+            book.announced.low |= warnings.low;
+            book.announced.exhausted |= warnings.exhausted;
+            if extra != 0 {
+                self.log(Record::Balance {
+                    tenant: settle.tenant_id.to_owned(),
+                    balance: after,
+                });
+            }
+            SettleOutcome::Settled {
+                charged,
+                balance: after,
+                warnings,
+            }
         }))
     }
 

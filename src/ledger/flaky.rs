@@ -3,7 +3,7 @@
 
 use super::{
     AdjustOutcome, Adjustment, Charge, ChargeOutcome, Coordination, EmbeddedLedger, Ledger,
-    LedgerError, Void, VoidOutcome,
+    LedgerError, Settle, SettleOutcome, Void, VoidOutcome,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -52,6 +52,10 @@ impl Ledger for Flaky {
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError> {
         self.fail()?;
         self.inner.void(void).await
+    }
+    async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError> {
+        self.fail()?;
+        self.inner.settle(settle).await
     }
     async fn key_record(
         &self,

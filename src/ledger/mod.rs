@@ -117,6 +117,38 @@ pub enum VoidOutcome {
     NoBalance,
 }
 
+/// A reserved charge settled at what the call cost (docs/DESIGN.md §Settled prices): the
+/// charge `charge_id` took `reserved`; the call cost `cost`. Applied once per charge id.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle<'a> {
+    pub tenant_id: &'a str,
+    pub charge_id: &'a str,
+    /// What the charge took (the reserve).
+    pub reserved: i64,
+    /// What the call cost, after the endpoint's overage policy: above `reserved` only under
+    /// `overage: allow`, and then taken only as far as the balance goes.
+    pub cost: i64,
+    /// The tenant's low-credit threshold: extra taken across it announces a warning.
+    pub threshold: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// Settled, now or by an earlier try whose answer was lost: `charged` is what the call
+    /// took in all (the reserve, less what went back, plus any extra taken), `balance` the
+    /// balance after.
+    Settled {
+        charged: i64,
+        balance: i64,
+        warnings: Warnings,
+    },
+    /// The charge was voided (refunded) before: nothing to settle, nothing taken.
+    Void,
+    /// The ledger has lost the tenant's balance since the charge (Redis flushed): nothing
+    /// moved. Hydration seeds it from the store, which gets the call at its settled cost.
+    NoBalance,
+}
+
 /// Unix time in ms: when ledger work began, compared with when it must end.
 pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -210,6 +242,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// spends the id so a late arrival cannot apply it. Also releases the idempotency key
     /// the charge claimed, so a retry is a new call.
     async fn void(&self, void: &Void<'_>) -> Result<VoidOutcome, LedgerError>;
+
+    /// Settles reserved charge `charge_id` at what the call cost, once: the unused part of
+    /// the reserve goes back, a cost above it is taken as far as the balance goes.
+    async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError>;
 
     /// What the ledger holds for the tenant's idempotency key, if it is live.
     async fn key_record(

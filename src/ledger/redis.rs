@@ -7,7 +7,8 @@
 use super::lease::{LeaseReply, LeaseRequest};
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Leases, Ledger,
-    LedgerError, LoginOp, LoginPolicy, PendingElsewhere, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    LedgerError, LoginOp, LoginPolicy, PendingElsewhere, Settle, SettleOutcome, Void, VoidOutcome,
+    Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -70,6 +71,7 @@ pub struct RedisLedger {
     conn: OnceCell<Connection>,
     charge: Script,
     void: Script,
+    settle: Script,
     keep: Script,
     adjust: Script,
     lead: Script,
@@ -126,6 +128,7 @@ impl RedisLedger {
                 include_str!("charge.lua")
             )),
             void: Script::new(include_str!("void.lua")),
+            settle: Script::new(include_str!("settle.lua")),
             keep: Script::new(include_str!("keep.lua")),
             adjust: Script::new(concat!(
                 include_str!("sweep.lua"),
@@ -235,6 +238,44 @@ impl RedisLedger {
                 6 => return Ok(Err(balance)),
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
             }))
+        })
+        .await
+    }
+
+    /// settle.lua by a replica holding `own_slice` credits of the tenant in its leased
+    /// slice (warnings are decided on its view, as a charge's are).
+    pub async fn settle_holding(
+        &self,
+        settle: &Settle<'_>,
+        own_slice: i64,
+    ) -> Result<SettleOutcome, LedgerError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let mut invocation = self.settle.prepare_invoke();
+            let tenant = settle.tenant_id;
+            invocation
+                .key(format!("tg:{{{tenant}}}:bal"))
+                .key(format!("tg:{{{tenant}}}:ch:{}", settle.charge_id))
+                .key(format!("tg:{{{tenant}}}:warn"))
+                .arg(settle.reserved)
+                .arg(settle.cost)
+                .arg(self.charge_ttl_ms)
+                .arg(settle.threshold)
+                .arg(own_slice);
+            let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+            let [code, balance, charged, warnings] = values[..] else {
+                return Err(LedgerError::Reply(format!("{values:?}")));
+            };
+            Ok(match code {
+                0 => SettleOutcome::Settled {
+                    charged,
+                    balance,
+                    warnings: Warnings::from_bits(warnings),
+                },
+                1 => SettleOutcome::Void,
+                2 => SettleOutcome::NoBalance,
+                _ => return Err(LedgerError::Reply(format!("settle code {code}"))),
+            })
         })
         .await
     }
@@ -443,6 +484,10 @@ impl Ledger for RedisLedger {
             })
         })
         .await
+    }
+
+    async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError> {
+        self.settle_holding(settle, 0).await
     }
 
     async fn key_record(

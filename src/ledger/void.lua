@@ -1,5 +1,5 @@
 -- Tollgate: void a charge by id, exactly once, whether or not it was applied yet.
--- KEYS[1] balance, KEYS[2] charge record, KEYS[3] idem key (optional; a hash: charge, fp,
+-- KEYS[1] balance, KEYS[2] charge record (the cost, or "=<credits>" once settled), KEYS[3] idem key (optional; a hash: charge, fp,
 -- resp). ARGV[1] charge id, ARGV[2] charge ttl ms, ARGV[3] the cost if the caller saw the
 -- charge applied (a refund), else "" (a void after a timeout: only the record can tell).
 -- Returns {code, balance}: 0 refunded, 1 never applied (id now spent), 2 already voided,
@@ -9,7 +9,9 @@ local record = redis.call('GET', KEYS[2])
 if record == 'void' then
   return {2, 0}
 end
-local cost = tonumber(record) or tonumber(ARGV[3])
+-- A settled charge ("=<credits>") gives back what it took in the end.
+local settled = record and string.match(record, '^=(%d+)$')
+local cost = tonumber(settled) or tonumber(record) or tonumber(ARGV[3])
 -- Whatever happens next, the id is spent: a late charge with it will take nothing.
 redis.call('SET', KEYS[2], 'void', 'PX', ARGV[2])
 -- A key this charge claimed is released: a retry is a new call.

@@ -19,6 +19,7 @@
 mod headers;
 mod replay;
 mod respond;
+mod settle;
 mod steps;
 
 use crate::problem::Problem;
@@ -29,6 +30,7 @@ use steps::Charged;
 use crate::alerts::{self, AlertSink, CreditSuccess};
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
+use crate::deferred::settles::SettleQueue;
 use crate::deferred::{DeferredQueue, Reservation};
 use crate::hydration::Hydrator;
 use crate::idempotency::{head_fingerprint, KeyClaim};
@@ -53,9 +55,13 @@ pub struct Gateway {
     ledger: Arc<dyn Ledger>,
     voids: VoidQueue,
     deferred: DeferredQueue,
+    settles: SettleQueue,
     usage: Arc<dyn UsageSink>,
     hydrator: Arc<Hydrator>,
     alerts: Arc<dyn AlertSink>,
+    /// Largest JSON body or server-sent event a settled call's cost is read from
+    /// (`settle_body_max_bytes`).
+    settle_body_max: usize,
     /// Longest wait for the next bytes of a request body (`client_read_timeout_ms`).
     client_read_timeout: Duration,
     /// Largest response kept for idempotent replays (`ledger.idempotency_max_response_bytes`).
@@ -72,6 +78,8 @@ pub struct Backends {
     pub voids: VoidQueue,
     /// Charges of calls served while the ledger was down (`on_ledger_error: allow`).
     pub deferred: DeferredQueue,
+    /// Settlements of settled calls the ledger did not answer at the call's end.
+    pub settles: SettleQueue,
     pub usage: Arc<dyn UsageSink>,
     /// Seeds the ledger from the durable store when it has no balance for a tenant.
     pub hydrator: Arc<Hydrator>,
@@ -92,6 +100,8 @@ pub struct RequestCtx {
     /// (boxed: most calls carry no key, and the context of every call stays small).
     keyed: Option<Box<Keyed>>,
     charge: Option<Charged>,
+    /// A settled call's reading of its answer (boxed: most calls are not settled).
+    settling: Option<Box<settle::Settling>>,
     /// A deferred charge's place for the call's end, held from the forward to `logging`.
     deferred: Option<Reservation>,
     /// The upstream's status, once its response header arrived.
@@ -115,9 +125,11 @@ impl Gateway {
             ledger: backends.ledger,
             voids: backends.voids,
             deferred: backends.deferred,
+            settles: backends.settles,
             usage: backends.usage,
             hydrator: backends.hydrator,
             alerts: backends.alerts,
+            settle_body_max: crate::vocab::DEFAULT_SETTLE_BODY_MAX,
             client_read_timeout: DEFAULT_CLIENT_READ_TIMEOUT,
             max_kept_response: crate::idempotency::DEFAULT_MAX_KEPT_BYTES,
         }
@@ -126,6 +138,13 @@ impl Gateway {
     pub fn with_max_kept_response(self, bytes: usize) -> Gateway {
         Gateway {
             max_kept_response: bytes,
+            ..self
+        }
+    }
+
+    pub fn with_settle_body_max(self, bytes: usize) -> Gateway {
+        Gateway {
+            settle_body_max: bytes,
             ..self
         }
     }
@@ -152,6 +171,7 @@ impl ProxyHttp for Gateway {
             idempotency_key: None,
             keyed: None,
             charge: None,
+            settling: None,
             deferred: None,
             upstream_status: None,
             outcome: None,
@@ -200,7 +220,17 @@ impl ProxyHttp for Gateway {
                 return refuse(session, ctx, &problem).await;
             }
         };
-        let cost = i64::from(price.credits);
+        let settled = route.endpoint().settle.clone();
+        let cost = match &settled {
+            Some(terms) => match self.reserve(session, &route, terms, &claims.tenant_id, plan.as_deref(), &price) {
+                Ok(reserve) => i64::from(reserve),
+                Err(problem) => {
+                    ctx.route = Some(route);
+                    return refuse(session, ctx, &problem).await;
+                }
+            },
+            None => i64::from(price.credits),
+        };
         ctx.route = Some(route);
         ctx.price_plan = price.plan;
         let tenant_id = claims.tenant_id.as_str();
@@ -226,7 +256,11 @@ impl ProxyHttp for Gateway {
         let charged = match self.hydrator.charge(&charge).await {
             Ok(ChargeOutcome::Charged { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
-                Charged::now(cost, balance)
+                if let Some(terms) = settled {
+                    let settling = settle::Settling::new(terms, cost, threshold, self.settle_body_max);
+                    ctx.settling = Some(Box::new(settling));
+                }
+                Charged::now(cost, balance).settling(ctx.settling.is_some())
             }
             Ok(ChargeOutcome::KeyTaken { balance }) => {
                 let (tenant_id, key) = (tenant_id.to_owned(), key.unwrap_or_default());
@@ -320,6 +354,10 @@ impl ProxyHttp for Gateway {
             client_ip,
             authority: &route.service.upstream.authority,
         };
+        if ctx.settling.as_ref().is_some_and(|s| s.reads_body()) {
+            // The cost is read from the body as it passes: it must come uncompressed.
+            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         headers::rewrite(upstream_request, &identity)
     }
 
@@ -357,6 +395,9 @@ impl ProxyHttp for Gateway {
                     .get(http::header::CONTENT_LENGTH)
                     .is_some_and(|l| l.as_bytes() == b"0");
             keyed.response_header(response, bodiless);
+        }
+        if let Some(settling) = &mut ctx.settling {
+            settling.response_header(response);
         }
         if crate::failpoint::hit("response_filter") {
             return Error::e_explain(ErrorType::InternalError, "failpoint response_filter");
@@ -442,12 +483,15 @@ impl ProxyHttp for Gateway {
         if let Some(keyed) = &mut ctx.keyed {
             keyed.response_chunk(body.as_ref(), end_of_stream, self.max_kept_response);
         }
+        if let Some(settling) = &mut ctx.settling {
+            settling.body_chunk(body.as_ref(), end_of_stream);
+        }
         Ok(None)
     }
 
     /// Step 6: one usage event per charged call, handed off without waiting; a keyed
     /// call's response is kept with its key.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.keyed.is_some() {
             // Boxed, as `answer_retry`: only keyed calls pay for it.
             Box::pin(self.keep_response(ctx)).await;
@@ -463,11 +507,13 @@ impl ProxyHttp for Gateway {
         if let Some(outcome) = ctx.outcome {
             metrics.request(outcome);
         }
-        // A deferred charge is counted by the worker, once the ledger took it.
+        // A deferred charge is counted by the worker, once the ledger took it; a settled
+        // one once it is settled.
+        let settling = ctx.settling.take();
         if let Some(charged) = ctx
             .charge
             .as_ref()
-            .filter(|c| !c.refunded && c.balance.is_some())
+            .filter(|c| !c.refunded && c.balance.is_some() && settling.is_none())
         {
             metrics.charged(charged.cost);
         }
@@ -478,7 +524,7 @@ impl ProxyHttp for Gateway {
         };
         let endpoint = route.endpoint();
         if let (Some(balance), true) = (charged.balance, charged.cost > 0 && !charged.refunded) {
-            if self.alerts.wants_credit_success() {
+            if self.alerts.wants_credit_success() && settling.is_none() {
                 self.alerts.credit_success(CreditSuccess {
                     tenant_id: claims.tenant_id.clone(),
                     service: route.service.name.clone(),
@@ -498,6 +544,8 @@ impl ProxyHttp for Gateway {
             method: session.req_header().method.to_string(),
             credits_used: charged.cost,
             plan_id: ctx.price_plan.as_deref().map(str::to_owned),
+            reserved: settling.as_ref().map(|s| s.reserved),
+            shortfall: 0,
             // A deferred charge's balance is filled in once the ledger took it.
             balance_after: charged.balance.unwrap_or(0),
             status,
@@ -507,6 +555,12 @@ impl ProxyHttp for Gateway {
             refunded: charged.refunded,
             timestamp_ms: crate::store::now_ms(),
         };
+        if let Some(settling) = settling.filter(|_| !charged.refunded) {
+            // Boxed, as `answer_retry`: only settled calls pay for it.
+            let failed = e.is_some();
+            Box::pin(self.settle(&settling, event, failed, metrics)).await;
+            return;
+        }
         match ctx.deferred.take() {
             Some(reservation) => reservation.finish(event),
             None => self.usage.record(event),

@@ -6,8 +6,8 @@ use crate::auth::{AuthError, Claims};
 use crate::config::OnLedgerError;
 use crate::deferred::{DeferredCharge, Reservation};
 use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
-use crate::pricing::{Call, EndpointPrice, Price};
-use crate::routing::{RouteError, RouteMatch};
+use crate::pricing::{Call, EndpointPrice, Price, PriceExpression};
+use crate::routing::{RouteError, RouteMatch, Settled};
 use crate::vocab::TenantStatus;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -87,6 +87,8 @@ pub(super) struct Charged {
     /// The balance after the charge; unknown (`None`) while it is deferred.
     pub(super) balance: Option<i64>,
     pub(super) refunded: bool,
+    /// `cost` is a reserve, settled at the call's end (docs/DESIGN.md §Settled prices).
+    pub(super) reserve: bool,
 }
 
 impl Charged {
@@ -95,7 +97,13 @@ impl Charged {
             cost,
             balance: Some(balance),
             refunded: false,
+            reserve: false,
         }
+    }
+
+    /// The charge is a reserve: its headers say so.
+    pub(super) fn settling(self, reserve: bool) -> Charged {
+        Charged { reserve, ..self }
     }
 
     /// Served on credit: `cost` is taken once the ledger answers (see [`crate::deferred`]).
@@ -104,18 +112,25 @@ impl Charged {
             cost,
             balance: None,
             refunded: false,
+            reserve: false,
         }
     }
 
     /// Step 5's headers: what this call costs and what remains. A deferred charge has no
-    /// balance to tell yet, and says so instead.
+    /// balance to tell yet, and says so instead; a settled call's cost is decided after
+    /// its body, so its header names the reserve held.
     pub(super) fn headers(&self) -> [(&'static str, String); 2] {
         let cost = if self.refunded { 0 } else { self.cost };
         let remaining = match self.balance {
             Some(balance) => ("x-credits-remaining", balance.to_string()),
             None => ("x-credits-deferred", "true".to_owned()),
         };
-        [("x-credits-cost", cost.to_string()), remaining]
+        let name = if self.reserve && !self.refunded {
+            "x-credits-reserved"
+        } else {
+            "x-credits-cost"
+        };
+        [(name, cost.to_string()), remaining]
     }
 }
 
@@ -226,51 +241,38 @@ impl Gateway {
         if let Some(price) = prices.override_for(plan, service, &endpoint.method, &endpoint.path) {
             return Ok(price);
         }
-        let expression = match &endpoint.credits {
-            EndpointPrice::Fixed(credits) => {
-                return Ok(Price {
-                    credits: *credits,
+        match &endpoint.credits {
+            EndpointPrice::Fixed(credits) => Ok(Price {
+                credits: *credits,
+                plan: None,
+            }),
+            EndpointPrice::Expression(expression) => {
+                let credits = evaluate(session, route, expression, tenant, plan)?;
+                Ok(Price {
+                    credits,
                     plan: None,
                 })
             }
-            EndpointPrice::Expression(expression) => expression,
-        };
-        let req = session.req_header();
-        let full = req.uri.path();
-        let call = Call {
-            method: req.method.as_str(),
-            path: full
-                .strip_prefix(crate::routing::PROXY_PREFIX)
-                .and_then(|p| p.strip_prefix(service.as_str()))
-                .unwrap_or(full),
-            pattern: &endpoint.path,
-            query: req.uri.query(),
-            size: req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
-            tenant,
-            plan,
-        };
-        expression
-            .evaluate(&call)
-            .map(|credits| Price {
-                credits,
-                plan: None,
-            })
-            .map_err(|why| {
-                Box::new(
-                    Problem::new(
-                        400,
-                        "price-not-computed",
-                        "Bad request",
-                        format!("this call's price could not be computed: {why}"),
-                    )
-                    .with("service", service.clone())
-                    .with("endpoint", endpoint.path.clone())
-                    .with("price", expression.source().to_owned()),
-                )
-            })
+        }
+    }
+
+    /// Step 3's reserve for a settled endpoint: its own `reserve`, else its price.
+    pub(super) fn reserve(
+        &self,
+        session: &Session,
+        route: &RouteMatch,
+        terms: &Settled,
+        tenant: &str,
+        plan: Option<&str>,
+        price: &Price,
+    ) -> std::result::Result<u32, Box<Problem>> {
+        match &terms.reserve {
+            None => Ok(price.credits),
+            Some(EndpointPrice::Fixed(credits)) => Ok(*credits),
+            Some(EndpointPrice::Expression(expression)) => {
+                evaluate(session, route, expression, tenant, plan)
+            }
+        }
     }
 
     /// Step 3 when the ledger did not answer: a service with `on_ledger_error: allow` is
@@ -359,6 +361,48 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An expression's credits for this call, or the `400` that says why there are none.
+fn evaluate(
+    session: &Session,
+    route: &RouteMatch,
+    expression: &PriceExpression,
+    tenant: &str,
+    plan: Option<&str>,
+) -> std::result::Result<u32, Box<Problem>> {
+    let endpoint = route.endpoint();
+    let service = &route.service.name;
+    let req = session.req_header();
+    let full = req.uri.path();
+    let call = Call {
+        method: req.method.as_str(),
+        path: full
+            .strip_prefix(crate::routing::PROXY_PREFIX)
+            .and_then(|p| p.strip_prefix(service.as_str()))
+            .unwrap_or(full),
+        pattern: &endpoint.path,
+        query: req.uri.query(),
+        size: req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok()),
+        tenant,
+        plan,
+    };
+    expression.evaluate(&call).map_err(|why| {
+        Box::new(
+            Problem::new(
+                400,
+                "price-not-computed",
+                "Bad request",
+                format!("this call's price could not be computed: {why}"),
+            )
+            .with("service", service.clone())
+            .with("endpoint", endpoint.path.clone())
+            .with("price", expression.source().to_owned()),
+        )
+    })
 }
 
 pub(super) fn idempotency_key(

@@ -11,8 +11,11 @@ mod upstream;
 pub use table::{EndpointTable, ANY_METHOD};
 pub use upstream::Upstream;
 
-use crate::config::{ConfigError, Credits, OnLedgerError, ServiceConfig, TimeoutsConfig};
-use crate::pricing::{EndpointPrice, PriceExpression};
+use crate::config::{
+    ConfigError, Credits, EndpointConfig, OnLedgerError, Overage, ServiceConfig, SettleConfig,
+    TimeoutsConfig,
+};
+use crate::pricing::{EndpointPrice, PriceExpression, SettleRule};
 use crate::vocab::{is_valid_service_name, MAX_ENDPOINT_CREDITS};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +43,18 @@ pub struct Endpoint {
     /// The declared pattern, e.g. `/notes/{id}`: what usage logs and bills group by.
     pub path: String,
     pub credits: EndpointPrice,
+    /// Settled from the response (docs/DESIGN.md §Settled prices): what is held first, and
+    /// where the cost is read; `None`: `credits` is the price.
+    pub settle: Option<Arc<Settled>>,
+}
+
+/// A settled endpoint's terms.
+#[derive(Debug)]
+pub struct Settled {
+    /// Held before forwarding; `None`: the endpoint's price (`credits`, or its plan's).
+    pub reserve: Option<EndpointPrice>,
+    pub rule: SettleRule,
+    pub overage: Overage,
 }
 
 /// The outcome of routing one request.
@@ -107,6 +122,9 @@ impl Router {
                 method: e.method.clone(),
                 path: e.path.clone(),
                 credits: compile(&e.credits).map_err(|e| format!("endpoints[{i}].credits: {e}"))?,
+                settle: settled(e)
+                    .map_err(|(field, e)| format!("endpoints[{i}].{field}: {e}"))?
+                    .map(Arc::new),
             });
         }
         Ok(Service {
@@ -263,11 +281,44 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
     for (i, endpoint) in service.endpoints.iter().enumerate() {
         compile(&endpoint.credits)
             .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}].credits"), msg))?;
+        settled(endpoint).map_err(|(field, msg)| {
+            ConfigError::invalid(format!("{key}.endpoints[{i}].{field}"), msg)
+        })?;
         table
             .insert(&endpoint.method, &endpoint.path, i)
             .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
     }
     Ok(())
+}
+
+/// A settled endpoint's terms, compiled; `Err((field, why))` names the field at fault.
+fn settled(endpoint: &EndpointConfig) -> Result<Option<Settled>, (&'static str, String)> {
+    let Some(settle) = &endpoint.settle else {
+        if endpoint.reserve.is_some() {
+            return Err(("reserve", "a reserve needs `settle`: where the final cost is read".into()));
+        }
+        if endpoint.overage != Overage::Cap {
+            return Err(("overage", "an overage policy needs `settle`".into()));
+        }
+        return Ok(None);
+    };
+    let reserve = endpoint
+        .reserve
+        .as_ref()
+        .map(compile)
+        .transpose()
+        .map_err(|e| ("reserve", e))?;
+    let rule = match settle {
+        SettleConfig::Header(name) => SettleRule::header(name),
+        SettleConfig::Json(source) => SettleRule::json(source),
+        SettleConfig::Sse(source) => SettleRule::sse(source),
+    }
+    .map_err(|e| ("settle", format!("{e}")))?;
+    Ok(Some(Settled {
+        reserve,
+        rule,
+        overage: endpoint.overage,
+    }))
 }
 
 /// An endpoint's price as the request path uses it: a number in range, or an expression

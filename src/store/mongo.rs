@@ -129,6 +129,12 @@ fn event_doc(e: &UsageEvent) -> Document {
     if let Some(plan) = &e.plan_id {
         doc.insert("plan_id", plan.as_str());
     }
+    if let Some(reserved) = e.reserved {
+        doc.insert("reserved", reserved);
+    }
+    if e.shortfall != 0 {
+        doc.insert("shortfall", e.shortfall);
+    }
     doc
 }
 
@@ -149,6 +155,8 @@ fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
         refunded: doc.get_bool("refunded").unwrap_or(false),
         timestamp_ms: millis(doc, "timestamp")?,
         plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
+        reserved: int(doc, "reserved").ok(),
+        shortfall: int(doc, "shortfall").unwrap_or(0),
     })
 }
 

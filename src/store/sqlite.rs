@@ -156,7 +156,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
 }
 
 /// (table, column, definition) added after the table's first release, in order.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("usage_logs", "plan_id", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("usage_logs", "plan_id", "TEXT"),
+    ("usage_logs", "reserved", "INTEGER"),
+    ("usage_logs", "shortfall", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
 
@@ -177,6 +181,8 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
         refunded: row.get(12)?,
         timestamp_ms: row.get(13)?,
         plan_id: row.get(14)?,
+        reserved: row.get(15)?,
+        shortfall: row.get(16)?,
     })
 }
 
@@ -322,14 +328,16 @@ impl Store for SqliteStore {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_logs (id, tenant_id, user_id, service, endpoint, method,
                        credits_used, balance_after, status, latency_ms, request_id, idempotency_key,
-                       refunded, timestamp_ms, plan_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                       refunded, timestamp_ms, plan_id, reserved, shortfall)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                       ?16, ?17)",
                 )?;
                 for e in &events {
                     insert.execute(params![
                         e.id, e.tenant_id, e.user_id, e.service, e.endpoint, e.method,
                         e.credits_used, e.balance_after, e.status, e.latency_ms, e.request_id,
-                        e.idempotency_key, e.refunded, e.timestamp_ms, e.plan_id
+                        e.idempotency_key, e.refunded, e.timestamp_ms, e.plan_id, e.reserved,
+                        e.shortfall
                     ])?;
                 }
                 for (tenant, credits) in credits_by_tenant(&events) {
@@ -398,7 +406,8 @@ impl Store for SqliteStore {
         self.run(move |conn| {
             let mut sql = String::from(
                 "SELECT id, tenant_id, user_id, service, endpoint, method, credits_used, balance_after,
-                   status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms, plan_id
+                   status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms, plan_id,
+                   reserved, shortfall
                  FROM usage_logs WHERE 1 = 1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
