@@ -114,6 +114,12 @@ pub struct UsageLogView {
     /// The plan whose price the call paid; absent: the service's own price.
     #[serde(skip_serializing_if = "Option::is_none")]
     plan_id: Option<String>,
+    /// A settled call's reserve, held before it was forwarded; `credits_used` is what it
+    /// cost in the end. Absent: not a settled call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reserved: Option<i64>,
+    /// What a settled call cost beyond what the balance could cover (`overage: allow`).
+    shortfall: i64,
     balance_after: i64,
     status: u16,
     latency_ms: f64,
@@ -193,6 +199,8 @@ pub async fn usage_logs(
             method: e.method,
             credits_used: e.credits_used,
             plan_id: e.plan_id,
+            reserved: e.reserved,
+            shortfall: e.shortfall,
             balance_after: e.balance_after,
             status: e.status,
             latency_ms: e.latency_ms,

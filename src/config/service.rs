@@ -79,17 +79,20 @@ pub struct EndpointConfig {
     pub overage: Overage,
 }
 
-/// Where a settled endpoint's cost is read from the response.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum SettleConfig {
+/// Where a settled endpoint's cost is read from the response: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettleConfig {
     /// A response header holding a whole number of credits (`X-Usage-Credits`).
-    Header(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
     /// A CEL expression over `response.body` (the JSON body) and `response.status`.
-    Json(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<String>,
     /// A CEL expression over `event`: the last server-sent `data:` event carrying a
     /// `usage` object (OpenAI's `stream_options.include_usage`).
-    Sse(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
 }
 
 /// What a settled cost above the reserve does.

@@ -309,11 +309,30 @@ fn settled(endpoint: &EndpointConfig) -> Result<Option<Settled>, (&'static str, 
         .transpose()
         .map_err(|e| ("reserve", e))?;
     let rule = match settle {
-        SettleConfig::Header(name) => SettleRule::header(name),
-        SettleConfig::Json(source) => SettleRule::json(source),
-        SettleConfig::Sse(source) => SettleRule::sse(source),
-    }
-    .map_err(|e| ("settle", format!("{e}")))?;
+        SettleConfig {
+            header: Some(name),
+            json: None,
+            sse: None,
+        } => SettleRule::header(name).map_err(|e| ("settle.header", e.to_string()))?,
+        SettleConfig {
+            header: None,
+            json: Some(source),
+            sse: None,
+        } => SettleRule::json(source).map_err(|e| ("settle.json", e.to_string()))?,
+        SettleConfig {
+            header: None,
+            json: None,
+            sse: Some(source),
+        } => SettleRule::sse(source).map_err(|e| ("settle.sse", e.to_string()))?,
+        _ => {
+            return Err((
+                "settle",
+                "exactly one of `header`, `json` (an expression over `response`) or `sse` \
+                 (an expression over `event`)"
+                    .into(),
+            ))
+        }
+    };
     Ok(Some(Settled {
         reserve,
         rule,

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod gate;
+pub mod llm;
 pub mod mqtt;
 pub mod raw;
 pub mod store;
