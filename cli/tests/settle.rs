@@ -307,3 +307,53 @@ async fn concurrent_settled_calls_are_exact_across_two_redis_replicas() {
         assert!(ok, "{extra}: {printed}");
     }
 }
+
+/// A gateway killed in the middle of a settled call's answer (a failpoint aborts the process
+/// as the first bytes of the body pass) settles the call at the reserve at its next start,
+/// as a stream cut anywhere else settles: its usage log says so and the books agree. Before,
+/// the reserve was taken and no log ever said why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_answer_settles_at_the_reserve_at_its_next_start() {
+    for redis in [None, Some(RedisServer::start())] {
+        let llm = Llm::start().await;
+        let mut env = vec![(
+            "TOLLGATE_FAILPOINTS".to_owned(),
+            "settled_call_mid_body".to_owned(),
+        )];
+        if let Some(redis) = &redis {
+            env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
+        }
+        let mut gateway = Gateway::start_with(&yaml(&llm.url(), ""), env);
+        let before = balance(&gateway, "acme").await;
+        let cut = client()
+            .post(gateway.url(
+                "/api/proxy/llm-sse/v1/chat/completions?tokens=120&stream=1",
+            ))
+            .bearer_auth(token("acme", "alice"))
+            .body("{}")
+            .send()
+            .await;
+        let read = match cut {
+            Ok(response) => response.text().await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!read, "the process died mid-answer");
+        assert!(!gateway.wait(), "aborted by the failpoint");
+        gateway.set_env("TOLLGATE_FAILPOINTS", None);
+        gateway.start_again();
+        let log = logs(&gateway, "acme", 1).await;
+        assert_eq!(
+            (log[0]["reserved"].as_i64(), log[0]["credits_used"].as_i64()),
+            (Some(RESERVE), Some(RESERVE)),
+            "{log:?}"
+        );
+        assert_eq!(balance(&gateway, "acme").await, before - RESERVE);
+        gateway.stop();
+        let env: Vec<(&str, String)> = redis
+            .iter()
+            .map(|r| ("TOLLGATE_REDIS_URL", r.url()))
+            .collect();
+        let (ok, printed) = gateway.reconcile(&env);
+        assert!(ok, "{printed}");
+    }
+}

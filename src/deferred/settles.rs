@@ -83,6 +83,20 @@ pub struct SettleQueue {
 }
 
 impl SettleQueue {
+    /// Journals a settled call's reserve as it is charged (the settlement at the reserve,
+    /// `event` as far as it is known): a gateway killed before the call ends settles it so
+    /// at its next start, as a stream cut anywhere else settles.
+    pub fn open(&self, settle: &PendingSettle) {
+        self.worklog.put(KIND, &settle.event.request_id, settle);
+    }
+
+    /// The call was settled (or refunded): nothing is owed.
+    pub fn close(&self, request_id: &str) {
+        self.worklog.done(KIND, request_id);
+    }
+
+    /// The ledger did not answer the settlement: it is retried in the background, and
+    /// journaled as it now stands.
     pub fn push(&self, settle: PendingSettle) {
         self.worklog.put(KIND, &settle.event.request_id, &settle);
         if let Err(e) = self.tx.try_send(settle) {

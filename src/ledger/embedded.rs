@@ -378,6 +378,13 @@ impl Ledger for EmbeddedLedger {
         Ok(self.with_book(tenant_id, |book, _| book.balance))
     }
 
+    async fn written(&self) -> bool {
+        match &self.journal {
+            Some(journal) => journal.written().await,
+            None => true,
+        }
+    }
+
     async fn close(&self) {
         if let Some(journal) = &self.journal {
             journal.flush();

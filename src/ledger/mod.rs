@@ -300,6 +300,13 @@ pub trait Ledger: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Waits until every change made so far would survive a crash of this process (the
+    /// embedded ledger's journal is written by a thread of its own); at once for a ledger
+    /// in another process. False when it was not written in time.
+    async fn written(&self) -> bool {
+        true
+    }
+
     /// Answers when the ledger is reachable (`/readyz`).
     async fn ping(&self) -> Result<(), LedgerError> {
         Ok(())

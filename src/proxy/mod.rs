@@ -299,6 +299,12 @@ impl ProxyHttp for Gateway {
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
         ctx.outcome = Some(Outcome::Forwarded);
+        if ctx.settling.is_some() {
+            // The reserve is journaled to be settled after a crash: the charge it names
+            // must be on disk first (docs/DESIGN.md §Settled prices).
+            self.ledger.written().await;
+            self.open_reserve(session, ctx);
+        }
         Ok(false)
     }
 
@@ -485,6 +491,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(settling) = &mut ctx.settling {
             settling.body_chunk(body.as_ref(), end_of_stream);
+            crate::failpoint::crash("settled_call_mid_body");
         }
         Ok(None)
     }
@@ -555,11 +562,15 @@ impl ProxyHttp for Gateway {
             refunded: charged.refunded,
             timestamp_ms: crate::store::now_ms(),
         };
-        if let Some(settling) = settling.filter(|_| !charged.refunded) {
-            // Boxed, as `answer_retry`: only settled calls pay for it.
-            let failed = e.is_some();
-            Box::pin(self.settle(&settling, event, failed, metrics)).await;
-            return;
+        if let Some(settling) = settling {
+            if !charged.refunded {
+                // Boxed, as `answer_retry`: only settled calls pay for it.
+                let failed = e.is_some();
+                Box::pin(self.settle(&settling, event, failed, metrics)).await;
+                return;
+            }
+            // Refunded: nothing to settle.
+            self.settles.close(&ctx.request_id);
         }
         match ctx.deferred.take() {
             Some(reservation) => reservation.finish(event),

@@ -4,7 +4,8 @@
 //! read line by line, keeping only the last event that carries a `usage` object), and the
 //! charge is settled once, at the call's end.
 
-use super::Gateway;
+use super::{Gateway, RequestCtx};
+use pingora::proxy::Session;
 use crate::alerts::{self, CreditSuccess};
 use crate::config::Overage;
 use crate::deferred::settles::PendingSettle;
@@ -246,6 +247,7 @@ impl Gateway {
         if reckoning.cost == settling.reserved {
             // Nothing moves: the charge took exactly this.
             event.credits_used = settling.reserved;
+            self.settles.close(&event.request_id);
             self.settled(event, metrics);
             return;
         }
@@ -268,6 +270,7 @@ impl Gateway {
                 }
                 let (event, moved) = pending.completed(outcome);
                 self.usage.charged(&tenant, moved);
+                self.settles.close(&event.request_id);
                 self.settled(event, metrics);
             }
             Err(e) => {
@@ -275,6 +278,43 @@ impl Gateway {
                 self.settles.push(pending);
             }
         }
+    }
+
+    /// Journals a settled call's reserve as it is charged, with its usage event as far as
+    /// it is known (see [`crate::deferred::settles::SettleQueue::open`]).
+    pub(super) fn open_reserve(&self, session: &Session, ctx: &RequestCtx) {
+        let (Some(route), Some(claims), Some(settling), Some(charged)) =
+            (&ctx.route, &ctx.claims, &ctx.settling, &ctx.charge)
+        else {
+            return;
+        };
+        let event = UsageEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: claims.tenant_id.clone(),
+            user_id: claims.sub.clone(),
+            service: route.service.name.clone(),
+            endpoint: route.endpoint().path.clone(),
+            method: session.req_header().method.to_string(),
+            credits_used: settling.reserved,
+            plan_id: ctx.price_plan.as_deref().map(str::to_owned),
+            reserved: Some(settling.reserved),
+            shortfall: 0,
+            balance_after: charged.balance.unwrap_or(0),
+            // Cut off by the gateway's own end: no status was sent.
+            status: 0,
+            latency_ms: 0.0,
+            request_id: ctx.request_id.clone(),
+            idempotency_key: ctx.idempotency_key.clone(),
+            refunded: false,
+            timestamp_ms: crate::store::now_ms(),
+        };
+        self.settles.open(&PendingSettle {
+            reserved: settling.reserved,
+            cost: settling.reserved,
+            threshold: settling.threshold,
+            since_ms: crate::store::now_ms(),
+            event,
+        });
     }
 
     /// A settled call's books: its credits counted, its notice sent, its event recorded.
