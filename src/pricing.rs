@@ -203,7 +203,10 @@ impl PriceExpression {
             .into_iter()
             .find(|v| !variables.contains(v))
         {
-            let known = variables.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>();
+            let known = variables
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>();
             return Err(refuse(format!(
                 "unknown name `{name}`: this expression reads {}, and may not loop \
                  (all, exists, exists_one, map, filter)",
@@ -272,8 +275,9 @@ impl PriceExpression {
         value: &serde_json::Value,
     ) -> Result<u32, String> {
         let value = cel::to_value(Signed(value)).map_err(|e| e.to_string())?;
-        let value: Box<dyn cel::common::value::Val> =
-            value.try_into().map_err(|e: cel::ExecutionError| e.to_string())?;
+        let value: Box<dyn cel::common::value::Val> = value
+            .try_into()
+            .map_err(|e: cel::ExecutionError| e.to_string())?;
         let mut context = cel::Context::with_env(Arc::clone(&CEL));
         context.add_variable_as_val(name, value);
         credits(self.program.execute(&context))

@@ -184,21 +184,46 @@ async fn settlements(l: &dyn Ledger) {
         warnings: NONE,
     };
     // Under the reserve: the rest goes back, once, however often it is asked.
-    assert_eq!(l.charge(&charge("s", "a", 50, None)).await.unwrap(), charged(50));
-    assert_eq!(l.settle(&settle("s", "a", 50, 12)).await.unwrap(), settled(12, 88));
-    assert_eq!(l.settle(&settle("s", "a", 50, 12)).await.unwrap(), settled(12, 88));
+    assert_eq!(
+        l.charge(&charge("s", "a", 50, None)).await.unwrap(),
+        charged(50)
+    );
+    assert_eq!(
+        l.settle(&settle("s", "a", 50, 12)).await.unwrap(),
+        settled(12, 88)
+    );
+    assert_eq!(
+        l.settle(&settle("s", "a", 50, 12)).await.unwrap(),
+        settled(12, 88)
+    );
     assert_eq!(
         l.settle(&settle("s", "a", 50, 40)).await.unwrap(),
         settled(12, 88),
         "a second settlement of the same charge changes nothing"
     );
     // Over it: the extra is taken as far as the balance goes, never below 0.
-    assert_eq!(l.charge(&charge("s", "b", 50, None)).await.unwrap(), charged(38));
-    assert_eq!(l.settle(&settle("s", "b", 50, 70)).await.unwrap(), settled(70, 18));
-    assert_eq!(l.charge(&charge("s", "c", 10, None)).await.unwrap(), charged(8));
+    assert_eq!(
+        l.charge(&charge("s", "b", 50, None)).await.unwrap(),
+        charged(38)
+    );
+    assert_eq!(
+        l.settle(&settle("s", "b", 50, 70)).await.unwrap(),
+        settled(70, 18)
+    );
+    assert_eq!(
+        l.charge(&charge("s", "c", 10, None)).await.unwrap(),
+        charged(8)
+    );
     let outcome = l.settle(&settle("s", "c", 10, 500)).await.unwrap();
     assert!(
-        matches!(outcome, SettleOutcome::Settled { charged: 18, balance: 0, .. }),
+        matches!(
+            outcome,
+            SettleOutcome::Settled {
+                charged: 18,
+                balance: 0,
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     // A settled charge voided gives back what it took in the end.
@@ -207,9 +232,15 @@ async fn settlements(l: &dyn Ledger) {
         VoidOutcome::Refunded { balance: 70 }
     );
     // A voided charge settles nothing.
-    assert_eq!(l.charge(&charge("s", "d", 5, None)).await.unwrap(), charged(65));
+    assert_eq!(
+        l.charge(&charge("s", "d", 5, None)).await.unwrap(),
+        charged(65)
+    );
     l.void(&void("s", "d", Some(5), None)).await.unwrap();
-    assert_eq!(l.settle(&settle("s", "d", 5, 1)).await.unwrap(), SettleOutcome::Void);
+    assert_eq!(
+        l.settle(&settle("s", "d", 5, 1)).await.unwrap(),
+        SettleOutcome::Void
+    );
     assert_eq!(l.balance("s").await.unwrap(), Some(70));
     // No balance (lost since the charge): nothing moves.
     assert_eq!(

@@ -67,10 +67,18 @@ pub struct SettleBody {
     #[schema(example = "X-Usage-Credits", min_length = 1, max_length = 256)]
     header: Option<String>,
     /// A CEL expression over `response.body` (JSON) and `response.status`.
-    #[schema(example = "response.body.usage.total_tokens / 100", min_length = 1, max_length = 1024)]
+    #[schema(
+        example = "response.body.usage.total_tokens / 100",
+        min_length = 1,
+        max_length = 1024
+    )]
     json: Option<String>,
     /// A CEL expression over `event`: the last server-sent event with a `usage` object.
-    #[schema(example = "event.usage.total_tokens / 10", min_length = 1, max_length = 1024)]
+    #[schema(
+        example = "event.usage.total_tokens / 10",
+        min_length = 1,
+        max_length = 1024
+    )]
     sse: Option<String>,
 }
 

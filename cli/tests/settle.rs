@@ -70,9 +70,7 @@ async fn call(
     query: &str,
 ) -> (u16, Option<i64>, Option<String>) {
     let response = client()
-        .post(gateway.url(&format!(
-            "/api/proxy/{service}/v1/chat/completions?{query}"
-        )))
+        .post(gateway.url(&format!("/api/proxy/{service}/v1/chat/completions?{query}")))
         .bearer_auth(token(tenant, "alice"))
         .body("{}")
         .send()
@@ -85,7 +83,10 @@ async fn call(
 
 async fn balance(gateway: &Gateway, tenant: &str) -> i64 {
     let tenant = gateway
-        .admin_json(&format!("/admin/tenants/{tenant}"), &admin_token("ops", "root"))
+        .admin_json(
+            &format!("/admin/tenants/{tenant}"),
+            &admin_token("ops", "root"),
+        )
         .await;
     tenant["balance"].as_i64().unwrap()
 }
@@ -93,16 +94,20 @@ async fn balance(gateway: &Gateway, tenant: &str) -> i64 {
 /// The usage logs of `tenant`, once there are `count`.
 async fn logs(gateway: &Gateway, tenant: &str, count: usize) -> Vec<Value> {
     let mut logs = Vec::new();
-    wait_until("the calls' usage logs", Duration::from_secs(20), async || {
-        let page = gateway
-            .admin_json(
-                &format!("/admin/usage-logs?tenant_id={tenant}&limit=1000"),
-                &admin_token("ops", "root"),
-            )
-            .await;
-        logs = page["items"].as_array().cloned().unwrap_or_default();
-        logs.len() >= count
-    })
+    wait_until(
+        "the calls' usage logs",
+        Duration::from_secs(20),
+        async || {
+            let page = gateway
+                .admin_json(
+                    &format!("/admin/usage-logs?tenant_id={tenant}&limit=1000"),
+                    &admin_token("ops", "root"),
+                )
+                .await;
+            logs = page["items"].as_array().cloned().unwrap_or_default();
+            logs.len() >= count
+        },
+    )
     .await;
     assert_eq!(logs.len(), count, "{logs:?}");
     logs
@@ -138,10 +143,17 @@ async fn each_kind_settles(llm: &Llm, gateway: &Gateway) {
             assert!(body.is_none(), "the client sees the stream break");
         } else if query.contains("stream=1") {
             let body = body.unwrap();
-            assert!(body.contains("\"total_tokens\":120") && body.ends_with("data: [DONE]\n\n"), "{body}");
+            assert!(
+                body.contains("\"total_tokens\":120") && body.ends_with("data: [DONE]\n\n"),
+                "{body}"
+            );
         }
         // llm-size reserves 50 and allows no overage: capped at it.
-        let cost = if service == "llm-size" { cost.min(50) } else { cost };
+        let cost = if service == "llm-size" {
+            cost.min(50)
+        } else {
+            cost
+        };
         spent += cost;
         calls += 1;
         wait_until("the settlement", Duration::from_secs(10), async || {
@@ -153,12 +165,25 @@ async fn each_kind_settles(llm: &Llm, gateway: &Gateway) {
     let mut settled: Vec<(i64, i64)> = logs(gateway, "acme", calls as usize)
         .await
         .iter()
-        .map(|l| (l["reserved"].as_i64().unwrap(), l["credits_used"].as_i64().unwrap()))
+        .map(|l| {
+            (
+                l["reserved"].as_i64().unwrap(),
+                l["credits_used"].as_i64().unwrap(),
+            )
+        })
         .collect();
     settled.sort();
     assert_eq!(
         settled,
-        vec![(50, 7), (50, 12), (50, 23), (50, 50), (50, 50), (50, 50), (50, 90)]
+        vec![
+            (50, 7),
+            (50, 12),
+            (50, 23),
+            (50, 50),
+            (50, 50),
+            (50, 50),
+            (50, 90)
+        ]
     );
 
     // Overage beyond the balance: taken as far as it goes, the shortfall logged.
@@ -181,9 +206,7 @@ async fn each_kind_settles(llm: &Llm, gateway: &Gateway) {
 /// still holds the rest.
 async fn streams_are_not_buffered(llm: &Llm, gateway: &Gateway) {
     let mut response = client()
-        .post(gateway.url(
-            "/api/proxy/llm-sse/v1/chat/completions?tokens=300&stream=1&hold=1",
-        ))
+        .post(gateway.url("/api/proxy/llm-sse/v1/chat/completions?tokens=300&stream=1&hold=1"))
         .bearer_auth(token("acme", "alice"))
         .body("{}")
         .send()
@@ -240,14 +263,26 @@ async fn concurrent_calls_settle_exactly(llm: &Llm, gateways: &[&Gateway]) {
         let gateway = gateways[i as usize % gateways.len()];
         let tokens = 10 + (i * 37) % 700;
         let (service, query, cost) = match i % 5 {
-            0 => ("llm-json", format!("tokens={tokens}"), credits_for(tokens).min(RESERVE)),
+            0 => (
+                "llm-json",
+                format!("tokens={tokens}"),
+                credits_for(tokens).min(RESERVE),
+            ),
             1 => (
                 "llm-sse",
                 format!("tokens={tokens}&stream=1"),
                 credits_for(tokens).min(RESERVE),
             ),
-            2 => ("llm-sse", format!("tokens={tokens}&stream=1&cut=1"), RESERVE),
-            3 => ("llm-header", format!("tokens={tokens}"), credits_for(tokens).min(RESERVE)),
+            2 => (
+                "llm-sse",
+                format!("tokens={tokens}&stream=1&cut=1"),
+                RESERVE,
+            ),
+            3 => (
+                "llm-header",
+                format!("tokens={tokens}"),
+                credits_for(tokens).min(RESERVE),
+            ),
             _ => ("llm-allow", format!("tokens={tokens}"), credits_for(tokens)),
         };
         calls.push(async move {
@@ -256,10 +291,15 @@ async fn concurrent_calls_settle_exactly(llm: &Llm, gateways: &[&Gateway]) {
             cost
         });
     }
-    let expected: i64 = futures_util::future::join_all(calls).await.into_iter().sum();
+    let expected: i64 = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .sum();
     let logged: i64 = logs(gateways[0], "acme", 200)
         .await
-        .iter().map(|l| l["credits_used"].as_i64().unwrap()).sum();
+        .iter()
+        .map(|l| l["credits_used"].as_i64().unwrap())
+        .sum();
     assert_eq!(logged, expected, "the usage logs say what the answers cost");
     for gateway in gateways {
         wait_until("the exact balance", Duration::from_secs(10), async || {
@@ -326,9 +366,7 @@ async fn a_gateway_killed_mid_answer_settles_at_the_reserve_at_its_next_start() 
         let mut gateway = Gateway::start_with(&yaml(&llm.url(), ""), env);
         let before = balance(&gateway, "acme").await;
         let cut = client()
-            .post(gateway.url(
-                "/api/proxy/llm-sse/v1/chat/completions?tokens=120&stream=1",
-            ))
+            .post(gateway.url("/api/proxy/llm-sse/v1/chat/completions?tokens=120&stream=1"))
             .bearer_auth(token("acme", "alice"))
             .body("{}")
             .send()
@@ -356,4 +394,132 @@ async fn a_gateway_killed_mid_answer_settles_at_the_reserve_at_its_next_start() 
         let (ok, printed) = gateway.reconcile(&env);
         assert!(ok, "{printed}");
     }
+}
+
+/// Redis stops answering while a settled call streams: the call ends normally for the
+/// client, its settlement waits in the background (journaled, with its usage log) and is
+/// applied once Redis answers again; the books agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_the_ledger_did_not_answer_is_applied_when_it_does() {
+    let llm = Llm::start().await;
+    let redis = RedisServer::start();
+    let mut gateway = Gateway::start(
+        &yaml(&llm.url(), "ledger:\n  timeout_ms: 250"),
+        Some(redis.url()),
+    );
+    let before = balance(&gateway, "acme").await;
+    let mut response = client()
+        .post(gateway.url("/api/proxy/llm-sse/v1/chat/completions?tokens=170&stream=1&hold=1"))
+        .bearer_auth(token("acme", "alice"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.chunk().await.unwrap().is_some());
+    redis.pause();
+    llm.release();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
+    // The settlement times out (250 ms) and waits; nothing is logged meanwhile.
+    wait_until(
+        "the settlement to be deferred",
+        Duration::from_secs(10),
+        async || gateway.log().contains("settlement deferred"),
+    )
+    .await;
+    redis.resume();
+    let log = logs(&gateway, "acme", 1).await;
+    assert_eq!(
+        (log[0]["reserved"].as_i64(), log[0]["credits_used"].as_i64()),
+        (Some(RESERVE), Some(17)),
+        "{log:?}"
+    );
+    assert_eq!(balance(&gateway, "acme").await, before - 17);
+    gateway.stop();
+    let (ok, printed) = gateway.reconcile(&[("TOLLGATE_REDIS_URL", redis.url())]);
+    assert!(ok, "{printed}");
+}
+
+/// The admin API takes and returns settled terms, and refuses bad ones naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_takes_settled_terms_and_names_what_is_wrong() {
+    let llm = Llm::start().await;
+    let gateway = Gateway::start(&yaml(&llm.url(), ""), None);
+    let post = async |endpoint: Value| {
+        let response = client()
+            .post(gateway.admin_url("/admin/services"))
+            .bearer_auth(admin_token("ops", "root"))
+            .json(&serde_json::json!({"name": "chat", "upstream": llm.url(), "endpoints": [endpoint]}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    for (endpoint, field) in [
+        (
+            serde_json::json!({"method": "POST", "path": "/v1/chat", "credits": 1,
+                               "settle": {"json": "response.body.usage.total_tokens /"}}),
+            "endpoints[0].settle.json",
+        ),
+        (
+            serde_json::json!({"method": "POST", "path": "/v1/chat", "credits": 1,
+                               "settle": {"sse": "event.a", "header": "x-cost"}}),
+            "endpoints[0].settle",
+        ),
+        (
+            serde_json::json!({"method": "POST", "path": "/v1/chat", "credits": 1, "reserve": 9}),
+            "endpoints[0].reserve",
+        ),
+        (
+            serde_json::json!({"method": "POST", "path": "/v1/chat", "credits": 1, "overage": "allow"}),
+            "endpoints[0].overage",
+        ),
+    ] {
+        let (status, problem) = post(endpoint).await;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    let terms = serde_json::json!({"method": "POST", "path": "/v1/chat/completions", "credits": 1,
+        "reserve": "10 + int(request.query.max_tokens) / 100",
+        "settle": {"sse": "event.usage.total_tokens / 10"}, "overage": "allow"});
+    let (status, service) = post(terms.clone()).await;
+    assert_eq!(status, 201, "{service}");
+    assert_eq!(service["endpoints"][0], terms, "returned as given");
+    // Once the catalog has it (≤ 2 s): a call of 0 tokens costs nothing in the end.
+    let before = balance(&gateway, "acme").await;
+    let url = |query: &str| gateway.url(&format!("/api/proxy/chat/v1/chat/completions?{query}"));
+    wait_until("the new service", Duration::from_secs(10), async || {
+        let response = client()
+            .post(url("max_tokens=0&tokens=0&stream=1"))
+            .bearer_auth(token("acme", "alice"))
+            .send()
+            .await
+            .unwrap();
+        response.status() == 200
+    })
+    .await;
+    wait_until("the free settlement", Duration::from_secs(10), async || {
+        balance(&gateway, "acme").await == before
+    })
+    .await;
+    // 300 tokens streamed cost 30 of a 20-credit reserve (overage allowed).
+    let response = client()
+        .post(url("max_tokens=1000&tokens=300&stream=1"))
+        .bearer_auth(token("acme", "alice"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_i64(&response, "x-credits-reserved"), Some(20));
+    response.text().await.unwrap();
+    wait_until("the settlement", Duration::from_secs(10), async || {
+        balance(&gateway, "acme").await == before - 30
+    })
+    .await;
 }

@@ -101,6 +101,13 @@ fn bad_values_are_refused_by_key() {
         ("services:\n  - { name: s, upstream: 'http://x', endpoints: [] }\n", "services[0].endpoints"),
         ("services:\n  - { name: 'a/b', upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1 }] }\n", "services[0].name"),
         ("auth:\n  algorithm: RS256\n", "auth.public_key_file"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, reserve: 5 }] }\n", "services[0].endpoints[0].reserve"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, settle: {} }] }\n", "services[0].endpoints[0].settle"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, settle: { json: 'response.body.n +' } }] }\n", "services[0].endpoints[0].settle.json"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, settle: { sse: 'request.size' } }] }\n", "services[0].endpoints[0].settle.sse"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, settle: { header: 'a b' } }] }\n", "services[0].endpoints[0].settle.header"),
+        ("services:\n  - { name: s, upstream: 'http://x', endpoints: [{ method: GET, path: /, credits: 1, overage: allow }] }\n", "services[0].endpoints[0].overage"),
+        ("settle_body_max_bytes: 10\n", "settle_body_max_bytes"),
     ];
     for (yaml, key) in cases {
         let err = validate(&Config::from_yaml(yaml).unwrap())

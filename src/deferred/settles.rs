@@ -296,7 +296,10 @@ mod tests {
         assert_eq!(ledger.balance("acme").await.unwrap(), Some(88));
         let events = recorded.0.lock().unwrap();
         for e in events.iter() {
-            assert_eq!((e.credits_used, e.reserved, e.balance_after), (12, Some(50), 88));
+            assert_eq!(
+                (e.credits_used, e.reserved, e.balance_after),
+                (12, Some(50), 88)
+            );
         }
     }
 }

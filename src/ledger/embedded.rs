@@ -284,12 +284,13 @@ impl Ledger for EmbeddedLedger {
             let charged = settle.reserved + extra;
             let after = balance - extra;
             book.balance = Some(after);
-            book.settled
-                .insert(settle.charge_id.to_owned(), charged, now + self.charge_ttl_ms);
+            book.settled.insert(
+                settle.charge_id.to_owned(),
+                charged,
+                now + self.charge_ttl_ms,
+            );
             let warnings = Warnings {
-                low: balance > settle.threshold
-                    && after <= settle.threshold
-                    && !book.announced.low,
+                low: balance > settle.threshold && after <= settle.threshold && !book.announced.low,
                 exhausted: after == 0 && balance > 0 && !book.announced.exhausted,
             };
             book.announced.low |= warnings.low;

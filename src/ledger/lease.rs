@@ -490,10 +490,7 @@ impl Ledger for LeasedLedger {
     /// goes back to the shared balance, extra is taken from it.
     async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError> {
         let tenant = settle.tenant_id;
-        let outcome = self
-            .redis
-            .settle_holding(settle, self.own(tenant))
-            .await?;
+        let outcome = self.redis.settle_holding(settle, self.own(tenant)).await?;
         Ok(match outcome {
             SettleOutcome::Settled {
                 charged,

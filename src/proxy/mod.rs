@@ -222,7 +222,14 @@ impl ProxyHttp for Gateway {
         };
         let settled = route.endpoint().settle.clone();
         let cost = match &settled {
-            Some(terms) => match self.reserve(session, &route, terms, &claims.tenant_id, plan.as_deref(), &price) {
+            Some(terms) => match self.reserve(
+                session,
+                &route,
+                terms,
+                &claims.tenant_id,
+                plan.as_deref(),
+                &price,
+            ) {
                 Ok(reserve) => i64::from(reserve),
                 Err(problem) => {
                     ctx.route = Some(route);
@@ -257,7 +264,8 @@ impl ProxyHttp for Gateway {
             Ok(ChargeOutcome::Charged { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 if let Some(terms) = settled {
-                    let settling = settle::Settling::new(terms, cost, threshold, self.settle_body_max);
+                    let settling =
+                        settle::Settling::new(terms, cost, threshold, self.settle_body_max);
                     ctx.settling = Some(Box::new(settling));
                 }
                 Charged::now(cost, balance).settling(ctx.settling.is_some())

@@ -5,7 +5,6 @@
 //! charge is settled once, at the call's end.
 
 use super::{Gateway, RequestCtx};
-use pingora::proxy::Session;
 use crate::alerts::{self, CreditSuccess};
 use crate::config::Overage;
 use crate::deferred::settles::PendingSettle;
@@ -16,6 +15,7 @@ use crate::routing::Settled;
 use crate::vocab::UsageEvent;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -195,8 +195,7 @@ impl Settling {
                     self.cap,
                     expression.source()
                 )),
-                SettleRule::Json(expression) => match serde_json::from_slice::<Value>(&self.body)
-                {
+                SettleRule::Json(expression) => match serde_json::from_slice::<Value>(&self.body) {
                     Ok(body) => {
                         let response = serde_json::json!({ "status": self.status, "body": body });
                         expression.evaluate_response("response", &response)
@@ -378,12 +377,17 @@ mod tests {
         let rule = || SettleRule::sse("event.usage.total_tokens").unwrap();
         let mut cut = settling(rule(), Overage::Cap);
         cut.body_chunk(
-            Some(&Bytes::from_static(b"data: {\"usage\":{\"total_tokens\":3}}\n\n")),
+            Some(&Bytes::from_static(
+                b"data: {\"usage\":{\"total_tokens\":3}}\n\n",
+            )),
             false,
         );
         assert_eq!(cut.reckon(false).cost, 50, "no end of stream");
         let mut bare = settling(rule(), Overage::Cap);
-        feed(&mut bare, &["data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"]);
+        feed(
+            &mut bare,
+            &["data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"],
+        );
         let reckoning = bare.reckon(false);
         assert_eq!(reckoning.cost, 50);
         assert!(reckoning.fallback.unwrap().contains("usage"));
@@ -418,7 +422,11 @@ mod tests {
         assert_eq!(text.reckon(false).cost, 50);
         let mut negative = settling(rule(), Overage::Cap);
         feed(&mut negative, &[r#"{"n": -3}"#]);
-        assert_eq!(negative.reckon(false).cost, 50, "a negative cost is no cost");
+        assert_eq!(
+            negative.reckon(false).cost,
+            50,
+            "a negative cost is no cost"
+        );
     }
 
     #[test]
@@ -429,7 +437,11 @@ mod tests {
         s.response_header(&response);
         feed(&mut s, &["anything"]);
         assert_eq!(s.reckon(false).cost, 7);
-        assert_eq!(s.reckon(true).cost, 50, "a failed call settles at the reserve");
+        assert_eq!(
+            s.reckon(true).cost,
+            50,
+            "a failed call settles at the reserve"
+        );
         response.insert_header("x-usage-credits", "-7").unwrap();
         let mut bad = settling(SettleRule::header("X-Usage-Credits").unwrap(), Overage::Cap);
         bad.response_header(&response);

@@ -295,7 +295,10 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
 fn settled(endpoint: &EndpointConfig) -> Result<Option<Settled>, (&'static str, String)> {
     let Some(settle) = &endpoint.settle else {
         if endpoint.reserve.is_some() {
-            return Err(("reserve", "a reserve needs `settle`: where the final cost is read".into()));
+            return Err((
+                "reserve",
+                "a reserve needs `settle`: where the final cost is read".into(),
+            ));
         }
         if endpoint.overage != Overage::Cap {
             return Err(("overage", "an overage policy needs `settle`".into()));

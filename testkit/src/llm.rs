@@ -80,7 +80,10 @@ async fn complete(
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let flag = |name: &str| query.get(name).is_some_and(|v| v == "1");
-    let tokens: u64 = query.get("tokens").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let tokens: u64 = query
+        .get("tokens")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     let usage = json!({
         "prompt_tokens": tokens / 2,
         "completion_tokens": tokens - tokens / 2,
