@@ -139,6 +139,7 @@ fn pricing(c: &mut Criterion) {
         size: Some(2048),
         tenant: "acme",
         plan: None,
+        headers: &[],
     };
     let fixed = tollgate::pricing::EndpointPrice::Fixed(5);
     c.bench_function("price, integer", |b| {

@@ -24,6 +24,7 @@ fn event(i: u64) -> UsageEvent {
         plan_id: None,
         reserved: None,
         shortfall: 0,
+        shadow_credits: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

@@ -17,6 +17,7 @@ fn router() -> &'static Router {
             reserve: None,
             settle: None,
             overage: Default::default(),
+            shadow_credits: None,
         };
         let service = ServiceConfig {
             name: "notes".into(),
@@ -25,6 +26,7 @@ fn router() -> &'static Router {
             refund_on_5xx: false,
             on_ledger_error: Default::default(),
             public: false,
+            price_headers: Vec::new(),
             endpoints: vec![
                 endpoint("POST", "/notes/create"),
                 endpoint("GET", "/notes/{id}"),
@@ -100,6 +102,7 @@ pub fn price(data: &[u8]) {
             size: Some(u64::MAX),
             tenant: "t",
             plan: None,
+            headers: &[("x-a", &text)],
         };
         if let Ok(credits) = expression.evaluate(&call) {
             assert!(credits <= crate::vocab::MAX_ENDPOINT_CREDITS);

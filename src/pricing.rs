@@ -49,6 +49,24 @@ pub enum EndpointPrice {
     Expression(Arc<PriceExpression>),
 }
 
+impl EndpointPrice {
+    /// This price for `call`: the number, or what the expression makes of the call.
+    pub fn evaluate(&self, call: &Call<'_>) -> Result<u32, String> {
+        match self {
+            EndpointPrice::Fixed(credits) => Ok(*credits),
+            EndpointPrice::Expression(expression) => expression.evaluate(call),
+        }
+    }
+
+    /// The expression's text, or the number as text.
+    pub fn source(&self) -> String {
+        match self {
+            EndpointPrice::Fixed(credits) => credits.to_string(),
+            EndpointPrice::Expression(expression) => expression.source().to_owned(),
+        }
+    }
+}
+
 /// The longest price expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 1024;
 
@@ -139,6 +157,8 @@ pub struct Call<'a> {
     pub size: Option<u64>,
     pub tenant: &'a str,
     pub plan: Option<&'a str>,
+    /// The service's `price_headers`: (lower-case name, the request's value or `""`).
+    pub headers: &'a [(&'a str, &'a str)],
 }
 
 impl PriceExpression {
@@ -256,6 +276,14 @@ impl PriceExpression {
             ("params".into(), map(params)),
             ("query".into(), map(query)),
             ("size".into(), Box::new(CelInt::from(size))),
+            (
+                "headers".into(),
+                map(call
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (CelMapKey::from(*name), text(*value)))
+                    .collect()),
+            ),
         ]);
         let tenant = map(vec![
             ("id".into(), text(call.tenant)),
@@ -496,6 +524,7 @@ mod tests {
             size,
             tenant: "acme",
             plan: Some("pro"),
+            headers: &[("x-model", "large")],
         }
     }
 

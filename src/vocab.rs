@@ -68,6 +68,10 @@ pub struct UsageEvent {
     /// What a settled call cost beyond what the balance could cover (`overage: allow`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shortfall: i64,
+    /// What the endpoint's `shadow_credits` would have charged (docs/DESIGN.md §Pricing);
+    /// `None`: no shadow price, or it could not be computed for this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_credits: Option<i64>,
     pub balance_after: i64,
     /// Status sent to the client (0 if the client went away first).
     pub status: u16,

@@ -31,6 +31,7 @@ fn event(
         plan_id: None,
         reserved: None,
         shortfall: 0,
+        shadow_credits: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.5,
@@ -247,6 +248,64 @@ async fn contract<S: Store + Documents>(store: &S) {
         store.tenant("acme").await.unwrap().unwrap().balance
     );
     documents(store).await;
+    settled_and_shadow_logs(store).await;
+}
+
+/// Settled calls' logs (reserve, cost, shortfall) and shadow prices read back as written;
+/// the shadow report sums, per tenant, the calls of one service that had a shadow price.
+async fn settled_and_shadow_logs<S: Store>(store: &S) {
+    store.ensure_tenant(&tenant("sh-a", 1000)).await.unwrap();
+    store.ensure_tenant(&tenant("sh-b", 1000)).await.unwrap();
+    let shadowed =
+        |id: &str, tenant: &str, credits: i64, shadow: Option<i64>, refunded: bool| UsageEvent {
+            service: "chat".into(),
+            shadow_credits: shadow,
+            reserved: Some(50),
+            shortfall: 3,
+            ..event(id, tenant, "/v1/chat", credits, refunded, 5_000)
+        };
+    let events = vec![
+        shadowed("s1", "sh-a", 10, Some(4), false),
+        shadowed("s2", "sh-a", 20, Some(8), false),
+        shadowed("s3", "sh-a", 7, Some(7), true),
+        shadowed("s4", "sh-a", 9, None, false),
+        shadowed("s5", "sh-b", 5, Some(50), false),
+    ];
+    let batch = UsageBatch {
+        pipeline_id: "p-shadow",
+        seq: 1,
+        events: &events,
+    };
+    store.insert_usage(&batch).await.unwrap();
+    let logs = store
+        .usage_logs(&UsageQuery {
+            tenant_id: Some("sh-a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logs,
+        events[..4],
+        "settled and shadow fields read back as written"
+    );
+    let report = store.shadow_totals("chat", 0, 10_000).await.unwrap();
+    let rows: Vec<_> = report
+        .iter()
+        .map(|t| (t.tenant_id.as_str(), t.calls, t.charged, t.shadow))
+        .collect();
+    assert_eq!(rows, [("sh-a", 3, 30, 12), ("sh-b", 1, 5, 50)]);
+    assert!(store
+        .shadow_totals("chat", 6_000, 10_000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .shadow_totals("notes", 0, 10_000)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ mod extract;
 mod me;
 mod openapi;
 mod plans;
+mod preview;
 mod problem;
 mod records;
 mod reports;
@@ -136,6 +137,7 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
         .merge(plans::router())
         .merge(subscriptions::router())
         .merge(services::router())
+        .merge(preview::router())
         .merge(reports::router())
         .with_state(state)
         .split_for_parts();

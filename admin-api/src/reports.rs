@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AdminState> {
         .routes(routes!(summaries))
         .routes(routes!(invoices))
         .routes(routes!(notifications))
+        .routes(routes!(shadow))
 }
 
 /// A list of stored documents (their shapes: docs/DESIGN.md §Data model).
@@ -137,6 +138,92 @@ pub struct UsageLogPage {
 }
 
 const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ShadowFilter {
+    /// The service whose endpoints carry `shadow_credits`.
+    service: String,
+    /// Inclusive: unix ms or RFC 3339; default 30 days before `to`.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
+    from: Option<String>,
+    /// Exclusive: unix ms or RFC 3339; default now.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
+    to: Option<String>,
+}
+
+/// One tenant's calls under a shadow price: what they were charged and what the shadow
+/// price would have charged.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowLine {
+    tenant_id: String,
+    calls: u64,
+    charged: i64,
+    shadow: i64,
+    /// `shadow - charged`: what the change would add to this tenant's bill (negative: save).
+    difference: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowReport {
+    service: String,
+    from: String,
+    to: String,
+    calls: u64,
+    charged: i64,
+    shadow: i64,
+    difference: i64,
+    /// Per tenant, in id order.
+    tenants: Vec<ShadowLine>,
+}
+
+/// Charged against shadow prices per tenant: what a price change would bill, before it is
+/// made (calls whose endpoint had `shadow_credits`; refunded calls count 0 on both sides).
+#[utoipa::path(get, path = "/admin/reports/shadow", tag = "reports", params(ShadowFilter),
+    security(("bearer" = [])), responses((status = 200, body = ShadowReport), (status = 422, body = ProblemSchema)))]
+pub async fn shadow(
+    State(state): State<AdminState>,
+    _admin: Admin,
+    Query(filter): Query<ShadowFilter>,
+) -> ApiResult<Json<ShadowReport>> {
+    let to = match filter.to.as_deref() {
+        Some(t) => crate::extract::time_param("to", t)?,
+        None => tollgate::store::now_ms(),
+    };
+    let from = match filter.from.as_deref() {
+        Some(f) => crate::extract::time_param("from", f)?,
+        None => to.saturating_sub(30 * 24 * 3600 * 1000),
+    };
+    if from > to {
+        return Err(Problem::invalid("from", "must not be after `to`"));
+    }
+    let totals = state.store.shadow_totals(&filter.service, from, to).await?;
+    let tenants: Vec<ShadowLine> = totals
+        .into_iter()
+        .map(|t| ShadowLine {
+            difference: t.shadow - t.charged,
+            tenant_id: t.tenant_id,
+            calls: t.calls,
+            charged: t.charged,
+            shadow: t.shadow,
+        })
+        .collect();
+    let sum = |f: fn(&ShadowLine) -> i64| tenants.iter().map(f).sum::<i64>();
+    Ok(Json(ShadowReport {
+        service: filter.service,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        calls: tenants.iter().map(|t| t.calls).sum(),
+        charged: sum(|t| t.charged),
+        shadow: sum(|t| t.shadow),
+        difference: sum(|t| t.difference),
+        tenants,
+    }))
+}
 
 /// The cursor is the last item's (timestamp, id): pages stay stable while logs arrive.
 fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {

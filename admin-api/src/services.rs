@@ -56,6 +56,11 @@ pub struct EndpointBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "cap", pattern = "^(cap|allow)$")]
     overage: Option<Overage>,
+    /// A price evaluated and logged beside `credits` but never charged
+    /// (`GET /admin/reports/shadow` compares the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = credits_schema)]
+    shadow_credits: Option<CreditsBody>,
 }
 
 /// Where a settled endpoint's cost is read (one of the three; docs/DESIGN.md §Settled
@@ -143,6 +148,7 @@ impl From<EndpointBody> for EndpointConfig {
             reserve: e.reserve.map(Into::into),
             settle: e.settle,
             overage: e.overage.unwrap_or_default(),
+            shadow_credits: e.shadow_credits.map(Into::into),
         }
     }
 }
@@ -177,6 +183,8 @@ pub struct ServiceView {
     #[schema(value_type = String, example = "deny")]
     on_ledger_error: OnLedgerError,
     public: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    price_headers: Vec<String>,
     endpoints: Vec<EndpointBody>,
 }
 
@@ -189,6 +197,7 @@ impl From<ServiceConfig> for ServiceView {
             refund_on_5xx: s.refund_on_5xx,
             on_ledger_error: s.on_ledger_error,
             public: s.public,
+            price_headers: s.price_headers,
             endpoints: s
                 .endpoints
                 .into_iter()
@@ -199,6 +208,7 @@ impl From<ServiceConfig> for ServiceView {
                     reserve: e.reserve.map(Into::into),
                     settle: e.settle,
                     overage: (!e.overage.is_cap()).then_some(e.overage),
+                    shadow_credits: e.shadow_credits.map(Into::into),
                 })
                 .collect(),
         }
@@ -224,7 +234,7 @@ async fn check(service: &ServiceConfig) -> ApiResult<()> {
     Ok(())
 }
 
-async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
+pub(crate) async fn stored(state: &AdminState, name: &str) -> ApiResult<ServiceConfig> {
     let doc = state
         .docs
         .doc(Kind::Services, name)
@@ -284,6 +294,11 @@ pub struct NewService {
     /// Free and open: no token, no charge (default false).
     #[serde(default)]
     public: bool,
+    /// Request headers a price expression may read as `request.headers["name"]`
+    /// (lower-case names, at most 16).
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    price_headers: Vec<String>,
     #[schema(min_items = 1)]
     endpoints: Vec<EndpointBody>,
 }
@@ -305,6 +320,7 @@ pub async fn create(
         refund_on_5xx: body.refund_on_5xx,
         on_ledger_error: body.on_ledger_error,
         public: body.public,
+        price_headers: body.price_headers,
         endpoints: body
             .endpoints
             .into_iter()
@@ -365,6 +381,8 @@ pub struct ServicePatch {
     #[schema(value_type = Option<OnLedgerErrorSchema>, example = "allow")]
     on_ledger_error: Option<OnLedgerError>,
     public: Option<bool>,
+    #[schema(max_items = 16)]
+    price_headers: Option<Vec<String>>,
     /// Replaces the whole list.
     #[schema(min_items = 1)]
     endpoints: Option<Vec<EndpointBody>>,
@@ -396,6 +414,9 @@ pub async fn update(
     }
     if let Some(public) = patch.public {
         service.public = public;
+    }
+    if let Some(headers) = patch.price_headers {
+        service.price_headers = headers;
     }
     if let Some(endpoints) = patch.endpoints {
         service.endpoints = endpoints.into_iter().map(EndpointConfig::from).collect();

@@ -384,3 +384,153 @@ async fn expressions_price_each_call_on_redis() {
     let gateway = Gateway::start_with(&expression_yaml(&upstream.url()), env);
     expressions_price_each_call(&upstream, &gateway).await;
 }
+
+fn shadow_yaml(upstream: &str) -> String {
+    format!(
+        r#"usage: {{ batch_size: 10, flush_interval_ms: 50 }}
+services:
+  - name: api
+    upstream: {upstream}
+    price_headers: [x-model]
+    endpoints:
+      - {{ method: GET, path: /search, credits: "1 + int(request.query.pages)", shadow_credits: "2 * int(request.query.pages)" }}
+      - {{ method: POST, path: /complete, credits: 'request.headers["x-model"] == "large" ? 8 : 1' }}
+      - {{ method: GET, path: /leak, credits: 'has(request.headers.authorization) ? 9 : 1' }}
+      - {{ method: POST, path: /chat, credits: 1, reserve: 40, settle: {{ header: X-Usage-Credits }} }}
+tenants:
+  - {{ id: ops }}
+  - {{ id: acme, credits: 1000 }}
+  - {{ id: other, credits: 1000 }}
+"#
+    )
+}
+
+/// A call as `tenant` with `headers`: the status and the cost charged.
+async fn call_as(
+    gateway: &Gateway,
+    tenant: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<i64>) {
+    let mut request = client()
+        .request(method, gateway.url(&format!("/api/proxy/api{path}")))
+        .bearer_auth(token(tenant, "alice"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    (
+        response.status().as_u16(),
+        header_i64(&response, "x-credits-cost"),
+    )
+}
+
+/// Headers a service offers its prices (and no others); shadow prices logged beside the
+/// charged ones and compared per tenant; a price previewed before it is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_shadow_prices_and_previews() {
+    use reqwest::Method;
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&shadow_yaml(&upstream.url()), None);
+
+    // Only the listed header is offered: the token in Authorization is not.
+    let large = [("X-Model", "large")];
+    assert_eq!(
+        call_as(&gateway, "acme", Method::POST, "/complete", &large).await,
+        (200, Some(8))
+    );
+    assert_eq!(
+        call_as(&gateway, "acme", Method::POST, "/complete", &[]).await,
+        (200, Some(1))
+    );
+    assert_eq!(
+        call_as(&gateway, "acme", Method::GET, "/leak", &[]).await,
+        (200, Some(1))
+    );
+
+    // Charged at the price, the shadow price logged beside it.
+    for (tenant, pages, cost) in [("acme", "4", 5), ("acme", "4", 5), ("other", "1", 2)] {
+        let path = format!("/search?pages={pages}");
+        assert_eq!(
+            call_as(&gateway, tenant, Method::GET, &path, &[]).await,
+            (200, Some(cost))
+        );
+    }
+    let mut report = Value::Null;
+    wait_until("the shadow report", Duration::from_secs(10), async || {
+        report = gateway
+            .admin_json(
+                "/admin/reports/shadow?service=api",
+                &admin_token("ops", "root"),
+            )
+            .await;
+        report["calls"] == 3
+    })
+    .await;
+    assert_eq!(
+        (&report["charged"], &report["shadow"], &report["difference"]),
+        (&json!(12), &json!(18), &json!(6)),
+        "{report}"
+    );
+    assert_eq!(
+        report["tenants"],
+        json!([
+            {"tenant_id": "acme", "calls": 2, "charged": 10, "shadow": 16, "difference": 6},
+            {"tenant_id": "other", "calls": 1, "charged": 2, "shadow": 2, "difference": 0},
+        ]),
+        "{report}"
+    );
+
+    // Previews: the saved price, a candidate (not saved), headers, a reserve; and what
+    // cannot be priced is named.
+    let preview = async |body: Value| {
+        admin(
+            &gateway,
+            Method::POST,
+            "/admin/services/api/price-preview",
+            body,
+        )
+        .await
+    };
+    let (status, answer) =
+        preview(json!({"method": "get", "path": "/search", "query": "pages=4"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"method": "GET", "endpoint": "/search", "credits": 5, "shadow_credits": 8})
+    );
+    let (_, answer) = preview(
+        json!({"method": "GET", "path": "/search", "query": "pages=4",
+                                     "credits": "3 * int(request.query.pages)"}),
+    )
+    .await;
+    assert_eq!(answer["credits"], 12, "{answer}");
+    assert_eq!(
+        call_as(&gateway, "acme", Method::GET, "/search?pages=4", &[]).await,
+        (200, Some(5)),
+        "a preview saves nothing"
+    );
+    let (_, answer) = preview(json!({"method": "POST", "path": "/complete",
+                                     "headers": {"X-Model": "large"}}))
+    .await;
+    assert_eq!(answer["credits"], 8, "{answer}");
+    let (_, answer) = preview(json!({"method": "POST", "path": "/chat"})).await;
+    assert_eq!(
+        (&answer["credits"], &answer["reserve"]),
+        (&json!(1), &json!(40)),
+        "{answer}"
+    );
+    for (body, field) in [
+        (json!({"method": "GET", "path": "/search"}), "credits"),
+        (json!({"method": "GET", "path": "/nowhere"}), "path"),
+        (
+            json!({"method": "GET", "path": "/search", "query": "pages=1", "credits": "1 +"}),
+            "credits",
+        ),
+    ] {
+        let (status, problem) = preview(body.clone()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+}

@@ -40,6 +40,7 @@ fn event(id: &str, tenant: &str, credits: i64, refunded: bool, ts: i64) -> Usage
         plan_id: None,
         reserved: None,
         shortfall: 0,
+        shadow_credits: None,
         balance_after: 0,
         status: 200,
         latency_ms: 1.0,

@@ -22,6 +22,10 @@ pub struct ServiceConfig {
     /// test's unmetered baseline).
     #[serde(default)]
     pub public: bool,
+    /// Request headers a price expression may read, as `request.headers["name"]`
+    /// (lower-case names); no other header is offered to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub price_headers: Vec<String>,
     pub endpoints: Vec<EndpointConfig>,
 }
 
@@ -77,6 +81,10 @@ pub struct EndpointConfig {
     /// rest as far as the balance goes, the shortfall logged).
     #[serde(default, skip_serializing_if = "Overage::is_cap")]
     pub overage: Overage,
+    /// A price evaluated and logged beside the charged one but never charged, to see what
+    /// a change would bill before making it (docs/DESIGN.md §Pricing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_credits: Option<Credits>,
 }
 
 /// Where a settled endpoint's cost is read from the response: exactly one of the three.

@@ -230,6 +230,7 @@ mod tests {
             plan_id: None,
             reserved: Some(50),
             shortfall: 0,
+            shadow_credits: None,
             balance_after: 0,
             status: 200,
             latency_ms: 1.0,

@@ -103,6 +103,7 @@ fn event(charge: &DeferredCharge, refunded: bool) -> UsageEvent {
         plan_id: None,
         reserved: None,
         shortfall: 0,
+        shadow_credits: None,
         balance_after: 0,
         status: if refunded { 502 } else { 200 },
         latency_ms: 1.0,

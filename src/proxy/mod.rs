@@ -95,6 +95,8 @@ pub struct RequestCtx {
     claims: Option<Arc<Claims>>,
     /// The plan whose price this call pays; `None`: the endpoint's own price.
     price_plan: Option<Arc<str>>,
+    /// What the endpoint's shadow price would charge, when it has one.
+    shadow: Option<i64>,
     idempotency_key: Option<String>,
     /// The idempotency key this request claimed, and what is taken for it as it passes
     /// (boxed: most calls carry no key, and the context of every call stays small).
@@ -168,6 +170,7 @@ impl ProxyHttp for Gateway {
             route: None,
             claims: None,
             price_plan: None,
+            shadow: None,
             idempotency_key: None,
             keyed: None,
             charge: None,
@@ -238,6 +241,7 @@ impl ProxyHttp for Gateway {
             },
             None => i64::from(price.credits),
         };
+        ctx.shadow = self.shadow(session, &route, &claims.tenant_id, plan.as_deref());
         ctx.route = Some(route);
         ctx.price_plan = price.plan;
         let tenant_id = claims.tenant_id.as_str();
@@ -561,6 +565,7 @@ impl ProxyHttp for Gateway {
             plan_id: ctx.price_plan.as_deref().map(str::to_owned),
             reserved: settling.as_ref().map(|s| s.reserved),
             shortfall: 0,
+            shadow_credits: ctx.shadow,
             // A deferred charge's balance is filled in once the ledger took it.
             balance_after: charged.balance.unwrap_or(0),
             status,

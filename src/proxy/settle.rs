@@ -298,6 +298,7 @@ impl Gateway {
             plan_id: ctx.price_plan.as_deref().map(str::to_owned),
             reserved: Some(settling.reserved),
             shortfall: 0,
+            shadow_credits: ctx.shadow,
             balance_after: charged.balance.unwrap_or(0),
             // Cut off by the gateway's own end: no status was sent.
             status: 0,

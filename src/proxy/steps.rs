@@ -256,6 +256,25 @@ impl Gateway {
         }
     }
 
+    /// The endpoint's shadow price for this call, if it has one and it can be computed
+    /// (a shadow price never refuses a call).
+    pub(super) fn shadow(
+        &self,
+        session: &Session,
+        route: &RouteMatch,
+        tenant: &str,
+        plan: Option<&str>,
+    ) -> Option<i64> {
+        match route.endpoint().shadow.as_ref()? {
+            EndpointPrice::Fixed(credits) => Some(i64::from(*credits)),
+            EndpointPrice::Expression(expression) => {
+                evaluate(session, route, expression, tenant, plan)
+                    .map(i64::from)
+                    .ok()
+            }
+        }
+    }
+
     /// Step 3's reserve for a settled endpoint: its own `reserve`, else its price.
     pub(super) fn reserve(
         &self,
@@ -375,6 +394,17 @@ fn evaluate(
     let service = &route.service.name;
     let req = session.req_header();
     let full = req.uri.path();
+    // Only the service's `price_headers` (each, `""` when absent or not text), and only
+    // when it has some: no work otherwise.
+    let headers: Vec<(&str, &str)> = route
+        .service
+        .price_headers
+        .iter()
+        .map(|name| {
+            let value = req.headers.get(name).and_then(|v| v.to_str().ok());
+            (name.as_str(), value.unwrap_or(""))
+        })
+        .collect();
     let call = Call {
         method: req.method.as_str(),
         path: full
@@ -389,6 +419,7 @@ fn evaluate(
             .and_then(|v| v.to_str().ok()?.parse().ok()),
         tenant,
         plan,
+        headers: &headers,
     };
     expression.evaluate(&call).map_err(|why| {
         Box::new(

@@ -32,6 +32,8 @@ pub struct Service {
     pub refund_on_5xx: bool,
     pub on_ledger_error: OnLedgerError,
     pub public: bool,
+    /// The request headers a price expression may read (`price_headers`).
+    pub price_headers: Vec<http::HeaderName>,
     pub endpoints: Vec<Endpoint>,
     pub metrics: crate::metrics::ServiceMetrics,
     table: EndpointTable,
@@ -46,6 +48,8 @@ pub struct Endpoint {
     /// Settled from the response (docs/DESIGN.md §Settled prices): what is held first, and
     /// where the cost is read; `None`: `credits` is the price.
     pub settle: Option<Arc<Settled>>,
+    /// Evaluated and logged, never charged (`shadow_credits`).
+    pub shadow: Option<EndpointPrice>,
 }
 
 /// A settled endpoint's terms.
@@ -125,6 +129,12 @@ impl Router {
                 settle: settled(e)
                     .map_err(|(field, e)| format!("endpoints[{i}].{field}: {e}"))?
                     .map(Arc::new),
+                shadow: e
+                    .shadow_credits
+                    .as_ref()
+                    .map(compile)
+                    .transpose()
+                    .map_err(|e| format!("endpoints[{i}].shadow_credits: {e}"))?,
             });
         }
         Ok(Service {
@@ -134,6 +144,7 @@ impl Router {
             refund_on_5xx: config.refund_on_5xx,
             on_ledger_error: config.on_ledger_error,
             public: config.public,
+            price_headers: price_headers(&config.price_headers)?,
             endpoints,
             metrics: crate::metrics::ServiceMetrics::new(&config.name),
             table,
@@ -271,6 +282,8 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
             ));
         }
     }
+    price_headers(&service.price_headers)
+        .map_err(|msg| ConfigError::invalid(format!("{key}.price_headers"), msg))?;
     if service.endpoints.is_empty() {
         return Err(ConfigError::invalid(
             format!("{key}.endpoints"),
@@ -284,11 +297,33 @@ pub fn check_service(service: &ServiceConfig, key: &str) -> Result<(), ConfigErr
         settled(endpoint).map_err(|(field, msg)| {
             ConfigError::invalid(format!("{key}.endpoints[{i}].{field}"), msg)
         })?;
+        if let Some(shadow) = &endpoint.shadow_credits {
+            compile(shadow).map_err(|msg| {
+                ConfigError::invalid(format!("{key}.endpoints[{i}].shadow_credits"), msg)
+            })?;
+        }
         table
             .insert(&endpoint.method, &endpoint.path, i)
             .map_err(|msg| ConfigError::invalid(format!("{key}.endpoints[{i}]"), msg))?;
     }
     Ok(())
+}
+
+/// The most headers a service may offer its prices.
+const MAX_PRICE_HEADERS: usize = 16;
+
+/// `price_headers` as header names (lower-case), or why not.
+fn price_headers(names: &[String]) -> Result<Vec<http::HeaderName>, String> {
+    if names.len() > MAX_PRICE_HEADERS {
+        return Err(format!("at most {MAX_PRICE_HEADERS} headers"));
+    }
+    names
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))
+        })
+        .collect()
 }
 
 /// A settled endpoint's terms, compiled; `Err((field, why))` names the field at fault.

@@ -159,6 +159,18 @@ pub struct UsageQuery {
     pub limit: usize,
 }
 
+/// One tenant's calls to a service that had a shadow price (docs/DESIGN.md §Pricing), over
+/// a period: what they were charged and what the shadow price would have charged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowTotals {
+    pub tenant_id: String,
+    pub calls: u64,
+    /// Credits charged (refunded calls: none).
+    pub charged: i64,
+    /// Credits the shadow price would have charged (refunded calls: none).
+    pub shadow: i64,
+}
+
 /// Usage aggregated over non-refunded logs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UsageTotals {
@@ -245,6 +257,15 @@ pub trait Store: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<UsageTotals, StoreError>;
+
+    /// Per tenant, in id order: `service`'s calls over `[from_ms, to_ms)` whose log carries
+    /// a shadow price, charged and shadow credits summed.
+    async fn shadow_totals(
+        &self,
+        service: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ShadowTotals>, StoreError>;
 
     /// The store's own account of a tenant, for reconciliation.
     async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError>;

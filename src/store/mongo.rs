@@ -9,8 +9,8 @@
 
 use super::{
     credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
-    NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
-    UsageQuery, UsageTotals, MAX_LIST,
+    NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord, UsageBatch,
+    UsageLine, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -135,6 +135,9 @@ fn event_doc(e: &UsageEvent) -> Document {
     if e.shortfall != 0 {
         doc.insert("shortfall", e.shortfall);
     }
+    if let Some(shadow) = e.shadow_credits {
+        doc.insert("shadow_credits", shadow);
+    }
     doc
 }
 
@@ -157,6 +160,7 @@ fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
         plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
         reserved: int(doc, "reserved").ok(),
         shortfall: int(doc, "shortfall").unwrap_or(0),
+        shadow_credits: int(doc, "shadow_credits").ok(),
     })
 }
 
@@ -506,6 +510,41 @@ impl Store for MongoStore {
             });
         }
         Ok(UsageTotals::from_lines(lines))
+    }
+
+    async fn shadow_totals(
+        &self,
+        service: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ShadowTotals>, StoreError> {
+        let counted = |field: &str| {
+            doc! { "$sum": { "$cond": [ "$refunded", 0, format!("${field}") ] } }
+        };
+        let pipeline = vec![
+            doc! { "$match": {
+                "service": service, "shadow_credits": { "$exists": true },
+                "timestamp": { "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms) },
+            } },
+            doc! { "$group": {
+                "_id": "$tenant_id", "calls": { "$sum": 1 },
+                "charged": counted("credits_used"), "shadow": counted("shadow_credits"),
+            } },
+            doc! { "$sort": { "_id": 1 } },
+        ];
+        let docs = self
+            .collect(self.coll("usage_logs").aggregate(pipeline).await?)
+            .await?;
+        docs.iter()
+            .map(|d| {
+                Ok(ShadowTotals {
+                    tenant_id: string(d, "_id")?,
+                    calls: int(d, "calls")? as u64,
+                    charged: int(d, "charged")?,
+                    shadow: int(d, "shadow")?,
+                })
+            })
+            .collect()
     }
 
     async fn audit(&self, tenant_id: &str) -> Result<Audit, StoreError> {

@@ -7,8 +7,8 @@
 
 use super::{
     credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
-    NewTransaction, Store, StoreError, TenantPatch, TenantRecord, UsageBatch, UsageLine,
-    UsageQuery, UsageTotals, MAX_LIST,
+    NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord, UsageBatch,
+    UsageLine, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -160,6 +160,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("usage_logs", "plan_id", "TEXT"),
     ("usage_logs", "reserved", "INTEGER"),
     ("usage_logs", "shortfall", "INTEGER NOT NULL DEFAULT 0"),
+    ("usage_logs", "shadow_credits", "INTEGER"),
 ];
 
 const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
@@ -183,6 +184,7 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
         plan_id: row.get(14)?,
         reserved: row.get(15)?,
         shortfall: row.get(16)?,
+        shadow_credits: row.get(17)?,
     })
 }
 
@@ -328,16 +330,16 @@ impl Store for SqliteStore {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_logs (id, tenant_id, user_id, service, endpoint, method,
                        credits_used, balance_after, status, latency_ms, request_id, idempotency_key,
-                       refunded, timestamp_ms, plan_id, reserved, shortfall)
+                       refunded, timestamp_ms, plan_id, reserved, shortfall, shadow_credits)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                       ?16, ?17)",
+                       ?16, ?17, ?18)",
                 )?;
                 for e in &events {
                     insert.execute(params![
                         e.id, e.tenant_id, e.user_id, e.service, e.endpoint, e.method,
                         e.credits_used, e.balance_after, e.status, e.latency_ms, e.request_id,
                         e.idempotency_key, e.refunded, e.timestamp_ms, e.plan_id, e.reserved,
-                        e.shortfall
+                        e.shortfall, e.shadow_credits
                     ])?;
                 }
                 for (tenant, credits) in credits_by_tenant(&events) {
@@ -407,7 +409,7 @@ impl Store for SqliteStore {
             let mut sql = String::from(
                 "SELECT id, tenant_id, user_id, service, endpoint, method, credits_used, balance_after,
                    status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms, plan_id,
-                   reserved, shortfall
+                   reserved, shortfall, shadow_credits
                  FROM usage_logs WHERE 1 = 1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -465,6 +467,38 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(UsageTotals::from_lines(lines))
+        })
+        .await
+    }
+
+    async fn shadow_totals(
+        &self,
+        service: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ShadowTotals>, StoreError> {
+        let service = service.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT tenant_id, COUNT(*),
+                   SUM(CASE WHEN refunded = 0 THEN credits_used ELSE 0 END),
+                   SUM(CASE WHEN refunded = 0 THEN shadow_credits ELSE 0 END)
+                 FROM usage_logs
+                 WHERE service = ?1 AND timestamp_ms >= ?2 AND timestamp_ms < ?3
+                   AND shadow_credits IS NOT NULL
+                 GROUP BY tenant_id ORDER BY tenant_id",
+            )?;
+            let rows = stmt
+                .query_map(params![service, from_ms, to_ms], |row| {
+                    Ok(ShadowTotals {
+                        tenant_id: row.get(0)?,
+                        calls: row.get::<_, i64>(1)? as u64,
+                        charged: row.get(2)?,
+                        shadow: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
