@@ -46,6 +46,14 @@ services:
     upstream: http://127.0.0.1:$up
     endpoints:
       - { method: GET, path: "/*", credits: 1 }
+  - name: priced
+    upstream: http://127.0.0.1:$up
+    endpoints:
+      - { method: GET, path: "/*", credits: "1 + int(request.query.pages)" }
+  - name: settled
+    upstream: http://127.0.0.1:$up
+    endpoints:
+      - { method: GET, path: "/*", credits: 1, reserve: 5, settle: { json: "response.body.body_bytes + 1" } }
   - name: open
     upstream: http://127.0.0.1:$up
     public: true

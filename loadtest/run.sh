@@ -9,12 +9,17 @@
 #   bare-pingora      a bare Pingora pass-through to the same upstream (examples/bare_proxy.rs)
 #   public            a public (unmetered) route through the gateway: the baseline
 #   metered-embedded  JWT + charge on the embedded ledger, usage logged to the embedded store
+#   metered-expression  metered-embedded priced by a CEL expression over the query
+#                     (`1 + int(request.query.pages)`) instead of an integer
 #   metered-redis     JWT + one Redis Lua charge, usage logged to the embedded store,
 #                     a credit-success MQTT notice per charge (the default)
 #   metered-redis-quiet  the same with credit-success notices off
 #   metered-redis-lease  metered-redis with leased credits (ledger.lease): no round trip
 #                     while the replica's slice lasts
 #   metered-cluster   metered-redis on a Redis Cluster of three masters (per-call charges)
+#   metered-redis-settled  metered-redis settled from the answer: a reserve of 5 charged,
+#                     the JSON body read (`response.body.body_bytes + 1`) and the charge
+#                     settled at 1 (a second Lua round trip after the answer)
 #   metered-mongo     as metered-redis, usage logged to MongoDB; only when
 #                     TOLLGATE_LOADTEST_MONGODB_URI points at a real MongoDB
 #   baseline-redis    metered-redis run by another build of tollgate, to compare a change
@@ -52,7 +57,7 @@ wait_port "$bp"
 # The same without credit-success notices: what per-charge MQTT costs.
 { cat "$work/gw.yaml"; echo "alerts: { credit_success: false }"; } > "$work/gw-quiet.yaml"
 CONFIG="$work/gw-quiet.yaml" start_gateway redis-quiet TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
-order=(upstream bare-pingora public metered-embedded metered-redis metered-redis-quiet metered-redis-lease metered-cluster)
+order=(upstream bare-pingora public metered-embedded metered-expression metered-redis metered-redis-settled metered-redis-quiet metered-redis-lease metered-cluster)
 if [[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]]; then
   BIN=$TOLLGATE_LOADTEST_BASELINE start_gateway baseline TOLLGATE_REDIS_URL=redis://127.0.0.1:$rp/
   order+=(baseline-redis)
@@ -70,6 +75,8 @@ target_url() {
     bare-pingora) echo "http://127.0.0.1:$bp/x" ;;
     public) echo "${url[embedded]}/api/proxy/open/x" ;;
     metered-embedded) echo "${url[embedded]}/api/proxy/echo/x" ;;
+    metered-expression) echo "${url[embedded]}/api/proxy/priced/x?pages=4" ;;
+    metered-redis-settled) echo "${url[redis]}/api/proxy/settled/x" ;;
     metered-redis) echo "${url[redis]}/api/proxy/echo/x" ;;
     metered-redis-quiet) echo "${url[redis-quiet]}/api/proxy/echo/x" ;;
     metered-redis-lease) echo "${url[redis-lease]}/api/proxy/echo/x" ;;
@@ -82,8 +89,8 @@ target_pid() {
   case $1 in
     upstream) echo "${pids[0]}" ;;
     bare-pingora) echo "$bare_pid" ;;
-    public|metered-embedded) echo "${pid[embedded]}" ;;
-    metered-redis) echo "${pid[redis]}" ;;
+    public|metered-embedded|metered-expression) echo "${pid[embedded]}" ;;
+    metered-redis|metered-redis-settled) echo "${pid[redis]}" ;;
     metered-redis-quiet) echo "${pid[redis-quiet]}" ;;
     metered-redis-lease) echo "${pid[redis-lease]}" ;;
     metered-cluster) echo "${pid[cluster]}" ;;
@@ -111,7 +118,7 @@ measure() {  # phase, round, target, connections, threads
 for round in $(seq "$rounds"); do
   for target in "${order[@]}"; do measure throughput "$round" "$target" "$conns" 2; done
 done
-moderate=(public metered-redis metered-redis-lease)
+moderate=(public metered-redis metered-redis-settled metered-redis-lease)
 [[ -n ${TOLLGATE_LOADTEST_BASELINE:-} ]] && moderate+=(baseline-redis)
 for round in $(seq "$rounds"); do
   for target in "${moderate[@]}"; do measure moderate "$round" "$target" 4 1; done
@@ -143,5 +150,7 @@ added = st.median(x["result"]["p99_ms"] for x in by["metered-redis"]) - st.media
 print(f"\np99 added by metering (Redis) at moderate load: {added:.2f} ms")
 added = st.median(x["result"]["p99_ms"] for x in by["metered-redis-lease"]) - st.median(x["result"]["p99_ms"] for x in by["public"])
 print(f"p99 added by metering (Redis, leased credits) at moderate load: {added:.2f} ms")
+added = st.median(x["result"]["p99_ms"] for x in by["metered-redis-settled"]) - st.median(x["result"]["p99_ms"] for x in by["metered-redis"])
+print(f"p99 added by settling from the answer (Redis) at moderate load: {added:.2f} ms")
 print(f"raw runs: {sys.argv[1]}")
 PY

@@ -547,6 +547,21 @@ async fn the_embedded_journal_survives_a_reopen() {
     let l = EmbeddedLedger::open(&dir, &config).unwrap();
     let record = l.key_record("t", "k").await.unwrap().unwrap();
     assert_eq!(record.response.as_deref(), Some(&b"kept"[..]));
+    // A settlement is remembered across a reopen: asked again (a restart finishing the
+    // journaled work), it moves nothing twice.
+    l.charge(&charge("t", "s", 5, None)).await.unwrap();
+    assert_eq!(
+        l.settle(&settle("t", "s", 5, 2)).await.unwrap(),
+        settled(2, 4)
+    );
+    l.close().await;
+    drop(l);
+    let l = EmbeddedLedger::open(&dir, &config).unwrap();
+    assert_eq!(
+        l.settle(&settle("t", "s", 5, 5)).await.unwrap(),
+        settled(2, 4)
+    );
+    assert_eq!(l.balance("t").await.unwrap(), Some(4));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -205,6 +205,7 @@ async fn each_kind_settles(llm: &Llm, gateway: &Gateway) {
 /// A stream reaches the client as it comes: the first event arrives while the upstream
 /// still holds the rest.
 async fn streams_are_not_buffered(llm: &Llm, gateway: &Gateway) {
+    let before = balance(gateway, "acme").await;
     let mut response = client()
         .post(gateway.url("/api/proxy/llm-sse/v1/chat/completions?tokens=300&stream=1&hold=1"))
         .bearer_auth(token("acme", "alice"))
@@ -228,6 +229,12 @@ async fn streams_are_not_buffered(llm: &Llm, gateway: &Gateway) {
         rest.extend_from_slice(&chunk);
     }
     assert!(String::from_utf8_lossy(&rest).contains("\"total_tokens\":300"));
+    // Settled after the last byte (not before the gateway stops: a stop in between leaves
+    // the settlement journaled for the next start).
+    wait_until("the settlement", Duration::from_secs(10), async || {
+        balance(gateway, "acme").await == before - 30
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,7 +507,10 @@ async fn the_admin_api_takes_settled_terms_and_names_what_is_wrong() {
             .send()
             .await
             .unwrap();
-        response.status() == 200
+        let status = response.status();
+        // Read to the end: a stream the client drops settles at the reserve.
+        let _ = response.text().await;
+        status == 200
     })
     .await;
     wait_until("the free settlement", Duration::from_secs(10), async || {

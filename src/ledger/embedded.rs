@@ -97,6 +97,12 @@ impl EmbeddedLedger {
             let book = books.entry(tenant).or_default();
             book.adjusted.insert(op_id, amount, expires);
         }
+        let mut settled: Vec<_> = restored.settled.into_iter().collect();
+        settled.sort_by_key(|(_, (_, expires))| *expires);
+        for ((tenant, charge_id), (charged, expires)) in settled {
+            let book = books.entry(tenant).or_default();
+            book.settled.insert(charge_id, charged, expires);
+        }
         EmbeddedLedger {
             books: Mutex::new(books),
             ..EmbeddedLedger::in_memory(config)
@@ -284,11 +290,16 @@ impl Ledger for EmbeddedLedger {
             let charged = settle.reserved + extra;
             let after = balance - extra;
             book.balance = Some(after);
-            book.settled.insert(
-                settle.charge_id.to_owned(),
+            let expires = now + self.charge_ttl_ms;
+            book.settled
+                .insert(settle.charge_id.to_owned(), charged, expires);
+            // The settlement before the balance: a crash between them settles nothing twice.
+            self.log(Record::Settled {
+                tenant: settle.tenant_id.to_owned(),
+                charge_id: settle.charge_id.to_owned(),
                 charged,
-                now + self.charge_ttl_ms,
-            );
+                expires,
+            });
             let warnings = Warnings {
                 low: balance > settle.threshold && after <= settle.threshold && !book.announced.low,
                 exhausted: after == 0 && balance > 0 && !book.announced.exhausted,

@@ -57,6 +57,13 @@ pub enum Record {
         amount: i64,
         expires: u64,
     },
+    /// A reserved charge settled: what it took in the end (settled once while it lives).
+    Settled {
+        tenant: String,
+        charge_id: String,
+        charged: i64,
+        expires: u64,
+    },
 }
 
 enum Message {
@@ -84,6 +91,8 @@ pub struct Restored {
     pub idempotency: HashMap<(String, String), KeyEntry>,
     /// (tenant, operation id) → (amount applied, expiry in unix ms)
     pub adjusted: HashMap<(String, String), (i64, u64)>,
+    /// (tenant, charge id) → (credits it took in the end, expiry in unix ms)
+    pub settled: HashMap<(String, String), (i64, u64)>,
 }
 
 impl Restored {
@@ -115,6 +124,14 @@ impl Restored {
             } => {
                 self.adjusted.insert((tenant, op_id), (amount, expires));
             }
+            Record::Settled {
+                tenant,
+                charge_id,
+                charged,
+                expires,
+            } => {
+                self.settled.insert((tenant, charge_id), (charged, expires));
+            }
         }
     }
 }
@@ -135,6 +152,7 @@ impl Journal {
             balances: state.balances.clone(),
             idempotency: state.idempotency.clone(),
             adjusted: state.adjusted.clone(),
+            settled: state.settled.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let path = path.to_owned();
@@ -217,6 +235,7 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
             let now = super::unix_ms() as u64;
             mirror.idempotency.retain(|_, entry| entry.expires > now);
             mirror.adjusted.retain(|_, (_, expires)| *expires > now);
+            mirror.settled.retain(|_, (_, expires)| *expires > now);
             match compact(path, &mirror) {
                 Ok(file) => {
                     out = BufWriter::new(file);
@@ -252,6 +271,7 @@ pub fn read_state(path: &Path, now_ms: u64) -> std::io::Result<Restored> {
     }
     state.idempotency.retain(|_, entry| entry.expires > now_ms);
     state.adjusted.retain(|_, (_, expires)| *expires > now_ms);
+    state.settled.retain(|_, (_, expires)| *expires > now_ms);
     Ok(state)
 }
 
@@ -275,6 +295,15 @@ fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
                 tenant: tenant.clone(),
                 op_id: op_id.clone(),
                 amount: *amount,
+                expires: *expires,
+            };
+            out.write_all(format_record(&record).as_bytes())?;
+        }
+        for ((tenant, charge_id), (charged, expires)) in &state.settled {
+            let record = Record::Settled {
+                tenant: tenant.clone(),
+                charge_id: charge_id.clone(),
+                charged: *charged,
                 expires: *expires,
             };
             out.write_all(format_record(&record).as_bytes())?;
@@ -334,6 +363,12 @@ fn format_record(record: &Record) -> String {
             amount,
             expires,
         } => format!("A\t{tenant}\t{op_id}\t{amount}\t{expires}\n"),
+        Record::Settled {
+            tenant,
+            charge_id,
+            charged,
+            expires,
+        } => format!("S\t{tenant}\t{charge_id}\t{charged}\t{expires}\n"),
     }
 }
 
@@ -367,6 +402,12 @@ fn parse(line: &str) -> Option<Record> {
             tenant: tenant.to_owned(),
             op_id: op_id.to_owned(),
             amount: amount.parse().ok()?,
+            expires: expires.parse().ok()?,
+        },
+        ["S", tenant, charge_id, charged, expires] => Record::Settled {
+            tenant: tenant.to_owned(),
+            charge_id: charge_id.to_owned(),
+            charged: charged.parse().ok()?,
             expires: expires.parse().ok()?,
         },
         ["F", tenant, key] => Record::Forget {
