@@ -429,10 +429,20 @@ async fn call_as(
 /// Headers a service offers its prices (and no others); shadow prices logged beside the
 /// charged ones and compared per tenant; a price previewed before it is saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_shadow_prices_and_previews() {
+async fn headers_shadow_prices_and_previews_on_the_embedded_ledger() {
+    headers_shadow_prices_and_previews(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_shadow_prices_and_previews_on_redis() {
+    let redis = RedisServer::start();
+    headers_shadow_prices_and_previews(Some(redis.url())).await;
+}
+
+async fn headers_shadow_prices_and_previews(redis: Option<String>) {
     use reqwest::Method;
     let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&shadow_yaml(&upstream.url()), None);
+    let gateway = Gateway::start(&shadow_yaml(&upstream.url()), redis);
 
     // Only the listed header is offered: the token in Authorization is not.
     let large = [("X-Model", "large")];

@@ -59,10 +59,13 @@ impl PendingSettle {
                 self.event.balance_after = balance;
                 charged
             }
-            // Refunded meanwhile (never by this gateway's own path): nothing is owed.
+            // Voided meanwhile (never by this gateway's refund, which settles nothing): the
+            // call is logged refunded, and its reserve is no longer pending.
             SettleOutcome::Void => {
                 self.event.refunded = true;
-                self.reserved
+                self.event.reserved = Some(self.reserved);
+                self.event.credits_used = self.reserved;
+                return (self.event, -self.reserved);
             }
             // Nothing moved: the store, which hydrates the balance again, takes the call at
             // what it cost within its reserve.
