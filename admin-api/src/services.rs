@@ -45,7 +45,7 @@ pub struct EndpointBody {
     /// Held before forwarding when the cost is settled from the response (`credits` when
     /// absent); needs `settle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = credits_schema)]
+    #[schema(schema_with = optional_credits_schema)]
     reserve: Option<CreditsBody>,
     /// Where the call's final cost is read from the upstream's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,7 +59,7 @@ pub struct EndpointBody {
     /// A price evaluated and logged beside `credits` but never charged
     /// (`GET /admin/reports/shadow` compares the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = credits_schema)]
+    #[schema(schema_with = optional_credits_schema)]
     shadow_credits: Option<CreditsBody>,
 }
 
@@ -109,6 +109,24 @@ fn credits_schema() -> utoipa::openapi::schema::Schema {
         ))
         .build();
     Schema::OneOf(one_of)
+}
+
+/// An optional price (`reserve`, `shadow_credits`): as `credits`, or `null` for none.
+fn optional_credits_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let utoipa::openapi::schema::Schema::OneOf(credits) = credits_schema() else {
+        return credits_schema();
+    };
+    let mut one_of = OneOfBuilder::new();
+    for item in credits.items {
+        one_of = one_of.item(item);
+    }
+    Schema::OneOf(
+        one_of
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(credits.description)
+            .build(),
+    )
 }
 
 /// A price: 0 to 1,000,000 credits, or a CEL expression over the request that comes to
@@ -483,7 +501,8 @@ fn endpoint_field(problem: Problem) -> Problem {
     problem.with_field(field)
 }
 
-/// Changes the price of the endpoint with this method and path.
+/// Changes the price of the endpoint with this method and path (`422` naming `path` when the
+/// service declares none).
 #[utoipa::path(put, path = "/admin/services/{name}/endpoints", tag = "services",
     params(("name" = String, Path, description = "service name")), request_body = EndpointBody,
     security(("bearer" = [])),
@@ -500,7 +519,12 @@ pub async fn update_endpoint(
         .iter_mut()
         .find(|e| same_route(e, &endpoint.method, &endpoint.path))
     else {
-        return Err(Problem::not_found("endpoint"));
+        // The URL names the service, which exists; the body names an endpoint it does not
+        // declare: a bad reference in the body, as in a price preview or a plan override.
+        return Err(Problem::invalid(
+            "path",
+            "the service declares no endpoint with this method and path; POST to add one",
+        ));
     };
     *existing = endpoint.into();
     save(&state, service).await.map_err(endpoint_field)

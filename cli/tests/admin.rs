@@ -928,6 +928,7 @@ async fn invalid_bodies_are_refused_naming_the_field_and_write_nothing(store: St
         ("an ftp upstream", M::POST, services, aimed("ftp://x"), "upstream"),
         ("an upstream that is no URL", M::POST, services, aimed("not a url"), "upstream"),
         ("a negative price by PATCH", M::PATCH, "/admin/services/notes", repriced, "endpoints[0].credits"),
+        ("a PUT of an endpoint the service lacks", M::PUT, "/admin/services/notes/endpoints", json!({"method": "GET", "path": "/nowhere", "credits": 1}), "path"),
         ("an unknown tenant status", M::PATCH, "/admin/tenants/acme", json!({"status": "frozen"}), "status"),
         ("an amount of 1e20", M::POST, credits, moved(json!(1e20)), "amount"),
         ("an amount of i64::MAX", M::POST, credits, moved(json!(i64::MAX)), "amount"),
