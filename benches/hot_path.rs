@@ -101,6 +101,49 @@ fn jwt(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An API key as the gateway checks one (docs/DESIGN.md §API keys): the checksum, the
+/// SHA-256, the lookup among 100,000 keys, the expiry; and a well-formed unknown key.
+fn api_keys(c: &mut Criterion) {
+    use tollgate::auth::keys::{self, ApiKeys, KeyRecord};
+    let mut presented = Vec::new();
+    let records: Vec<KeyRecord> = (0..100_000)
+        .map(|i| {
+            let new = keys::generate();
+            if i == 50_000 {
+                presented.push(new.key.clone());
+            }
+            KeyRecord {
+                id: format!("key_{i}"),
+                tenant_id: "acme".into(),
+                name: "bench".into(),
+                prefix: new.shown,
+                hash: keys::hash_hex(&new.hash),
+                services: None,
+                budget: None,
+                expires_at_ms: Some(i64::MAX),
+                disabled: false,
+                created_at_ms: 0,
+                created_by: "u1".into(),
+                rolled_from: None,
+            }
+        })
+        .collect();
+    let known = ApiKeys::from_records(records);
+    let key = presented.pop().expect("a key");
+    let check = |key: &str| {
+        let hash = keys::parse(key).ok()?;
+        let found = known.get(&hash)?;
+        (!found.expired(0)).then_some(found.id.len())
+    };
+    c.bench_function("verify an API key among 100,000", |b| {
+        b.iter(|| check(black_box(&key)))
+    });
+    let unknown = keys::generate().key;
+    c.bench_function("refuse an unknown, well-formed API key", |b| {
+        b.iter(|| check(black_box(&unknown)))
+    });
+}
+
 fn ledger(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -159,5 +202,5 @@ fn pricing(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, routing, jwt, ledger, pricing);
+criterion_group!(benches, routing, jwt, api_keys, ledger, pricing);
 criterion_main!(benches);

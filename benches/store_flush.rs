@@ -17,6 +17,7 @@ fn event(i: u64) -> UsageEvent {
             "zeta".into()
         },
         user_id: "u1".into(),
+        key_id: None,
         service: "notes".into(),
         endpoint: "/notes/{id}".into(),
         method: "GET".into(),

@@ -2,7 +2,7 @@
 //! their priced endpoints (the [`Router`]), the plans' prices ([`PlanPrices`]), the
 //! tenants' status and plan ([`TenantDirectory`]) and
 //! the users whose earlier tokens are void ([`Revocations`]: disabled, demoted or moved
-//! within the longest token life).
+//! within the longest token life), and the API keys the gateway accepts ([`ApiKeys`]).
 //!
 //! The store is the source. A change made through the admin API bumps a version in the
 //! ledger (a Redis key shared by every replica, or a counter in the embedded ledger); each
@@ -10,6 +10,7 @@
 //! change reaches every replica within one poll interval plus a reload. The request path
 //! reads the current catalog through [`ArcSwap`]: no lock, no allocation.
 
+use crate::auth::keys::{ApiKeys, KeyRecord};
 use crate::config::ServiceConfig;
 use crate::ledger::Coordination;
 use crate::pricing::PlanPrices;
@@ -44,6 +45,7 @@ pub struct Catalog {
     tenants: ArcSwap<TenantDirectory>,
     prices: ArcSwap<PlanPrices>,
     revoked: ArcSwap<Revocations>,
+    keys: ArcSwap<ApiKeys>,
     /// Wakes the watcher at once after a change made in this process.
     changed: Notify,
 }
@@ -57,6 +59,7 @@ impl Catalog {
             tenants: ArcSwap::from_pointee(read.tenants),
             prices: ArcSwap::from_pointee(read.prices),
             revoked: ArcSwap::from_pointee(read.revoked),
+            keys: ArcSwap::from_pointee(read.keys),
             changed: Notify::new(),
         })
     }
@@ -68,6 +71,7 @@ impl Catalog {
             tenants: ArcSwap::from_pointee(tenants),
             prices: ArcSwap::from_pointee(PlanPrices::default()),
             revoked: ArcSwap::from_pointee(Revocations::new()),
+            keys: ArcSwap::from_pointee(ApiKeys::default()),
             changed: Notify::new(),
         }
     }
@@ -88,6 +92,15 @@ impl Catalog {
         self.revoked.load()
     }
 
+    pub fn keys(&self) -> Guard<Arc<ApiKeys>> {
+        self.keys.load()
+    }
+
+    /// Replaces the keys (tests, benches: a [`Catalog::fixed`] with keys).
+    pub fn set_keys(&self, keys: ApiKeys) {
+        self.keys.store(Arc::new(keys));
+    }
+
     /// Reads the store again and swaps the new catalog in.
     pub async fn reload(&self, store: &dyn Store, docs: &dyn Documents) -> Result<(), StoreError> {
         let read = read(store, docs).await?;
@@ -96,6 +109,7 @@ impl Catalog {
         self.prices.store(Arc::new(read.prices));
         self.tenants.store(Arc::new(read.tenants));
         self.revoked.store(Arc::new(read.revoked));
+        self.keys.store(Arc::new(read.keys));
         Ok(())
     }
 
@@ -111,6 +125,7 @@ struct Read {
     tenants: TenantDirectory,
     prices: PlanPrices,
     revoked: Revocations,
+    keys: ApiKeys,
 }
 
 /// The services as stored, skipping (loudly) any that cannot be routed: one bad document
@@ -135,6 +150,15 @@ async fn read(store: &dyn Store, docs: &dyn Documents) -> Result<Read, StoreErro
         .into_iter()
         .map(|(user, after_ms)| (user, after_ms.max(0) as u64))
         .collect();
+    let keys = crate::store::all_docs(docs, Kind::ApiKeys)
+        .await?
+        .into_iter()
+        .filter_map(|doc| {
+            serde_json::from_value::<KeyRecord>(serde_json::Value::Object(doc))
+                .inspect_err(|e| tracing::error!(error = %e, "stored API key skipped"))
+                .ok()
+        });
+    let keys = ApiKeys::from_records(keys);
     // Building resolves upstream host names: blocking work.
     let (router, errors) = tokio::task::spawn_blocking(move || Router::lenient(&services))
         .await
@@ -147,6 +171,7 @@ async fn read(store: &dyn Store, docs: &dyn Documents) -> Result<Read, StoreErro
         tenants,
         prices,
         revoked,
+        keys,
     })
 }
 

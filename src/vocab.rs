@@ -52,6 +52,9 @@ pub struct UsageEvent {
     pub id: String,
     pub tenant_id: String,
     pub user_id: String,
+    /// The API key the call was made with (docs/DESIGN.md §API keys); `None`: a JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     pub service: String,
     /// The endpoint's declared pattern (`/notes/{id}`), what bills group by.
     pub endpoint: String,

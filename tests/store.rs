@@ -6,8 +6,8 @@ use tollgate_testkit as common;
 use common::tx;
 use serde_json::json;
 use tollgate::store::{
-    Doc, Documents, Kind, MongoStore, NewTenant, NewTransaction, SqliteStore, Store, TenantPatch,
-    UsageBatch, UsageQuery,
+    Doc, Documents, KeyUsage, Kind, MongoStore, NewTenant, NewTransaction, SqliteStore, Store,
+    TenantPatch, UsageBatch, UsageQuery,
 };
 use tollgate::vocab::TenantStatus;
 use tollgate::vocab::UsageEvent;
@@ -24,6 +24,7 @@ fn event(
         id: id.into(),
         tenant_id: tenant.into(),
         user_id: "u1".into(),
+        key_id: None,
         service: "notes".into(),
         endpoint: endpoint.into(),
         method: "POST".into(),
@@ -249,6 +250,88 @@ async fn contract<S: Store + Documents>(store: &S) {
     );
     documents(store).await;
     settled_and_shadow_logs(store).await;
+    keys_and_their_usage(store).await;
+}
+
+/// API keys (docs/DESIGN.md §API keys): a key's hash is unique; a collection is read whole
+/// a page at a time past the list limit; usage logs carry the key, filter and sum by it.
+async fn keys_and_their_usage<S: Store + Documents>(store: &S) {
+    let key = |i: usize, hash: &str| {
+        doc(json!({"id": format!("key_{i:05}"), "tenant_id": "acme", "hash": hash}))
+    };
+    assert!(store
+        .insert_doc(Kind::ApiKeys, &key(0, "h0"))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .insert_doc(Kind::ApiKeys, &key(1, "h0"))
+            .await
+            .unwrap(),
+        "a hash is unique"
+    );
+    for i in 1..=1_200 {
+        let inserted = store
+            .insert_doc(Kind::ApiKeys, &key(i, &format!("h{i}")))
+            .await
+            .unwrap();
+        assert!(inserted);
+    }
+    let all = tollgate::store::all_docs(store, Kind::ApiKeys)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = all.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..=1_200).map(|i| format!("key_{i:05}")).collect();
+    assert_eq!(ids, expected, "every key once, in id order");
+    let page = store
+        .docs_after(Kind::ApiKeys, Some("key_01198"))
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+
+    store.ensure_tenant(&tenant("keyed", 1000)).await.unwrap();
+    let keyed = |id: &str, key_id: Option<&str>, credits: i64, refunded: bool| UsageEvent {
+        key_id: key_id.map(str::to_owned),
+        ..event(id, "keyed", "/x", credits, refunded, 7_000)
+    };
+    let events = vec![
+        keyed("k1", Some("key_a"), 3, false),
+        keyed("k2", Some("key_a"), 4, false),
+        keyed("k3", Some("key_a"), 5, true),
+        keyed("k4", Some("key_b"), 1, false),
+        keyed("k5", None, 2, false),
+    ];
+    let batch = UsageBatch {
+        pipeline_id: "keys",
+        seq: 1,
+        events: &events,
+    };
+    store.insert_usage(&batch).await.unwrap();
+    let by_key = store.usage_by_key("keyed", 0, 10_000).await.unwrap();
+    let usage = |key_id: Option<&str>, calls: u64, credits: i64| KeyUsage {
+        key_id: key_id.map(str::to_owned),
+        calls,
+        credits,
+    };
+    assert_eq!(
+        by_key,
+        vec![
+            usage(None, 1, 2),
+            usage(Some("key_a"), 2, 7),
+            usage(Some("key_b"), 1, 1)
+        ]
+    );
+    let logs = store
+        .usage_logs(&UsageQuery {
+            key_id: Some("key_a".into()),
+            limit: 100,
+            ..UsageQuery::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = logs.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["k1", "k2", "k3"]);
+    assert!(logs.iter().all(|e| e.key_id.as_deref() == Some("key_a")));
 }
 
 /// Settled calls' logs (reserve, cost, shortfall) and shadow prices read back as written;

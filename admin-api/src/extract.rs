@@ -71,8 +71,12 @@ fn refused(path: &str, message: &str, what: &str) -> Problem {
     let field = match named {
         Some(rest) => {
             let name = rest.split('`').next().unwrap_or(rest);
+            // An unknown field's path already ends in it; a missing one's is its parent's.
+            let own = path == name || path.ends_with(&format!(".{name}"));
             if path == "." {
                 name.to_owned()
+            } else if own {
+                path.to_owned()
             } else {
                 format!("{path}.{name}")
             }

@@ -12,6 +12,7 @@ mod auth;
 pub mod billing;
 mod credits;
 mod extract;
+mod keys;
 mod me;
 mod openapi;
 mod plans;
@@ -131,6 +132,7 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
     let (router, mut api) = OpenApiRouter::new()
         .merge(auth::router())
         .merge(me::router())
+        .merge(keys::router())
         .merge(tenants::router())
         .merge(credits::router())
         .merge(users::router())

@@ -113,6 +113,15 @@ pub struct UsageLineView {
     credits: i64,
 }
 
+/// One API key's calls in the window (`key_id` absent: calls made with a JWT).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyUsageView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    calls: u64,
+    credits: i64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageView {
     tenant_id: String,
@@ -121,6 +130,8 @@ pub struct UsageView {
     calls: u64,
     credits: i64,
     lines: Vec<UsageLineView>,
+    /// The same calls per API key.
+    keys: Vec<KeyUsageView>,
 }
 
 /// Usage of the caller's tenant per service and endpoint (refunded calls excluded), from
@@ -137,6 +148,17 @@ pub async fn usage(
         .store
         .usage_totals(&claims.tenant_id, from, to)
         .await?;
+    let keys = state
+        .store
+        .usage_by_key(&claims.tenant_id, from, to)
+        .await?
+        .into_iter()
+        .map(|k| KeyUsageView {
+            key_id: k.key_id,
+            calls: k.calls,
+            credits: k.credits,
+        })
+        .collect();
     Ok(Json(UsageView {
         tenant_id: claims.tenant_id,
         from: rfc3339(from),
@@ -154,6 +176,7 @@ pub async fn usage(
                 credits: l.credits,
             })
             .collect(),
+        keys,
     }))
 }
 

@@ -84,6 +84,8 @@ pub async fn notifications(
 pub struct LogFilter {
     tenant_id: Option<String>,
     service: Option<String>,
+    /// Calls made with this API key only.
+    key_id: Option<String>,
     /// Inclusive: unix ms or RFC 3339 (the pattern shows days 1 to 28; every real date is
     /// taken).
     #[param(
@@ -108,6 +110,9 @@ pub struct UsageLogView {
     id: String,
     tenant_id: String,
     user_id: String,
+    /// The API key the call was made with; absent: a JWT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     service: String,
     endpoint: String,
     method: String,
@@ -251,6 +256,7 @@ pub async fn usage_logs(
     let query = UsageQuery {
         tenant_id: filter.tenant_id,
         service: filter.service,
+        key_id: filter.key_id,
         from_ms: filter
             .from
             .as_deref()
@@ -281,6 +287,7 @@ pub async fn usage_logs(
             id: e.id,
             tenant_id: e.tenant_id,
             user_id: e.user_id,
+            key_id: e.key_id,
             service: e.service,
             endpoint: e.endpoint,
             method: e.method,

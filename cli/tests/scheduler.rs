@@ -33,6 +33,7 @@ fn event(id: &str, tenant: &str, credits: i64, refunded: bool, ts: i64) -> Usage
         id: id.into(),
         tenant_id: tenant.into(),
         user_id: "u1".into(),
+        key_id: None,
         service: "notes".into(),
         endpoint: "/notes/create".into(),
         method: "POST".into(),

@@ -5,6 +5,7 @@
 //! public key) cannot pass. `exp`, `sub`, `tenant_id` and `role` are required.
 
 mod cache;
+pub mod keys;
 
 use crate::config::{AuthConfig, JwtAlgorithm};
 use crate::vocab::is_valid_tenant_id;

@@ -93,7 +93,8 @@ pub enum Job {
     /// The call ended; `None`: without a usage event (its context was dropped).
     Done {
         charge_id: String,
-        event: Option<UsageEvent>,
+        /// Boxed: an event is larger than a charge, and most jobs are charges.
+        event: Option<Box<UsageEvent>>,
     },
 }
 
@@ -119,7 +120,7 @@ impl Reservation {
         if let Some(place) = self.place.take() {
             place.send(Job::Done {
                 charge_id: std::mem::take(&mut self.charge_id),
-                event: Some(event),
+                event: Some(Box::new(event)),
             });
         }
     }
@@ -243,7 +244,10 @@ impl DeferredWorker {
             };
             DEFERRED_PENDING.inc();
             first.send(Job::Charge(charge));
-            second.send(Job::Done { charge_id, event });
+            second.send(Job::Done {
+                charge_id,
+                event: event.map(Box::new),
+            });
         }
         let worker = DeferredWorker {
             ledger: parts.ledger,
@@ -515,14 +519,17 @@ impl BackgroundService for DeferredWorker {
                 job = rx.recv(), if !drained && room => match job {
                     None => drained = true,
                     Some(Job::Charge(charge)) => asking.push(self.charge(charge, stop)),
-                    Some(Job::Done { charge_id, event }) => match open.remove(&charge_id) {
-                        Some((charge, taken)) => {
-                            closing_books.push(self.done(charge, taken, event, stop));
+                    Some(Job::Done { charge_id, event }) => {
+                        let event = event.map(|e| *e);
+                        match open.remove(&charge_id) {
+                            Some((charge, taken)) => {
+                                closing_books.push(self.done(charge, taken, event, stop));
+                            }
+                            None => {
+                                ended.insert(charge_id, event);
+                            }
                         }
-                        None => {
-                            ended.insert(charge_id, event);
-                        }
-                    },
+                    }
                 },
                 Some((charge, taken)) = asking.next(), if !asking.is_empty() => {
                     given_up |= taken == Taken::Unknown;

@@ -226,6 +226,7 @@ mod tests {
             id: format!("log-{id}"),
             tenant_id: "acme".into(),
             user_id: "u".into(),
+            key_id: None,
             service: "llm".into(),
             endpoint: "/v1/chat".into(),
             method: "POST".into(),

@@ -96,6 +96,7 @@ fn event(charge: &DeferredCharge, refunded: bool) -> UsageEvent {
         id: uuid::Uuid::now_v7().to_string(),
         tenant_id: charge.tenant_id.clone(),
         user_id: "u1".into(),
+        key_id: None,
         service: "notes".into(),
         endpoint: "/*".into(),
         method: "GET".into(),

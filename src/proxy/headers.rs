@@ -8,6 +8,7 @@ use pingora::Result;
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and headers only the gateway may set.
 const STRIPPED: &[&str] = &[
     "authorization",
+    "x-api-key",
     "proxy-authorization",
     "proxy-connection",
     "keep-alive",

@@ -28,6 +28,7 @@ use replay::Keyed;
 use steps::Charged;
 
 use crate::alerts::{self, AlertSink, CreditSuccess};
+use crate::auth::keys::ApiKey;
 use crate::auth::{Claims, Verifier};
 use crate::catalog::Catalog;
 use crate::deferred::settles::SettleQueue;
@@ -93,6 +94,8 @@ pub struct RequestCtx {
     started: Instant,
     route: Option<RouteMatch>,
     claims: Option<Arc<Claims>>,
+    /// The API key the call was made with, if it was (docs/DESIGN.md §API keys).
+    api_key: Option<Arc<ApiKey>>,
     /// The plan whose price this call pays; `None`: the endpoint's own price.
     price_plan: Option<Arc<str>>,
     /// What the endpoint's shadow price would charge, when it has one.
@@ -169,6 +172,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             route: None,
             claims: None,
+            api_key: None,
             price_plan: None,
             shadow: None,
             idempotency_key: None,
@@ -202,7 +206,7 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         }
         let checked = self
-            .authenticate(session)
+            .authenticate(session, &route.service.name)
             .and_then(|caller| Ok((caller, steps::idempotency_key(session)?)));
         let (caller, key) = match checked {
             Ok(checked) => checked,
@@ -213,6 +217,7 @@ impl ProxyHttp for Gateway {
         };
         let steps::Authenticated {
             claims,
+            key: api_key,
             threshold,
             plan,
         } = caller;
@@ -307,6 +312,7 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.claims = Some(claims);
+        ctx.api_key = api_key;
         ctx.keyed = key.is_some().then(|| Box::new(Keyed::default()));
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);
@@ -558,6 +564,7 @@ impl ProxyHttp for Gateway {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: claims.tenant_id.clone(),
             user_id: claims.sub.clone(),
+            key_id: ctx.api_key.as_ref().map(|k| k.id.clone()),
             service: route.service.name.clone(),
             endpoint: endpoint.path.clone(),
             method: session.req_header().method.to_string(),

@@ -291,6 +291,7 @@ impl Gateway {
             id: uuid::Uuid::now_v7().to_string(),
             tenant_id: claims.tenant_id.clone(),
             user_id: claims.sub.clone(),
+            key_id: ctx.api_key.as_ref().map(|k| k.id.clone()),
             service: route.service.name.clone(),
             endpoint: route.endpoint().path.clone(),
             method: session.req_header().method.to_string(),

@@ -2,6 +2,7 @@
 //! outcome into either what the next step needs or the [`Problem`] to answer with.
 
 use super::{Gateway, Problem, RequestCtx};
+use crate::auth::keys::{self, ApiKey};
 use crate::auth::{AuthError, Claims};
 use crate::config::OnLedgerError;
 use crate::deferred::{DeferredCharge, Reservation};
@@ -137,6 +138,8 @@ impl Charged {
 /// Who is calling, as step 2 found them.
 pub(super) struct Authenticated {
     pub claims: Arc<Claims>,
+    /// The API key the call was made with, if it was.
+    pub key: Option<Arc<ApiKey>>,
     /// The tenant's low-credit threshold.
     pub threshold: i64,
     /// The plan whose prices the tenant pays, if any (docs/DESIGN.md §Pricing).
@@ -160,40 +163,30 @@ impl Gateway {
             })
     }
 
-    /// Step 2: verify the token and the tenant it names.
+    /// Step 2: verify the credential (a JWT, or an API key: docs/DESIGN.md §API keys) and
+    /// the tenant it names; a key must also be allowed on `service`.
     pub(super) fn authenticate(
         &self,
         session: &Session,
+        service: &str,
     ) -> std::result::Result<Authenticated, Box<Problem>> {
-        let header = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION);
-        let claims = self
-            .verifier
-            .verify_header(header.map(|v| v.as_bytes()))
-            .map_err(|e| {
-                let detail = match &e {
-                    AuthError::Missing => "missing bearer token".to_owned(),
-                    AuthError::Malformed => "expected `Authorization: Bearer <JWT>`".to_owned(),
-                    AuthError::Invalid(why) => format!("invalid token: {why}"),
-                    AuthError::Key(_) => "invalid token".to_owned(),
-                };
-                Box::new(Problem::unauthorized(detail))
-            })?;
-        // A user disabled, demoted or moved since the token was issued: it is void.
-        let revoked = self.catalog.revoked();
-        if !revoked.is_empty() {
-            let issued = claims.issued_at_ms();
-            if revoked
-                .get(&claims.sub)
-                .is_some_and(|after| issued < *after)
-            {
-                return Err(Box::new(Problem::unauthorized(
-                    "this token predates a change of its user; log in again",
-                )));
+        let headers = &session.req_header().headers;
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let api_key = match headers.get("x-api-key") {
+            Some(value) => Some(value.as_bytes()),
+            None => authorization
+                .and_then(|value| value.strip_prefix(b"Bearer "))
+                .filter(|token| keys::is_key(token)),
+        };
+        let (claims, key) = match api_key {
+            Some(presented) => {
+                let key = self.api_key(presented, service)?;
+                (Arc::clone(&key.claims), Some(key))
             }
-        }
+            None => (self.verify_token(authorization)?, None),
+        };
         let (threshold, plan) = match self.catalog.tenants().get(&claims.tenant_id) {
             Some(t) if t.status == TenantStatus::Active => (t.low_credit_threshold, t.plan.clone()),
             Some(_) => {
@@ -221,9 +214,77 @@ impl Gateway {
         };
         Ok(Authenticated {
             claims,
+            key,
             threshold,
             plan,
         })
+    }
+
+    /// A JWT from `Authorization: Bearer`, not voided by a change of its user since.
+    fn verify_token(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> std::result::Result<Arc<Claims>, Box<Problem>> {
+        let claims = self.verifier.verify_header(authorization).map_err(|e| {
+            let detail = match &e {
+                AuthError::Missing => {
+                    "missing credential: send `Authorization: Bearer <JWT or API key>` or `X-Api-Key`"
+                        .to_owned()
+                }
+                AuthError::Malformed => "expected `Authorization: Bearer <JWT>`".to_owned(),
+                AuthError::Invalid(why) => format!("invalid token: {why}"),
+                AuthError::Key(_) => "invalid token".to_owned(),
+            };
+            Box::new(Problem::unauthorized(detail))
+        })?;
+        // A user disabled, demoted or moved since the token was issued: it is void.
+        let revoked = self.catalog.revoked();
+        if !revoked.is_empty() {
+            let issued = claims.issued_at_ms();
+            if revoked
+                .get(&claims.sub)
+                .is_some_and(|after| issued < *after)
+            {
+                return Err(Box::new(Problem::unauthorized(
+                    "this token predates a change of its user; log in again",
+                )));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// An API key: well-formed (a typo fails its checksum, no lookup), known to the catalog
+    /// (every accepted key's hash is in memory: an unknown key costs no store round trip),
+    /// not expired, and allowed on `service`.
+    fn api_key(
+        &self,
+        presented: &[u8],
+        service: &str,
+    ) -> std::result::Result<Arc<ApiKey>, Box<Problem>> {
+        let refused = |detail: String| Box::new(Problem::unauthorized(detail));
+        let presented = std::str::from_utf8(presented)
+            .map_err(|_| refused(keys::KeyError::Malformed.to_string()))?;
+        let hash = keys::parse(presented).map_err(|e| refused(e.to_string()))?;
+        let known = self.catalog.keys();
+        let key = known
+            .get(&hash)
+            .ok_or_else(|| refused("unknown, revoked or disabled API key".to_owned()))?;
+        if key.expired(crate::store::now_ms()) {
+            return Err(refused("this API key has expired".to_owned()));
+        }
+        if !key.allows(service) {
+            return Err(Box::new(
+                Problem::new(
+                    403,
+                    "key-not-allowed",
+                    "Forbidden",
+                    "this API key may not call this service",
+                )
+                .with("service", service.to_owned())
+                .with("key_id", key.id.clone()),
+            ));
+        }
+        Ok(Arc::clone(key))
     }
 
     /// Step 3's price: the tenant's plan's for this endpoint, else the endpoint's own,

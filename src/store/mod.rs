@@ -80,6 +80,8 @@ pub enum Kind {
     /// Operators' credit changes, recorded before they touch the ledger (an outbox): see
     /// the admin crate's `billing` module.
     CreditIntents,
+    /// API keys, by hash (docs/DESIGN.md §API keys).
+    ApiKeys,
 }
 
 impl Kind {
@@ -95,6 +97,7 @@ impl Kind {
             Kind::ScheduledSummaries => "scheduled_summary",
             Kind::Invoices => "invoices",
             Kind::CreditIntents => "credit_intents",
+            Kind::ApiKeys => "api_keys",
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct NewTransaction<'a> {
 pub struct UsageQuery {
     pub tenant_id: Option<String>,
     pub service: Option<String>,
+    /// Calls made with this API key only.
+    pub key_id: Option<String>,
     /// Inclusive lower bound, unix ms.
     pub from_ms: Option<i64>,
     /// Exclusive upper bound, unix ms.
@@ -200,6 +205,15 @@ pub struct UsageLine {
     pub endpoint: String,
     /// The plan whose price these calls paid; `None`: the service's own price.
     pub plan_id: Option<String>,
+    pub calls: u64,
+    pub credits: i64,
+}
+
+/// One key's calls over a period ([`Store::usage_by_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// `None`: calls made with a JWT.
+    pub key_id: Option<String>,
     pub calls: u64,
     pub credits: i64,
 }
@@ -258,6 +272,15 @@ pub trait Store: Send + Sync + 'static {
         to_ms: i64,
     ) -> Result<UsageTotals, StoreError>;
 
+    /// One tenant's calls over `[from_ms, to_ms)` per API key (refunded calls excluded), in
+    /// key order; calls made with a JWT under `key_id: None`, first.
+    async fn usage_by_key(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<KeyUsage>, StoreError>;
+
     /// Per tenant, in id order: `service`'s calls over `[from_ms, to_ms)` whose log carries
     /// a shadow price, charged and shadow credits summed.
     async fn shadow_totals(
@@ -315,6 +338,10 @@ pub trait Documents: Send + Sync + 'static {
     /// is given, at most [`MAX_LIST`].
     async fn docs(&self, kind: Kind, filter: Option<(&str, &str)>) -> Result<Vec<Doc>, StoreError>;
 
+    /// Documents whose id sorts after `after` (from the first when `None`), in id order, at
+    /// most [`MAX_LIST`]: a page of a collection read whole (the API keys the catalog loads).
+    async fn docs_after(&self, kind: Kind, after: Option<&str>) -> Result<Vec<Doc>, StoreError>;
+
     /// The ids of the documents whose integer `field` is at least `min`, with its value (the
     /// users whose tokens from before a change are void: `tokens_valid_after_ms`).
     async fn docs_at_least(
@@ -329,6 +356,23 @@ pub trait Documents: Send + Sync + 'static {
 
     /// The document with the highest id (ids that sort by time: the latest).
     async fn latest_doc(&self, kind: Kind) -> Result<Option<Doc>, StoreError>;
+}
+
+/// Every document of `kind`, read a page at a time.
+pub async fn all_docs(store: &dyn Documents, kind: Kind) -> Result<Vec<Doc>, StoreError> {
+    let mut all = Vec::new();
+    loop {
+        let after = match all.last() {
+            Some(last) => Some(doc_id(last)?.to_owned()),
+            None => None,
+        };
+        let page = store.docs_after(kind, after.as_deref()).await?;
+        let full = page.len() >= MAX_LIST;
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
 }
 
 /// Writes `doc` whether or not its id exists (replace, else insert).

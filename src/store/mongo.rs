@@ -8,9 +8,9 @@
 //! between a balance change and its audit row is what reconciliation reports.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
-    NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord, UsageBatch,
-    UsageLine, UsageQuery, UsageTotals, MAX_LIST,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, KeyUsage, Kind,
+    NewTenant, NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord,
+    UsageBatch, UsageLine, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -38,6 +38,21 @@ pub struct MongoStore {
 }
 
 impl MongoStore {
+    /// The first [`MAX_LIST`] documents of `kind` matching `query`, in id order.
+    async fn first_docs(&self, kind: Kind, query: Document) -> Result<Vec<Doc>, StoreError> {
+        let cursor = self
+            .coll(kind.collection())
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(MAX_LIST as i64)
+            .await?;
+        Ok(self
+            .collect(cursor)
+            .await?
+            .into_iter()
+            .map(from_bson)
+            .collect())
+    }
     /// Connects lazily (the driver connects on first use) to `uri`, database `db_name`.
     pub async fn connect(uri: &str, db_name: &str) -> Result<MongoStore, StoreError> {
         let mut options = ClientOptions::parse(uri).await?;
@@ -138,6 +153,9 @@ fn event_doc(e: &UsageEvent) -> Document {
     if let Some(shadow) = e.shadow_credits {
         doc.insert("shadow_credits", shadow);
     }
+    if let Some(key) = &e.key_id {
+        doc.insert("key_id", key.as_str());
+    }
     doc
 }
 
@@ -161,6 +179,7 @@ fn event_from(doc: &Document) -> Result<UsageEvent, StoreError> {
         reserved: int(doc, "reserved").ok(),
         shortfall: int(doc, "shortfall").unwrap_or(0),
         shadow_credits: int(doc, "shadow_credits").ok(),
+        key_id: doc.get_str("key_id").ok().map(str::to_owned),
     })
 }
 
@@ -267,7 +286,15 @@ impl Store for MongoStore {
         self.coll("services")
             .create_index(index(doc! { "name": 1 }, true))
             .await?;
-        for collection in ["notifications", "subscriptions", "usage_summary"] {
+        self.coll("api_keys")
+            .create_index(index(doc! { "hash": 1 }, true))
+            .await?;
+        for collection in [
+            "notifications",
+            "subscriptions",
+            "usage_summary",
+            "api_keys",
+        ] {
             self.coll(collection)
                 .create_index(index(doc! { "tenant_id": 1 }, false))
                 .await?;
@@ -448,6 +475,9 @@ impl Store for MongoStore {
         if let Some(s) = &query.service {
             filter.insert("service", s);
         }
+        if let Some(k) = &query.key_id {
+            filter.insert("key_id", k);
+        }
         let mut range = Document::new();
         if let Some(from) = query.from_ms {
             range.insert("$gte", bson::DateTime::from_millis(from));
@@ -510,6 +540,37 @@ impl Store for MongoStore {
             });
         }
         Ok(UsageTotals::from_lines(lines))
+    }
+
+    async fn usage_by_key(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        let pipeline = vec![
+            doc! { "$match": {
+                "tenant_id": tenant_id, "refunded": false,
+                "timestamp": { "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms) },
+            } },
+            doc! { "$group": {
+                "_id": "$key_id", "calls": { "$sum": 1 }, "credits": { "$sum": "$credits_used" },
+            } },
+        ];
+        let docs = self
+            .collect(self.coll("usage_logs").aggregate(pipeline).await?)
+            .await?;
+        let mut keys = Vec::with_capacity(docs.len());
+        for d in &docs {
+            keys.push(KeyUsage {
+                key_id: d.get_str("_id").ok().map(str::to_owned),
+                calls: int(d, "calls")? as u64,
+                credits: int(d, "credits")?,
+            });
+        }
+        // Grouped documents come in no order: JWT calls (no key) first, then by key.
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        Ok(keys)
     }
 
     async fn shadow_totals(
@@ -675,18 +736,15 @@ impl Documents for MongoStore {
             Some((field, value)) => doc! { field: value },
             None => Document::new(),
         };
-        let cursor = self
-            .coll(kind.collection())
-            .find(query)
-            .sort(doc! { "_id": 1 })
-            .limit(MAX_LIST as i64)
-            .await?;
-        Ok(self
-            .collect(cursor)
-            .await?
-            .into_iter()
-            .map(from_bson)
-            .collect())
+        self.first_docs(kind, query).await
+    }
+
+    async fn docs_after(&self, kind: Kind, after: Option<&str>) -> Result<Vec<Doc>, StoreError> {
+        let query = match after {
+            Some(after) => doc! { "_id": { "$gt": after } },
+            None => Document::new(),
+        };
+        self.first_docs(kind, query).await
     }
 
     async fn docs_at_least(

@@ -6,9 +6,9 @@
 //! commit in one real transaction. WAL mode lets readers run beside the single writer.
 
 use super::{
-    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, Kind, NewTenant,
-    NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord, UsageBatch,
-    UsageLine, UsageQuery, UsageTotals, MAX_LIST,
+    credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, KeyUsage, Kind,
+    NewTenant, NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord,
+    UsageBatch, UsageLine, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -72,6 +72,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS users_email
 CREATE UNIQUE INDEX IF NOT EXISTS invoices_tenant_period
     ON documents (json_extract(body, '$.tenant_id'), json_extract(body, '$.period'))
     WHERE collection = 'invoices';
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_hash
+    ON documents (json_extract(body, '$.hash')) WHERE collection = 'api_keys';
 CREATE INDEX IF NOT EXISTS documents_tenant
     ON documents (collection, json_extract(body, '$.tenant_id'));
 "#;
@@ -161,6 +163,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("usage_logs", "reserved", "INTEGER"),
     ("usage_logs", "shortfall", "INTEGER NOT NULL DEFAULT 0"),
     ("usage_logs", "shadow_credits", "INTEGER"),
+    ("usage_logs", "key_id", "TEXT"),
 ];
 
 const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
@@ -185,6 +188,7 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
         reserved: row.get(15)?,
         shortfall: row.get(16)?,
         shadow_credits: row.get(17)?,
+        key_id: row.get(18)?,
     })
 }
 
@@ -330,16 +334,16 @@ impl Store for SqliteStore {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_logs (id, tenant_id, user_id, service, endpoint, method,
                        credits_used, balance_after, status, latency_ms, request_id, idempotency_key,
-                       refunded, timestamp_ms, plan_id, reserved, shortfall, shadow_credits)
+                       refunded, timestamp_ms, plan_id, reserved, shortfall, shadow_credits, key_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                       ?16, ?17, ?18)",
+                       ?16, ?17, ?18, ?19)",
                 )?;
                 for e in &events {
                     insert.execute(params![
                         e.id, e.tenant_id, e.user_id, e.service, e.endpoint, e.method,
                         e.credits_used, e.balance_after, e.status, e.latency_ms, e.request_id,
                         e.idempotency_key, e.refunded, e.timestamp_ms, e.plan_id, e.reserved,
-                        e.shortfall, e.shadow_credits
+                        e.shortfall, e.shadow_credits, e.key_id
                     ])?;
                 }
                 for (tenant, credits) in credits_by_tenant(&events) {
@@ -409,7 +413,7 @@ impl Store for SqliteStore {
             let mut sql = String::from(
                 "SELECT id, tenant_id, user_id, service, endpoint, method, credits_used, balance_after,
                    status, latency_ms, request_id, idempotency_key, refunded, timestamp_ms, plan_id,
-                   reserved, shortfall, shadow_credits
+                   reserved, shortfall, shadow_credits, key_id
                  FROM usage_logs WHERE 1 = 1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -422,6 +426,9 @@ impl Store for SqliteStore {
             }
             if let Some(s) = &q.service {
                 bind(&mut sql, " AND service = ?", s.clone().into());
+            }
+            if let Some(k) = &q.key_id {
+                bind(&mut sql, " AND key_id = ?", k.clone().into());
             }
             if let Some(from) = q.from_ms {
                 bind(&mut sql, " AND timestamp_ms >= ?", from.into());
@@ -467,6 +474,31 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(UsageTotals::from_lines(lines))
+        })
+        .await
+    }
+
+    async fn usage_by_key(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
+        let tenant = tenant_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key_id, COUNT(*), SUM(credits_used) FROM usage_logs
+                 WHERE tenant_id = ?1 AND timestamp_ms >= ?2 AND timestamp_ms < ?3 AND refunded = 0
+                 GROUP BY key_id ORDER BY key_id",
+            )?;
+            let rows = stmt.query_map(params![tenant, from_ms, to_ms], |row| {
+                Ok(KeyUsage {
+                    key_id: row.get(0)?,
+                    calls: row.get::<_, i64>(1)? as u64,
+                    credits: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -684,6 +716,23 @@ impl Documents for SqliteStore {
                     rows.collect::<Result<_, _>>()?
                 }
             };
+            bodies.into_iter().map(parse_doc).collect()
+        })
+        .await
+    }
+
+    async fn docs_after(&self, kind: Kind, after: Option<&str>) -> Result<Vec<Doc>, StoreError> {
+        let after = after.map(str::to_owned);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT body FROM documents WHERE collection = ?1 AND (?2 IS NULL OR id > ?2)
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![kind.collection(), after, MAX_LIST as i64], |row| {
+                    row.get(0)
+                })?;
+            let bodies: Vec<String> = rows.collect::<Result<_, _>>()?;
             bodies.into_iter().map(parse_doc).collect()
         })
         .await
