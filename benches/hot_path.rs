@@ -125,6 +125,7 @@ fn api_keys(c: &mut Criterion) {
                 created_at_ms: 0,
                 created_by: "u1".into(),
                 rolled_from: None,
+                budget_id: None,
             }
         })
         .collect();
@@ -166,6 +167,7 @@ fn ledger(c: &mut Criterion) {
                 idempotency: None,
                 threshold: 100,
                 fresh: true,
+                budget: None,
             };
             runtime.block_on(ledger.charge(black_box(&charge)))
         })

@@ -8,8 +8,8 @@ use common::RedisServer;
 use tollgate::config::LedgerConfig;
 use tollgate::idempotency::{KeyClaim, KeyRecord};
 use tollgate::ledger::{
-    AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, EmbeddedLedger, Ledger,
-    RedisLedger, Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    AdjustOutcome, Adjustment, Budget, Change, Charge, ChargeOutcome, Coordination, EmbeddedLedger,
+    Ledger, RedisLedger, Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 
 const NONE: Warnings = Warnings::NONE;
@@ -29,6 +29,7 @@ fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> 
         }),
         threshold: -1,
         fresh: true,
+        budget: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn void<'a>(
         charge_id: id,
         idempotency_key: key,
         applied_cost,
+        budget: None,
     }
 }
 
@@ -156,6 +158,115 @@ async fn embedded_ledger_keeps_the_contract() {
     adjustments(&ledger).await;
     warnings(&ledger).await;
     settlements(&ledger).await;
+    budgets(&ledger).await;
+}
+
+/// A charge drawing on an API key's monthly budget `counter` of `limit`.
+fn budgeted<'a>(id: &'a str, cost: i64, counter: &'a str, limit: i64) -> Charge<'a> {
+    Charge {
+        budget: Some(Budget { counter, limit }),
+        ..charge("kb", id, cost, None)
+    }
+}
+
+/// API key budgets (docs/DESIGN.md §API keys): a charge past the key's limit takes
+/// nothing and says what the key spent; the tenant's other keys go on; a refund and a
+/// settlement move the key's spend as they move the balance.
+async fn budgets(l: &dyn Ledger) {
+    l.seed("kb", 1000).await.unwrap();
+    let charged = |balance| ChargeOutcome::Charged {
+        balance,
+        warnings: NONE,
+    };
+    assert_eq!(
+        l.charge(&budgeted("b1", 30, "a:2026-12", 50))
+            .await
+            .unwrap(),
+        charged(970)
+    );
+    assert_eq!(
+        l.charge(&budgeted("b2", 30, "a:2026-12", 50))
+            .await
+            .unwrap(),
+        ChargeOutcome::OverBudget {
+            balance: 970,
+            spent: 30
+        }
+    );
+    assert_eq!(l.balance("kb").await.unwrap(), Some(970), "nothing taken");
+    // Another key, and the same key's next month, have budgets of their own.
+    assert_eq!(
+        l.charge(&budgeted("b3", 40, "b:2026-12", 50))
+            .await
+            .unwrap(),
+        charged(930)
+    );
+    assert_eq!(
+        l.charge(&budgeted("b4", 50, "a:2027-01", 50))
+            .await
+            .unwrap(),
+        charged(880)
+    );
+    // Up to the limit exactly; a free call passes a spent budget.
+    assert_eq!(
+        l.charge(&budgeted("b5", 20, "a:2026-12", 50))
+            .await
+            .unwrap(),
+        charged(860)
+    );
+    assert_eq!(
+        l.charge(&budgeted("b6", 0, "a:2026-12", 50)).await.unwrap(),
+        charged(860)
+    );
+    assert!(matches!(
+        l.charge(&budgeted("b7", 1, "a:2026-12", 50)).await.unwrap(),
+        ChargeOutcome::OverBudget { spent: 50, .. }
+    ));
+    // A refund gives the key's spend back with the credits: 30 more fit.
+    let refund = Void {
+        budget: Some("a:2026-12"),
+        ..void("kb", "b1", Some(30), None)
+    };
+    assert_eq!(
+        l.void(&refund).await.unwrap(),
+        VoidOutcome::Refunded { balance: 890 }
+    );
+    assert_eq!(l.void(&refund).await.unwrap(), VoidOutcome::AlreadyVoided);
+    assert_eq!(
+        l.charge(&budgeted("b8", 30, "a:2026-12", 50))
+            .await
+            .unwrap(),
+        charged(860)
+    );
+    assert!(matches!(
+        l.charge(&budgeted("b9", 1, "a:2026-12", 50)).await.unwrap(),
+        ChargeOutcome::OverBudget { spent: 50, .. }
+    ));
+    // A reserve of 10 settled at 4: the key spent 4.
+    assert_eq!(
+        l.charge(&budgeted("s1", 10, "c:2026-12", 10))
+            .await
+            .unwrap(),
+        charged(850)
+    );
+    let settlement = Settle {
+        budget: Some("c:2026-12"),
+        ..settle("kb", "s1", 10, 4)
+    };
+    assert_eq!(l.settle(&settlement).await.unwrap(), settled(4, 856));
+    assert_eq!(
+        l.settle(&settlement).await.unwrap(),
+        settled(4, 856),
+        "once"
+    );
+    assert_eq!(
+        l.charge(&budgeted("s2", 6, "c:2026-12", 10)).await.unwrap(),
+        charged(850)
+    );
+    assert!(matches!(
+        l.charge(&budgeted("s3", 1, "c:2026-12", 10)).await.unwrap(),
+        ChargeOutcome::OverBudget { spent: 10, .. }
+    ));
 }
 
 fn settle<'a>(tenant: &'a str, id: &'a str, reserved: i64, cost: i64) -> Settle<'a> {
@@ -165,6 +276,7 @@ fn settle<'a>(tenant: &'a str, id: &'a str, reserved: i64, cost: i64) -> Settle<
         reserved,
         cost,
         threshold: -1,
+        budget: None,
     }
 }
 
@@ -312,6 +424,7 @@ async fn warnings(l: &dyn Ledger) {
                 idempotency: None,
                 threshold: 100,
                 fresh: true,
+                budget: None,
             };
             match l.charge(&c).await.unwrap() {
                 ChargeOutcome::Charged { balance, warnings }
@@ -355,6 +468,7 @@ async fn warnings(l: &dyn Ledger) {
         idempotency: None,
         threshold: 100,
         fresh: true,
+        budget: None,
     };
     assert_eq!(
         l.charge(&c).await.unwrap(),
@@ -373,6 +487,7 @@ async fn redis_ledger_keeps_the_contract() {
     adjustments(&ledger).await;
     warnings(&ledger).await;
     settlements(&ledger).await;
+    budgets(&ledger).await;
     // A charge that applied but whose answer was lost (timeout) is found by its record.
     assert_eq!(
         ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
@@ -423,7 +538,7 @@ async fn redis_ledger_keeps_the_contract() {
         .await
         .unwrap();
     assert!(
-        keys.iter().all(|k| ["t", "u", "a", "w", "s", "gone"]
+        keys.iter().all(|k| ["t", "u", "a", "w", "s", "kb", "gone"]
             .iter()
             .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
@@ -443,6 +558,7 @@ async fn redis_cluster_ledger_keeps_the_contract() {
     adjustments(&ledger).await;
     warnings(&ledger).await;
     settlements(&ledger).await;
+    budgets(&ledger).await;
     login_attempts(&ledger).await;
 
     // One tenant on each master.
@@ -562,6 +678,22 @@ async fn the_embedded_journal_survives_a_reopen() {
         settled(2, 4)
     );
     assert_eq!(l.balance("t").await.unwrap(), Some(4));
+    // An API key's spend this month is remembered too.
+    l.seed("kb", 100).await.unwrap();
+    assert!(matches!(
+        l.charge(&budgeted("k1", 7, "a:2026-12", 10)).await.unwrap(),
+        ChargeOutcome::Charged { balance: 93, .. }
+    ));
+    l.close().await;
+    drop(l);
+    let l = EmbeddedLedger::open(&dir, &config).unwrap();
+    assert_eq!(
+        l.charge(&budgeted("k2", 4, "a:2026-12", 10)).await.unwrap(),
+        ChargeOutcome::OverBudget {
+            balance: 93,
+            spent: 7
+        }
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

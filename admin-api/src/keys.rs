@@ -320,6 +320,7 @@ async fn create(
         created_at_ms: 0,
         created_by: actor.to_owned(),
         rolled_from: None,
+        budget_id: None,
     };
     let created = issue(state, template).await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -441,6 +442,8 @@ async fn roll(
     let template = KeyRecord {
         created_by: actor.to_owned(),
         rolled_from: Some(old.id.clone()),
+        // The month's spend goes on counting against the same budget.
+        budget_id: Some(old.budget_id.clone().unwrap_or_else(|| old.id.clone())),
         expires_at_ms: old.expires_at_ms,
         disabled: false,
         ..old.clone()

@@ -14,13 +14,19 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn yaml(upstream: &str) -> String {
+    yaml_with(upstream, "")
+}
+
+fn yaml_with(upstream: &str, extra: &str) -> String {
     format!(
         "usage: {{ batch_size: 10, flush_interval_ms: 50 }}
+{extra}
 services:
   - name: notes
     upstream: {upstream}
     endpoints:
       - {{ method: GET, path: /x, credits: 5 }}
+      - {{ method: GET, path: /free, credits: 0 }}
   - name: search
     upstream: {upstream}
     endpoints:
@@ -83,10 +89,21 @@ async fn call(
 /// Waits until a call with `key` gets `status` at every replica, and checks that it took
 /// no longer than the catalog's reload bound (2 s, with room for a loaded machine).
 async fn every_replica_answers(gateways: &[&Gateway], key: &str, status: u16, what: &str) {
+    every_replica_answers_on(gateways, "/x", key, status, what).await;
+}
+
+/// [`every_replica_answers`] on notes' `path`.
+async fn every_replica_answers_on(
+    gateways: &[&Gateway],
+    path: &str,
+    key: &str,
+    status: u16,
+    what: &str,
+) {
     let changed = Instant::now();
     for gateway in gateways {
         wait_until(what, Duration::from_secs(10), async || {
-            call(gateway, "notes", "/x", key, As::Bearer).await.0 == status
+            call(gateway, "notes", path, key, As::Bearer).await.0 == status
         })
         .await;
     }
@@ -372,4 +389,144 @@ async fn bad_key_requests_are_refused_naming_the_field() {
         (422, &json!("overlap_secs")),
         "{problem}"
     );
+}
+
+/// acme's live balance, as the admin API reads it from the ledger.
+async fn balance(gateway: &Gateway) -> i64 {
+    let (status, tenant) = api(
+        gateway,
+        Method::GET,
+        "/admin/tenants/acme",
+        &admin_token("ops", "root"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{tenant}");
+    tenant["balance"].as_i64().unwrap()
+}
+
+/// A key's monthly budget, drawn from the tenant's balance in the charge's own atomic step:
+/// 60 calls at once over every replica, 20 of them fit a budget of 100 at 5 credits each,
+/// the rest get `402 key-budget-exhausted` and cost nothing, while another key of the
+/// tenant goes on; a roll keeps the month's spend; a raised budget lets exactly the
+/// difference through.
+async fn a_key_budget_is_exact(gateways: &[&Gateway]) {
+    let first = gateways[0];
+    let alice = token("acme", "alice");
+    let start = balance(first).await;
+    let make = |body: Value| api(first, Method::POST, "/me/keys", &alice, body);
+    let (status, capped) = make(json!({"name": "capped", "budget": 100})).await;
+    assert_eq!((status, &capped["budget"]), (201, &json!(100)), "{capped}");
+    let (_, free) = make(json!({"name": "uncapped"})).await;
+    let (capped_key, free_key) = (
+        capped["key"].as_str().unwrap(),
+        free["key"].as_str().unwrap(),
+    );
+    every_replica_answers_on(gateways, "/free", capped_key, 200, "the capped key").await;
+    every_replica_answers_on(gateways, "/free", free_key, 200, "the other key").await;
+
+    let calls = (0..60).map(|i| {
+        let gateway = gateways[i % gateways.len()];
+        async move { call(gateway, "notes", "/x", capped_key, As::Bearer).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let served = answers.iter().filter(|(status, ..)| *status == 200).count();
+    assert_eq!(served, 20, "100 credits of budget at 5 each");
+    for (status, cost, problem) in answers.iter().filter(|(status, ..)| *status != 200) {
+        assert_eq!((*status, *cost), (402, Some(5)), "{problem}");
+        assert_eq!(problem["type"], "urn:tollgate:problem:key-budget-exhausted");
+        assert_eq!(
+            (&problem["budget"], &problem["spent"]),
+            (&json!(100), &json!(100))
+        );
+    }
+    let (status, _, _) = call(first, "notes", "/x", free_key, As::XApiKey).await;
+    assert_eq!(status, 200, "the tenant's other key goes on");
+    assert_eq!(balance(first).await, start - 100 - 5);
+
+    // Rolled, the key's month goes on: the new key is as spent as the old.
+    let id = capped["id"].as_str().unwrap();
+    let (status, rolled) = api(
+        first,
+        Method::POST,
+        &format!("/me/keys/{id}/roll"),
+        &alice,
+        json!({"overlap_secs": 0}),
+    )
+    .await;
+    assert_eq!(status, 201, "{rolled}");
+    let rolled_key = rolled["key"].as_str().unwrap();
+    every_replica_answers_on(gateways, "/free", rolled_key, 200, "the rolled key").await;
+    for gateway in gateways {
+        let (status, _, problem) = call(gateway, "notes", "/x", rolled_key, As::Bearer).await;
+        assert_eq!(status, 402, "{problem}");
+    }
+
+    // Raised to 110: two more calls, then no more.
+    let rolled_id = rolled["id"].as_str().unwrap();
+    let (status, _) = api(
+        first,
+        Method::PATCH,
+        &format!("/me/keys/{rolled_id}"),
+        &alice,
+        json!({"budget": 110}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    every_replica_answers(gateways, rolled_key, 200, "the raised budget").await;
+    let mut served = gateways.len();
+    while served < 2 {
+        assert_eq!(
+            call(first, "notes", "/x", rolled_key, As::Bearer).await.0,
+            200
+        );
+        served += 1;
+    }
+    for gateway in gateways {
+        assert_eq!(
+            call(gateway, "notes", "/x", rolled_key, As::Bearer).await.0,
+            402
+        );
+    }
+    assert_eq!(balance(first).await, start - 110 - 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_budget_is_exact_on_the_embedded_ledger() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Gateway::start(&yaml(&upstream.url()), None);
+    a_key_budget_is_exact(&[&gateway]).await;
+    gateway.stop();
+    let (ok, printed) = gateway.reconcile(&[]);
+    assert!(ok, "{printed}");
+}
+
+/// Two replicas on one Redis and one MongoDB, per call and with leased credits (a budgeted
+/// key's charges go to Redis, where its budget is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_budget_is_exact_across_two_redis_replicas() {
+    let Some(uri) = common::mongo_uri() else {
+        return;
+    };
+    for extra in ["", "ledger:\n  lease: { enabled: true }"] {
+        let upstream = Upstream::start().await;
+        let redis = RedisServer::start();
+        let mut env = StoreUnderTest::Mongo {
+            uri: uri.clone(),
+            db: common::unique_db(),
+        }
+        .env();
+        env.push(("TOLLGATE_REDIS_URL".to_owned(), redis.url()));
+        let yaml = yaml_with(&upstream.url(), extra);
+        let mut first = Gateway::start_with(&yaml, env.clone());
+        let mut second = Gateway::start_with(&yaml, env.clone());
+        a_key_budget_is_exact(&[&first, &second]).await;
+        first.stop();
+        second.stop();
+        let mut reconcile_env: Vec<(&str, String)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        reconcile_env.push(("TOLLGATE_REDIS_URL", redis.url()));
+        let (ok, printed) = first.reconcile(&reconcile_env);
+        assert!(ok, "{extra}: {printed}");
+    }
 }

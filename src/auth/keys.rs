@@ -143,6 +143,10 @@ pub struct KeyRecord {
     /// The key this one replaced by a roll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_from: Option<String>,
+    /// The key whose monthly spend this key's budget counts (the first of its rolls, so a
+    /// roll does not start the month over); `None`: its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_id: Option<String>,
 }
 
 /// A key the gateway accepts: what a call made with it may do.
@@ -152,6 +156,8 @@ pub struct ApiKey {
     pub tenant_id: String,
     pub services: Option<Vec<String>>,
     pub budget: Option<i64>,
+    /// Whose spend the budget counts (see [`KeyRecord::budget_id`]).
+    pub budget_id: String,
     pub expires_at_ms: Option<i64>,
     /// The identity the request path carries for a call made with this key: a `user` of
     /// its tenant whose `sub` is the key's id; it never expires of itself.
@@ -168,6 +174,14 @@ impl ApiKey {
 
     pub fn expired(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// The budget counter of the calendar month (UTC) of `now_ms`: `<budget id>:<YYYY-MM>`.
+    pub fn budget_counter(&self, now_ms: i64) -> String {
+        let month = chrono::DateTime::from_timestamp_millis(now_ms)
+            .unwrap_or_default()
+            .format("%Y-%m");
+        format!("{}:{month}", self.budget_id)
     }
 }
 
@@ -200,6 +214,7 @@ impl ApiKeys {
                 aud: None,
             });
             let key = ApiKey {
+                budget_id: record.budget_id.unwrap_or_else(|| record.id.clone()),
                 id: record.id,
                 tenant_id: record.tenant_id,
                 services: record.services,
@@ -287,6 +302,7 @@ mod tests {
             created_at_ms: 0,
             created_by: "u1".into(),
             rolled_from: None,
+            budget_id: None,
         };
         let (a, b) = (generate(), generate());
         let keys = ApiKeys::from_records([
@@ -300,6 +316,9 @@ mod tests {
         assert_eq!(k1.claims.role, super::super::Role::User);
         assert!(k1.allows("notes") && !k1.allows("search"));
         assert!(k1.expired(1000) && !k1.expired(999));
+        // 2026-12-31T23:59:59.999Z and the next millisecond are two months.
+        assert_eq!(k1.budget_counter(1_798_761_599_999), "k1:2026-12");
+        assert_eq!(k1.budget_counter(1_798_761_600_000), "k1:2027-01");
         assert!(keys.get(&b.hash).is_none());
     }
 }

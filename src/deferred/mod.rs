@@ -316,6 +316,8 @@ impl DeferredWorker {
             threshold: charge.threshold,
             // A retry by id: never from a slice (an earlier try may have landed).
             fresh: false,
+            // A call on a budgeted API key is never served on credit either.
+            budget: None,
         };
         let until = deadline(charge.charged_at_ms, self.record_life);
         let outcome =
@@ -344,8 +346,12 @@ impl DeferredWorker {
                     balance: Some(balance),
                 }
             }
+            // A deferred charge names no key nor budget: these cannot come back.
             Some(
-                ChargeOutcome::NoBalance | ChargeOutcome::Void | ChargeOutcome::KeyTaken { .. },
+                ChargeOutcome::NoBalance
+                | ChargeOutcome::Void
+                | ChargeOutcome::KeyTaken { .. }
+                | ChargeOutcome::OverBudget { .. },
             ) => Taken::Refused { balance: None },
             None => Taken::Unknown,
         };
@@ -373,6 +379,7 @@ impl DeferredWorker {
             charge_id: &charge.charge_id,
             idempotency_key: None,
             applied_cost: Some(charge.cost),
+            budget: None,
         };
         let since = charge.refund_since_ms.unwrap_or(charge.charged_at_ms);
         let until = deadline(since, self.record_life);

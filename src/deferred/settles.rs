@@ -31,6 +31,9 @@ pub struct PendingSettle {
     /// What the call cost under its overage policy.
     pub cost: i64,
     pub threshold: i64,
+    /// The API key budget counter the reserve counted against, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
     /// Unix ms of the first try, which may have landed: the record it wrote lives
     /// `ledger.charge_ttl_secs` from then.
     pub since_ms: i64,
@@ -46,6 +49,7 @@ impl PendingSettle {
             reserved: self.reserved,
             cost: self.cost,
             threshold: self.threshold,
+            budget: self.budget.as_deref(),
         }
     }
 
@@ -266,6 +270,7 @@ mod tests {
             idempotency: None,
             threshold: 0,
             fresh: true,
+            budget: None,
         };
         assert!(matches!(
             ledger.charge(&charge).await.unwrap(),
@@ -285,6 +290,7 @@ mod tests {
             reserved: 50,
             cost: 12,
             threshold: 0,
+            budget: None,
             since_ms: crate::ledger::unix_ms(),
             event: event("c1"),
         };

@@ -4,18 +4,28 @@
 -- KEYS[3] warnings  tg:{tenant}:warn             (hash: which warnings were announced)
 -- KEYS[4] leases    tg:{tenant}:leases           (the replicas' slices: sweep.lua)
 -- KEYS[5] idem key  tg:{tenant}:idk:{key}        (optional; hash: charge, fp, resp)
+-- last    budget    tg:{tenant}:kb:{counter}      (with ARGV[8]: an API key's spend this month)
 -- ARGV[1] cost, ARGV[2] charge id, ARGV[3] charge ttl ms, ARGV[4] idempotency ttl ms,
 -- ARGV[5] the tenant's low-credit threshold, ARGV[6] the request's fingerprint (with a key),
 -- ARGV[7] credits the calling replica holds in its own leased slice (0 without leasing):
--- warnings are decided on its view, the balance plus that slice
+-- warnings are decided on its view, the balance plus that slice; ARGV[8] the API key's monthly
+-- budget ("" without one), ARGV[9] the budget counter's life in ms
 -- Returns {code, balance, warnings}: code 0 charged, 1 the idempotency key belongs to an earlier
 -- request (nothing taken: the gateway reads the key's record), 2 insufficient, 3 no balance (hydrate and retry), 4 charge id voided, 5 charge id
 -- already applied (a retry of a charge whose answer was lost: nothing taken twice), 6 not
--- enough here but replicas hold slices: they are recalled (ask again once they are back).
+-- enough here but replicas hold slices: they are recalled (ask again once they are back),
+-- 7 the API key's budget would pass its limit (nothing taken; the third value is its spend).
 -- warnings: +1 the balance crossed the threshold (above -> at or below), +2 it is
 -- exhausted (reached 0, or a charge was refused). Each is announced once, here where the
 -- balance before and after is seen atomically, until a top-up re-arms it (adjust.lua), so
 -- any number of replicas announce a crossing once.
+local budget_key, idem_key = nil, KEYS[5]
+if ARGV[8] and ARGV[8] ~= '' then
+  budget_key = KEYS[#KEYS]
+  if #KEYS < 6 then
+    idem_key = nil
+  end
+end
 local balance = redis.call('GET', KEYS[1])
 if not balance then
   return {3, 0, 0}
@@ -28,10 +38,16 @@ end
 if record then
   return {5, balance, 0}
 end
-if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+if idem_key and redis.call('EXISTS', idem_key) == 1 then
   return {1, balance, 0}
 end
 local cost = tonumber(ARGV[1])
+if budget_key and cost > 0 then
+  local spent = tonumber(redis.call('GET', budget_key) or '0')
+  if spent + cost > tonumber(ARGV[8]) then
+    return {7, balance, spent}
+  end
+end
 if balance < cost and redis.call('EXISTS', KEYS[4]) == 1 then
   -- Credits may sit in slices: expired ones come back now, live ones are recalled, and
   -- the call is refused only once none is out (docs/DESIGN.md §Leased credits).
@@ -49,10 +65,14 @@ if balance < cost then
 end
 local after = redis.call('DECRBY', KEYS[1], cost)
 redis.call('SET', KEYS[2], cost, 'PX', ARGV[3])
-if KEYS[5] then
+if budget_key then
+  redis.call('INCRBY', budget_key, cost)
+  redis.call('PEXPIRE', budget_key, ARGV[9])
+end
+if idem_key then
   -- Claimed in flight by this charge; the response is kept here once the call completes.
-  redis.call('HSET', KEYS[5], 'charge', ARGV[2], 'fp', ARGV[6])
-  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+  redis.call('HSET', idem_key, 'charge', ARGV[2], 'fp', ARGV[6])
+  redis.call('PEXPIRE', idem_key, ARGV[4])
 end
 local warnings = 0
 local threshold = tonumber(ARGV[5]) - (tonumber(ARGV[7]) or 0)

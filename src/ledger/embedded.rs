@@ -41,6 +41,9 @@ struct Book {
     idempotency: ExpiringMap<KeyEntry>,
     /// Adjustment op id → the amount it applied (retries of an adjustment).
     adjusted: ExpiringMap<i64>,
+    /// API key budget counter → credits spent (charge.lua's `kb` keys). Each lives
+    /// [`super::BUDGET_COUNTER_LIFE`] from its month's first charge, and is changed in place.
+    spent: ExpiringMap<i64>,
     /// Warnings announced and not yet re-armed by a top-up (charge.lua's `warn` hash; in
     /// memory only: a restart may announce a standing warning again).
     announced: Warnings,
@@ -96,6 +99,12 @@ impl EmbeddedLedger {
         for ((tenant, op_id), (amount, expires)) in ops {
             let book = books.entry(tenant).or_default();
             book.adjusted.insert(op_id, amount, expires);
+        }
+        let mut spent: Vec<_> = restored.spent.into_iter().collect();
+        spent.sort_by_key(|(_, (_, expires))| *expires);
+        for ((tenant, counter), (credits, expires)) in spent {
+            let book = books.entry(tenant).or_default();
+            book.spent.insert(counter, credits, expires);
         }
         let mut settled: Vec<_> = restored.settled.into_iter().collect();
         settled.sort_by_key(|(_, (_, expires))| *expires);
@@ -158,6 +167,31 @@ impl EmbeddedLedger {
         })
     }
 
+    /// Moves an API key's budget counter by `credits` (never below 0), journaled before
+    /// the balance it goes with: a crash between the two counts a charge the balance never
+    /// took (the key may spend less), never the other way round.
+    fn spend(&self, book: &mut Book, tenant: &str, counter: &str, credits: i64, now: u64) {
+        let spent = match book.spent.get_mut(counter, now) {
+            Some(spent) => {
+                *spent = (*spent + credits).max(0);
+                *spent
+            }
+            None => {
+                let spent = credits.max(0);
+                let expires = now + super::BUDGET_COUNTER_LIFE.as_millis() as u64;
+                book.spent.insert(counter.to_owned(), spent, expires);
+                spent
+            }
+        };
+        let expires = book.spent.expiry(counter).unwrap_or(now);
+        self.log(Record::Spent {
+            tenant: tenant.to_owned(),
+            counter: counter.to_owned(),
+            spent,
+            expires,
+        });
+    }
+
     fn with_book<T>(&self, tenant_id: &str, f: impl FnOnce(&mut Book, u64) -> T) -> T {
         let now = now_ms();
         // A poisoned lock means a panic mid-update elsewhere; each update below is a few
@@ -171,6 +205,7 @@ impl EmbeddedLedger {
         book.settled.expire(now);
         book.idempotency.expire(now);
         book.adjusted.expire(now);
+        book.spent.expire(now);
         f(book, now)
     }
 }
@@ -188,6 +223,12 @@ impl Ledger for EmbeddedLedger {
             let claim = charge.idempotency;
             if claim.is_some_and(|c| book.idempotency.get(c.key, now).is_some()) {
                 return ChargeOutcome::KeyTaken { balance };
+            }
+            if let Some(budget) = charge.budget {
+                let spent = book.spent.get(budget.counter, now).copied().unwrap_or(0);
+                if charge.cost > 0 && spent + charge.cost > budget.limit {
+                    return ChargeOutcome::OverBudget { balance, spent };
+                }
             }
             if balance < charge.cost {
                 let warnings = Warnings {
@@ -209,6 +250,9 @@ impl Ledger for EmbeddedLedger {
             book.announced.low |= warnings.low;
             book.announced.exhausted |= warnings.exhausted;
             let tenant = charge.tenant_id.to_owned();
+            if let Some(budget) = charge.budget {
+                self.spend(book, &tenant, budget.counter, charge.cost, now);
+            }
             if let Some(claim) = claim {
                 let entry = KeyEntry {
                     charge_id: charge.charge_id.to_owned(),
@@ -255,6 +299,9 @@ impl Ledger for EmbeddedLedger {
             let Some(cost) = settled.or(void.applied_cost) else {
                 return VoidOutcome::NotApplied;
             };
+            if let Some(counter) = void.budget {
+                self.spend(book, void.tenant_id, counter, -cost, now);
+            }
             let Some(balance) = book.balance else {
                 return VoidOutcome::NoBalance;
             };
@@ -289,6 +336,9 @@ impl Ledger for EmbeddedLedger {
                 .max(-settle.reserved);
             let charged = settle.reserved + extra;
             let after = balance - extra;
+            if let (Some(counter), true) = (settle.budget, extra != 0) {
+                self.spend(book, settle.tenant_id, counter, extra, now);
+            }
             book.balance = Some(after);
             let expires = now + self.charge_ttl_ms;
             book.settled

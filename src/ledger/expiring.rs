@@ -42,6 +42,11 @@ impl<V> ExpiringMap<V> {
             .map(|(value, _)| value)
     }
 
+    /// When `key` expires, if it is held.
+    pub fn expiry(&self, key: &str) -> Option<u64> {
+        self.entries.get(key).map(|(_, expires)| *expires)
+    }
+
     pub fn remove(&mut self, key: &str) {
         self.entries.remove(key);
     }

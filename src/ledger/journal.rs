@@ -64,6 +64,14 @@ pub enum Record {
         charged: i64,
         expires: u64,
     },
+    /// What an API key spent of its budget this month (docs/DESIGN.md §API keys): the
+    /// counter's value now.
+    Spent {
+        tenant: String,
+        counter: String,
+        spent: i64,
+        expires: u64,
+    },
 }
 
 enum Message {
@@ -93,6 +101,8 @@ pub struct Restored {
     pub adjusted: HashMap<(String, String), (i64, u64)>,
     /// (tenant, charge id) → (credits it took in the end, expiry in unix ms)
     pub settled: HashMap<(String, String), (i64, u64)>,
+    /// (tenant, budget counter) → (credits spent, expiry in unix ms)
+    pub spent: HashMap<(String, String), (i64, u64)>,
 }
 
 impl Restored {
@@ -132,6 +142,14 @@ impl Restored {
             } => {
                 self.settled.insert((tenant, charge_id), (charged, expires));
             }
+            Record::Spent {
+                tenant,
+                counter,
+                spent,
+                expires,
+            } => {
+                self.spent.insert((tenant, counter), (spent, expires));
+            }
         }
     }
 }
@@ -153,6 +171,7 @@ impl Journal {
             idempotency: state.idempotency.clone(),
             adjusted: state.adjusted.clone(),
             settled: state.settled.clone(),
+            spent: state.spent.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let path = path.to_owned();
@@ -236,6 +255,7 @@ fn write_loop(path: &Path, file: File, mut mirror: Restored, rx: mpsc::Receiver<
             mirror.idempotency.retain(|_, entry| entry.expires > now);
             mirror.adjusted.retain(|_, (_, expires)| *expires > now);
             mirror.settled.retain(|_, (_, expires)| *expires > now);
+            mirror.spent.retain(|_, (_, expires)| *expires > now);
             match compact(path, &mirror) {
                 Ok(file) => {
                     out = BufWriter::new(file);
@@ -272,6 +292,7 @@ pub fn read_state(path: &Path, now_ms: u64) -> std::io::Result<Restored> {
     state.idempotency.retain(|_, entry| entry.expires > now_ms);
     state.adjusted.retain(|_, (_, expires)| *expires > now_ms);
     state.settled.retain(|_, (_, expires)| *expires > now_ms);
+    state.spent.retain(|_, (_, expires)| *expires > now_ms);
     Ok(state)
 }
 
@@ -295,6 +316,15 @@ fn compact(path: &Path, state: &Restored) -> std::io::Result<File> {
                 tenant: tenant.clone(),
                 op_id: op_id.clone(),
                 amount: *amount,
+                expires: *expires,
+            };
+            out.write_all(format_record(&record).as_bytes())?;
+        }
+        for ((tenant, counter), (spent, expires)) in &state.spent {
+            let record = Record::Spent {
+                tenant: tenant.clone(),
+                counter: counter.clone(),
+                spent: *spent,
                 expires: *expires,
             };
             out.write_all(format_record(&record).as_bytes())?;
@@ -369,6 +399,12 @@ fn format_record(record: &Record) -> String {
             charged,
             expires,
         } => format!("S\t{tenant}\t{charge_id}\t{charged}\t{expires}\n"),
+        Record::Spent {
+            tenant,
+            counter,
+            spent,
+            expires,
+        } => format!("K\t{tenant}\t{counter}\t{spent}\t{expires}\n"),
     }
 }
 
@@ -408,6 +444,12 @@ fn parse(line: &str) -> Option<Record> {
             tenant: tenant.to_owned(),
             charge_id: charge_id.to_owned(),
             charged: charged.parse().ok()?,
+            expires: expires.parse().ok()?,
+        },
+        ["K", tenant, counter, spent, expires] => Record::Spent {
+            tenant: tenant.to_owned(),
+            counter: counter.to_owned(),
+            spent: spent.parse().ok()?,
             expires: expires.parse().ok()?,
         },
         ["F", tenant, key] => Record::Forget {

@@ -425,7 +425,8 @@ impl Slice {
 #[async_trait]
 impl Ledger for LeasedLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        if charge.fresh && charge.idempotency.is_none() {
+        // A key's claim and an API key's budget live in Redis: such charges go there.
+        if charge.fresh && charge.idempotency.is_none() && charge.budget.is_none() {
             if let Some((before, after, ask_low)) = self.take(charge) {
                 LEASED_CHARGES.inc();
                 let warnings = if ask_low || (after == 0 && before > 0) {

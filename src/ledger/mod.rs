@@ -42,7 +42,23 @@ pub struct Charge<'a> {
     /// A first try under a new id: it may be taken from a leased slice. A retry by id (a
     /// deferred charge) goes to the shared ledger, where an earlier try may have landed.
     pub fresh: bool,
+    /// The API key's monthly budget the charge also draws on, if any (docs/DESIGN.md
+    /// §API keys): checked and counted in the same atomic step as the balance.
+    pub budget: Option<Budget<'a>>,
 }
+
+/// A spending cap a charge counts against besides the balance: an API key's per month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget<'a> {
+    /// The counter: `<key>:<YYYY-MM>` (one per key and calendar month, UTC).
+    pub counter: &'a str,
+    /// The most the counter may reach.
+    pub limit: i64,
+}
+
+/// How long a budget counter outlives its last change: its month and then some, so a
+/// refund or settlement in the first days of the next month still finds it.
+pub const BUDGET_COUNTER_LIFE: std::time::Duration = std::time::Duration::from_secs(40 * 24 * 3600);
 
 /// The warnings (docs/DESIGN.md §Alerts) a ledger operation decided to announce: each fires once per
 /// crossing, decided atomically with the balance change, and is re-armed by a top-up.
@@ -82,6 +98,9 @@ pub enum ChargeOutcome {
     KeyTaken { balance: i64 },
     /// Not enough credits; nothing was taken.
     Insufficient { balance: i64, warnings: Warnings },
+    /// The charge would take the key's budget past its limit: nothing was taken. `spent`
+    /// is what the key spent this month.
+    OverBudget { balance: i64, spent: i64 },
     /// The ledger holds no balance for the tenant: hydrate it, then charge again.
     NoBalance,
     /// This charge id was voided: nothing was taken.
@@ -101,6 +120,9 @@ pub struct Void<'a> {
     /// The cost, when the caller saw the charge applied (a refund). `None` after a ledger
     /// timeout, when only the ledger knows whether the charge landed.
     pub applied_cost: Option<i64>,
+    /// The budget counter the charge counted against ([`Budget::counter`]): what is given
+    /// back is taken off it too.
+    pub budget: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +152,9 @@ pub struct Settle<'a> {
     pub cost: i64,
     /// The tenant's low-credit threshold: extra taken across it announces a warning.
     pub threshold: i64,
+    /// The budget counter the reserve counted against: it moves by what the settlement
+    /// moves (and may pass its limit by what a settled cost exceeded the reserve).
+    pub budget: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

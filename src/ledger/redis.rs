@@ -215,6 +215,9 @@ impl RedisLedger {
             if let Some(claim) = charge.idempotency {
                 invocation.key(key_key(tenant, claim.key));
             }
+            if let Some(budget) = charge.budget {
+                invocation.key(budget_key(tenant, budget.counter));
+            }
             invocation
                 .arg(charge.cost)
                 .arg(charge.charge_id)
@@ -222,12 +225,20 @@ impl RedisLedger {
                 .arg(self.idempotency_ttl_ms)
                 .arg(charge.threshold)
                 .arg(charge.idempotency.map_or("", |c| c.fingerprint))
-                .arg(own_slice);
+                .arg(own_slice)
+                .arg(
+                    charge
+                        .budget
+                        .map(|b| b.limit.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(super::BUDGET_COUNTER_LIFE.as_millis() as u64);
             let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-            let [code, balance, warnings] = values[..] else {
+            // The third value: the warnings' bits, or a refused key's spend (code 7).
+            let [code, balance, third] = values[..] else {
                 return Err(LedgerError::Reply(format!("{values:?}")));
             };
-            let warnings = Warnings::from_bits(warnings);
+            let warnings = Warnings::from_bits(third);
             Ok(Ok(match code {
                 0 => ChargeOutcome::Charged { balance, warnings },
                 1 => ChargeOutcome::KeyTaken { balance },
@@ -236,6 +247,10 @@ impl RedisLedger {
                 4 => ChargeOutcome::Void,
                 5 => ChargeOutcome::AlreadyCharged { balance },
                 6 => return Ok(Err(balance)),
+                7 => ChargeOutcome::OverBudget {
+                    balance,
+                    spent: third,
+                },
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
             }))
         })
@@ -256,7 +271,11 @@ impl RedisLedger {
             invocation
                 .key(format!("tg:{{{tenant}}}:bal"))
                 .key(format!("tg:{{{tenant}}}:ch:{}", settle.charge_id))
-                .key(format!("tg:{{{tenant}}}:warn"))
+                .key(format!("tg:{{{tenant}}}:warn"));
+            if let Some(counter) = settle.budget {
+                invocation.key(budget_key(tenant, counter));
+            }
+            invocation
                 .arg(settle.reserved)
                 .arg(settle.cost)
                 .arg(self.charge_ttl_ms)
@@ -400,6 +419,11 @@ fn key_key(tenant_id: &str, key: &str) -> String {
     format!("tg:{{{tenant_id}}}:idk:{key}")
 }
 
+/// An API key's budget counter (docs/DESIGN.md §API keys).
+fn budget_key(tenant_id: &str, counter: &str) -> String {
+    format!("tg:{{{tenant_id}}}:kb:{counter}")
+}
+
 /// One key for the whole deployment (not per tenant): replicas poll it.
 const CATALOG_VERSION_KEY: &str = "tg:catalog:version";
 
@@ -469,11 +493,15 @@ impl Ledger for RedisLedger {
             {
                 invocation.key(key);
             }
+            if let Some(counter) = void.budget {
+                invocation.key(budget_key(void.tenant_id, counter));
+            }
             let applied_cost = void.applied_cost.map(|c| c.to_string()).unwrap_or_default();
             invocation
                 .arg(void.charge_id)
                 .arg(self.charge_ttl_ms)
-                .arg(applied_cost);
+                .arg(applied_cost)
+                .arg(if void.budget.is_some() { "1" } else { "" });
             let (code, balance) = reply(invocation.invoke_async(&mut conn).await?)?;
             Ok(match code {
                 0 => VoidOutcome::Refunded { balance },

@@ -3,6 +3,7 @@
 -- KEYS[2] charge    tg:{tenant}:ch:{charge_id}   (the reserve while live, "=<credits>" once
 --                                               settled, "void" once voided)
 -- KEYS[3] warnings  tg:{tenant}:warn
+-- KEYS[4] budget    tg:{tenant}:kb:{counter}      (optional: the API key's spend this month)
 -- ARGV[1] the reserve the charge took (a charge from a leased slice leaves no record),
 -- ARGV[2] what the call cost (above the reserve only under `overage: allow`), ARGV[3] charge
 -- ttl ms, ARGV[4] the tenant's low-credit threshold, ARGV[5] credits the calling replica
@@ -37,6 +38,14 @@ elseif cost > reserved then
   end
 end
 redis.call('SET', KEYS[2], '=' .. charged, 'PX', ARGV[3])
+if KEYS[4] and charged ~= reserved and redis.call('EXISTS', KEYS[4]) == 1 then
+  -- The key's spend moves with the balance: less back, extra on (past its limit, if a
+  -- settled cost went beyond the reserve).
+  local spent = redis.call('INCRBY', KEYS[4], charged - reserved)
+  if spent < 0 then
+    redis.call('INCRBY', KEYS[4], -spent)
+  end
+end
 local warnings = 0
 if after < balance then
   local own = tonumber(ARGV[5]) or 0

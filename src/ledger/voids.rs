@@ -33,6 +33,9 @@ pub struct PendingVoid {
     /// Unix ms of the first ledger try that may have landed (the charge, or the first
     /// refund): the records this void relies on live `ledger.charge_ttl_secs` from then.
     pub since_ms: i64,
+    /// The API key budget counter the charge counted against, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
 }
 
 impl PendingVoid {
@@ -42,6 +45,7 @@ impl PendingVoid {
             charge_id: &self.charge_id,
             idempotency_key: self.idempotency_key.as_deref(),
             applied_cost: self.applied_cost,
+            budget: self.budget.as_deref(),
         }
     }
 }
@@ -190,6 +194,7 @@ mod tests {
             applied_cost: Some(5),
             cost: 5,
             since_ms: crate::ledger::unix_ms(),
+            budget: None,
         }
     }
 

@@ -35,7 +35,7 @@ use crate::deferred::settles::SettleQueue;
 use crate::deferred::{DeferredQueue, Reservation};
 use crate::hydration::Hydrator;
 use crate::idempotency::{head_fingerprint, KeyClaim};
-use crate::ledger::{Charge, ChargeOutcome, Ledger, VoidQueue};
+use crate::ledger::{Budget, Charge, ChargeOutcome, Ledger, VoidQueue};
 use crate::metrics::{Outcome, REQUEST_DURATION, UNROUTED};
 use crate::routing::RouteMatch;
 use crate::usage::UsageSink;
@@ -96,6 +96,8 @@ pub struct RequestCtx {
     claims: Option<Arc<Claims>>,
     /// The API key the call was made with, if it was (docs/DESIGN.md §API keys).
     api_key: Option<Arc<ApiKey>>,
+    /// The key's budget counter this call's charge counted against (docs/DESIGN.md §API keys).
+    budget: Option<String>,
     /// The plan whose price this call pays; `None`: the endpoint's own price.
     price_plan: Option<Arc<str>>,
     /// What the endpoint's shadow price would charge, when it has one.
@@ -173,6 +175,7 @@ impl ProxyHttp for Gateway {
             route: None,
             claims: None,
             api_key: None,
+            budget: None,
             price_plan: None,
             shadow: None,
             idempotency_key: None,
@@ -258,7 +261,15 @@ impl ProxyHttp for Gateway {
             }
             _ => String::new(),
         };
+        let budget = api_key.as_ref().and_then(|key| {
+            let limit = key.budget?;
+            Some((key.budget_counter(crate::store::now_ms()), limit))
+        });
         let charge = Charge {
+            budget: budget.as_ref().map(|(counter, limit)| Budget {
+                counter,
+                limit: *limit,
+            }),
             tenant_id,
             cost,
             charge_id: &ctx.request_id,
@@ -273,8 +284,9 @@ impl ProxyHttp for Gateway {
             Ok(ChargeOutcome::Charged { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 if let Some(terms) = settled {
-                    let settling =
+                    let mut settling =
                         settle::Settling::new(terms, cost, threshold, self.settle_body_max);
+                    settling.budget = budget.as_ref().map(|(counter, _)| counter.clone());
                     ctx.settling = Some(Box::new(settling));
                 }
                 Charged::now(cost, balance).settling(ctx.settling.is_some())
@@ -287,6 +299,14 @@ impl ProxyHttp for Gateway {
             }
             // Not for a fresh request id; counted as pending like a charge, so treated as one.
             Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
+            Ok(ChargeOutcome::OverBudget { spent, .. }) => {
+                let (key, limit) = match (&api_key, &budget) {
+                    (Some(key), Some((_, limit))) => (key.id.as_str(), *limit),
+                    _ => ("", 0),
+                };
+                let problem = Problem::over_budget(key, limit, spent, cost);
+                return refuse(session, ctx, &problem).await;
+            }
             Ok(ChargeOutcome::Insufficient { balance, warnings }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
                 let problem = Problem::insufficient_credits(tenant_id, cost, balance);
@@ -313,6 +333,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.claims = Some(claims);
         ctx.api_key = api_key;
+        ctx.budget = budget.map(|(counter, _)| counter);
         ctx.keyed = key.is_some().then(|| Box::new(Keyed::default()));
         ctx.idempotency_key = key;
         ctx.charge = Some(charged);

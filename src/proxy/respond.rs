@@ -25,6 +25,25 @@ impl Problem {
             .header("x-credits-remaining", balance)
     }
 
+    /// Step 3's `402` for an API key past its monthly budget: the tenant's other keys go
+    /// on (docs/DESIGN.md §API keys).
+    pub fn over_budget(key_id: &str, budget: i64, spent: i64, cost: i64) -> Self {
+        let detail = format!(
+            "this API key's monthly budget is {budget} credits, {spent} are spent, and this call costs {cost}"
+        );
+        Problem::new(
+            402,
+            "key-budget-exhausted",
+            "API key budget exhausted",
+            detail,
+        )
+        .with("key_id", key_id)
+        .with("budget", budget)
+        .with("spent", spent)
+        .with("cost", cost)
+        .header("x-credits-cost", cost)
+    }
+
     /// Step 3's `503`: the ledger did not answer in time (fail closed).
     pub fn ledger_unavailable() -> Self {
         Problem::new(

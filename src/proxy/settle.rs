@@ -25,6 +25,8 @@ pub(super) struct Settling {
     /// What the charge took.
     pub(super) reserved: i64,
     pub(super) threshold: i64,
+    /// The API key budget counter the reserve counted against, if any.
+    pub(super) budget: Option<String>,
     /// Largest JSON body (and server-sent event) kept to read the cost from.
     cap: usize,
     status: u16,
@@ -57,6 +59,7 @@ impl Settling {
             terms,
             reserved,
             threshold,
+            budget: None,
             cap,
             status: 0,
             header: None,
@@ -255,6 +258,7 @@ impl Gateway {
             reserved: settling.reserved,
             cost: reckoning.cost,
             threshold: settling.threshold,
+            budget: settling.budget.clone(),
             since_ms: crate::store::now_ms(),
             event,
         };
@@ -313,6 +317,7 @@ impl Gateway {
             reserved: settling.reserved,
             cost: settling.reserved,
             threshold: settling.threshold,
+            budget: settling.budget.clone(),
             since_ms: crate::store::now_ms(),
             event,
         });

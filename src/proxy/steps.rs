@@ -367,7 +367,8 @@ impl Gateway {
         charge: &Charge<'_>,
     ) -> Option<Reservation> {
         let route = route.filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)?;
-        if charge.idempotency.is_some() {
+        // Only the ledger can tell whether a key was used, or a budget has room.
+        if charge.idempotency.is_some() || charge.budget.is_some() {
             return None;
         }
         let reservation = self.deferred.defer(DeferredCharge {
@@ -396,6 +397,7 @@ impl Gateway {
             applied_cost: None,
             cost: charge.cost,
             since_ms: crate::store::now_ms(),
+            budget: charge.budget.map(|b| b.counter.to_owned()),
         });
     }
 
@@ -419,6 +421,7 @@ impl Gateway {
             charge_id: &ctx.request_id,
             idempotency_key: ctx.idempotency_key.as_deref(),
             applied_cost: Some(charged.cost),
+            budget: ctx.budget.as_deref(),
         };
         match self.ledger.void(&void).await {
             Ok(VoidOutcome::Refunded { balance }) => charged.balance = Some(balance),
@@ -437,6 +440,7 @@ impl Gateway {
                     applied_cost: Some(charged.cost),
                     cost: charged.cost,
                     since_ms: crate::store::now_ms(),
+                    budget: ctx.budget.clone(),
                 });
             }
         }
