@@ -139,12 +139,16 @@ impl FromRequestParts<AdminState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Problem> {
         let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        let claims = state.verifier.verify_header(header).map_err(|e| {
+        let verified = state.verifier.verify_header_refreshing(header).await;
+        let claims = verified.map_err(|e| {
             Problem::unauthorized(match e {
                 AuthError::Missing => "missing bearer token".to_owned(),
                 AuthError::Malformed => "malformed Authorization header".to_owned(),
                 AuthError::Invalid(why) => format!("invalid token: {why}"),
                 AuthError::Key(_) => "invalid token".to_owned(),
+                AuthError::UnknownKid => {
+                    "invalid token: the identity provider publishes no key with this kid".to_owned()
+                }
             })
         })?;
         let user = crate::records::user(&*state.docs, &claims.sub).await?;

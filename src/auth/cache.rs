@@ -13,25 +13,31 @@ use std::sync::{Arc, Mutex};
 /// once, which costs one verification per active token and never grows memory.
 pub const CAPACITY: usize = 10_000;
 
+/// A token's claims and the key-set generation it was verified under.
+type Verified = (Arc<Claims>, u64);
+
 #[derive(Default)]
 pub struct VerifiedTokens {
-    map: Mutex<HashMap<Box<str>, Arc<Claims>>>,
+    /// Token → its claims and the identity provider's key-set generation it was verified
+    /// under: a token verified before the set changed (a key retired) is verified again.
+    map: Mutex<HashMap<Box<str>, Verified>>,
 }
 
 impl VerifiedTokens {
-    pub fn get(&self, token: &str) -> Option<Arc<Claims>> {
+    pub fn get(&self, token: &str, generation: u64) -> Option<Arc<Claims>> {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
-            .cloned()
+            .filter(|(_, seen)| *seen == generation)
+            .map(|(claims, _)| Arc::clone(claims))
     }
 
-    pub fn insert(&self, token: &str, claims: &Arc<Claims>) {
+    pub fn insert(&self, token: &str, claims: &Arc<Claims>, generation: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CAPACITY {
             map.clear();
         }
-        map.insert(token.into(), Arc::clone(claims));
+        map.insert(token.into(), (Arc::clone(claims), generation));
     }
 }

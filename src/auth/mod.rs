@@ -2,12 +2,15 @@
 //!
 //! The accepted algorithm is pinned by configuration; `alg: none` does not parse and any
 //! other algorithm is refused, so algorithm confusion (an HS256 token signed with an RSA
-//! public key) cannot pass. `exp`, `sub`, `tenant_id` and `role` are required.
+//! public key) cannot pass. `exp`, `sub`, `tenant_id` and `role` are required. A token whose
+//! header names a `kid` is an identity provider's, verified with its JWKS keys ([`jwks`]),
+//! each pinned to its own algorithm, its identity read from the configured claims.
 
 mod cache;
+pub mod jwks;
 pub mod keys;
 
-use crate::config::{AuthConfig, JwtAlgorithm};
+use crate::config::{AuthConfig, ClaimsConfig, JwtAlgorithm};
 use crate::vocab::is_valid_tenant_id;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -60,6 +63,10 @@ pub enum AuthError {
     Invalid(String),
     #[error("key error: {0}")]
     Key(String),
+    /// The token names a `kid` the identity provider's key set lacks (yet): see
+    /// [`Verifier::verify_header_refreshing`].
+    #[error("unknown signing key (kid)")]
+    UnknownKid,
 }
 
 /// Verifies tokens with the configured key; built once, shared by every worker.
@@ -68,6 +75,11 @@ pub struct Verifier {
     validation: Validation,
     /// Tokens verified before, for every algorithm (see `cache`).
     verified: cache::VerifiedTokens,
+    /// The identity provider's keys, when `auth.jwks_url` is set.
+    jwks: Option<Arc<jwks::Jwks>>,
+    /// Checks for an identity provider's token (its algorithm set per key).
+    jwks_validation: Validation,
+    claims: ClaimsConfig,
 }
 
 impl Verifier {
@@ -89,11 +101,40 @@ impl Verifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
+        let mut jwks_validation = validation.clone();
+        jwks_validation.set_required_spec_claims(&["exp"]);
+        let jwks = match &config.jwks_url {
+            Some(url) => Some(Arc::new(
+                jwks::Jwks::new(url, &config.jwks).map_err(AuthError::Key)?,
+            )),
+            None => None,
+        };
         Ok(Verifier {
             key,
             validation,
             verified: cache::VerifiedTokens::default(),
+            jwks,
+            jwks_validation,
+            claims: config.claims.clone(),
         })
+    }
+
+    /// [`Self::verify_header`]; a token naming a `kid` the identity provider's set lacks
+    /// fetches the set first (at most once per `auth.jwks.min_refetch_secs`) and is tried
+    /// again: a key just published is accepted on its first use.
+    pub async fn verify_header_refreshing(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<Arc<Claims>, AuthError> {
+        match self.verify_header(header) {
+            Err(AuthError::UnknownKid) => {
+                if let Some(jwks) = &self.jwks {
+                    jwks.refresh_for_unknown_kid().await;
+                }
+                self.verify_header(header)
+            }
+            other => other,
+        }
     }
 
     /// Verifies the value of an `Authorization` header.
@@ -115,13 +156,24 @@ impl Verifier {
 
     /// `verify` with the clock as a parameter, for the cached path's time checks.
     fn verify_at(&self, token: &str, now: u64) -> Result<Arc<Claims>, AuthError> {
-        if let Some(claims) = self.verified.get(token) {
+        // A provider's set due a refresh starts one; a stale one serves no token from the
+        // cache (each is verified again, and a provider's token refused).
+        let usable = self.jwks.as_ref().is_none_or(|j| j.tick(now as i64 * 1000));
+        let generation = self.jwks.as_ref().map_or(0, |j| j.generation());
+        if let Some(claims) = self.verified.get(token, generation).filter(|_| usable) {
             self.check_times(&claims, now)?;
             return Ok(claims);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
+        let claims = match (&self.jwks, named_kid(token)) {
+            (Some(jwks), Some((kid, alg))) => {
+                self.verify_with_provider(jwks, token, &kid, alg, now)?
+            }
+            _ => {
+                jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?
+                    .claims
+            }
+        };
         if !is_valid_tenant_id(&claims.tenant_id) {
             return Err(AuthError::Invalid("malformed tenant_id".into()));
         }
@@ -129,8 +181,43 @@ impl Verifier {
             return Err(AuthError::Invalid("malformed sub".into()));
         }
         let claims = Arc::new(claims);
-        self.verified.insert(token, &claims);
+        self.verified.insert(token, &claims, generation);
         Ok(claims)
+    }
+
+    /// An identity provider's token: the key its `kid` names, only with that key's
+    /// algorithm; the identity from the configured claims.
+    fn verify_with_provider(
+        &self,
+        jwks: &Arc<jwks::Jwks>,
+        token: &str,
+        kid: &str,
+        alg: Algorithm,
+        now: u64,
+    ) -> Result<Claims, AuthError> {
+        let key = jwks
+            .key(kid, (now as i64).saturating_mul(1000))
+            .map_err(|e| match e {
+                jwks::Lookup::Unknown => AuthError::UnknownKid,
+                jwks::Lookup::Stale => AuthError::Invalid(
+                    "the identity provider's keys are stale (it has not answered)".into(),
+                ),
+            })?;
+        if alg != key.algorithm {
+            return Err(AuthError::Invalid(format!(
+                "this key signs {:?} only",
+                key.algorithm
+            )));
+        }
+        let mut validation = self.jwks_validation.clone();
+        validation.algorithms = vec![key.algorithm];
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key.key,
+            &validation,
+        )
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        mapped(&data.claims, &self.claims)
     }
 
     /// The time checks `jsonwebtoken` makes, for a token whose signature was verified before.
@@ -147,6 +234,48 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The `kid` and `alg` of a token's header, when it names a `kid`.
+fn named_kid(token: &str) -> Option<(String, Algorithm)> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    Some((header.kid?, header.alg))
+}
+
+/// An identity provider's claims read by the configured names: a string tenant and
+/// subject, a role of `user` (also when absent) or `admin`, the standard times.
+fn mapped(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    names: &ClaimsConfig,
+) -> Result<Claims, AuthError> {
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| AuthError::Invalid(format!("missing string claim `{name}`")))
+    };
+    let role = match claims.get(&names.role).map(|v| v.as_str()) {
+        None | Some(Some("user")) => Role::User,
+        Some(Some("admin")) => Role::Admin,
+        Some(_) => {
+            return Err(AuthError::Invalid(format!(
+                "claim `{}` is not user or admin",
+                names.role
+            )))
+        }
+    };
+    let seconds = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
+    Ok(Claims {
+        sub: text(&names.sub)?,
+        tenant_id: text(&names.tenant_id)?,
+        role,
+        exp: seconds("exp").ok_or_else(|| AuthError::Invalid("missing `exp`".into()))?,
+        iat: claims.get("iat").and_then(serde_json::Value::as_f64),
+        nbf: seconds("nbf"),
+        iss: None,
+        aud: None,
+    })
 }
 
 fn now_secs() -> u64 {

@@ -150,6 +150,57 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// An identity provider's JWKS document (`https://.../.well-known/jwks.json`): tokens
+    /// whose header names a `kid` are verified with its keys (docs/DESIGN.md §Identity
+    /// providers); tokens without one with the key above (those `/auth/login` issues).
+    pub jwks_url: Option<String>,
+    /// How the JWKS document is kept.
+    pub jwks: JwksConfig,
+    /// Which claims of a token carry its identity.
+    pub claims: ClaimsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwksConfig {
+    /// The set is fetched again once this old.
+    pub refresh_secs: u64,
+    /// Fetches for unknown `kid`s (and retries after a failure) at most this often.
+    pub min_refetch_secs: u64,
+    /// Stale-if-error: while the provider fails, the last good set serves this long after
+    /// its fetch; then tokens with a `kid` are refused until a fetch works.
+    pub max_stale_secs: u64,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        JwksConfig {
+            refresh_secs: 300,
+            min_refetch_secs: 10,
+            max_stale_secs: 24 * 3600,
+        }
+    }
+}
+
+/// The names of the claims a token's identity is read from (identity providers rarely
+/// call the tenant `tenant_id`: `org_id`, `https://example.com/tenant`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimsConfig {
+    pub tenant_id: String,
+    /// `user` or `admin`; a token without it is a `user`'s.
+    pub role: String,
+    pub sub: String,
+}
+
+impl Default for ClaimsConfig {
+    fn default() -> Self {
+        ClaimsConfig {
+            tenant_id: "tenant_id".into(),
+            role: "role".into(),
+            sub: "sub".into(),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -162,6 +213,9 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway_secs: 30,
+            jwks_url: None,
+            jwks: JwksConfig::default(),
+            claims: ClaimsConfig::default(),
         }
     }
 }
@@ -568,6 +622,40 @@ impl Config {
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.auth.jwks_url {
+            let parsed = url.parse::<http::Uri>().ok();
+            let web = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !web {
+                return Err(ConfigError::invalid(
+                    "auth.jwks_url",
+                    "an http:// or https:// URL",
+                ));
+            }
+        }
+        let jwks = &self.auth.jwks;
+        if jwks.refresh_secs == 0 {
+            return Err(ConfigError::invalid(
+                "auth.jwks.refresh_secs",
+                "must be above 0",
+            ));
+        }
+        if jwks.max_stale_secs < jwks.refresh_secs {
+            return Err(ConfigError::invalid(
+                "auth.jwks.max_stale_secs",
+                "at least auth.jwks.refresh_secs",
+            ));
+        }
+        for (key, name) in [
+            ("auth.claims.tenant_id", &self.auth.claims.tenant_id),
+            ("auth.claims.role", &self.auth.claims.role),
+            ("auth.claims.sub", &self.auth.claims.sub),
+        ] {
+            if name.is_empty() || name.len() > 256 {
+                return Err(ConfigError::invalid(key, "a claim name of 1 to 256 bytes"));
+            }
+        }
         match self.auth.algorithm {
             JwtAlgorithm::HS256 => {
                 if self.is_distributed() && self.auth.secret == DEMO_JWT_SECRET {

@@ -210,6 +210,7 @@ impl ProxyHttp for Gateway {
         }
         let checked = self
             .authenticate(session, &route.service.name)
+            .await
             .and_then(|caller| Ok((caller, steps::idempotency_key(session)?)));
         let (caller, key) = match checked {
             Ok(checked) => checked,

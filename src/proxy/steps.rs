@@ -165,7 +165,7 @@ impl Gateway {
 
     /// Step 2: verify the credential (a JWT, or an API key: docs/DESIGN.md §API keys) and
     /// the tenant it names; a key must also be allowed on `service`.
-    pub(super) fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         session: &Session,
         service: &str,
@@ -185,7 +185,7 @@ impl Gateway {
                 let key = self.api_key(presented, service)?;
                 (Arc::clone(&key.claims), Some(key))
             }
-            None => (self.verify_token(authorization)?, None),
+            None => (self.verify_token(authorization).await?, None),
         };
         let (threshold, plan) = match self.catalog.tenants().get(&claims.tenant_id) {
             Some(t) if t.status == TenantStatus::Active => (t.low_credit_threshold, t.plan.clone()),
@@ -221,11 +221,12 @@ impl Gateway {
     }
 
     /// A JWT from `Authorization: Bearer`, not voided by a change of its user since.
-    fn verify_token(
+    async fn verify_token(
         &self,
         authorization: Option<&[u8]>,
     ) -> std::result::Result<Arc<Claims>, Box<Problem>> {
-        let claims = self.verifier.verify_header(authorization).map_err(|e| {
+        let verified = self.verifier.verify_header_refreshing(authorization).await;
+        let claims = verified.map_err(|e| {
             let detail = match &e {
                 AuthError::Missing => {
                     "missing credential: send `Authorization: Bearer <JWT or API key>` or `X-Api-Key`"
@@ -234,6 +235,10 @@ impl Gateway {
                 AuthError::Malformed => "expected `Authorization: Bearer <JWT>`".to_owned(),
                 AuthError::Invalid(why) => format!("invalid token: {why}"),
                 AuthError::Key(_) => "invalid token".to_owned(),
+                AuthError::UnknownKid => {
+                    "invalid token: the identity provider publishes no key with this kid"
+                        .to_owned()
+                }
             };
             Box::new(Problem::unauthorized(detail))
         })?;

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod gate;
+pub mod jwks;
 pub mod llm;
 pub mod mqtt;
 pub mod raw;
@@ -310,9 +311,18 @@ impl Gateway {
         } else {
             "scheduler:\n  enabled: false\n"
         };
-        let config = format!(
-            "{grace}{scheduler}threads: 2\nreconcile_interval_secs: 0\nauth:\n  secret: {SECRET}\n{yaml}"
-        );
+        // The tests' tokens are signed with SECRET: an `auth` section of the test's own
+        // gets it too.
+        let (auth, yaml) = if yaml.starts_with("auth:\n") {
+            (
+                "",
+                yaml.replacen("auth:\n", &format!("auth:\n  secret: {SECRET}\n"), 1),
+            )
+        } else {
+            ("auth:\n  secret: ", format!("{SECRET}\n{yaml}"))
+        };
+        let config =
+            format!("{grace}{scheduler}threads: 2\nreconcile_interval_secs: 0\n{auth}{yaml}");
         std::fs::write(dir.join("tollgate.yaml"), config).unwrap();
         let mut gateway = Gateway {
             port: 0,
