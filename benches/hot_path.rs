@@ -126,6 +126,7 @@ fn api_keys(c: &mut Criterion) {
                 created_by: "u1".into(),
                 rolled_from: None,
                 budget_id: None,
+                limits: Default::default(),
             }
         })
         .collect();
@@ -168,6 +169,7 @@ fn ledger(c: &mut Criterion) {
                 threshold: 100,
                 fresh: true,
                 budget: None,
+                limits: &[],
             };
             runtime.block_on(ledger.charge(black_box(&charge)))
         })

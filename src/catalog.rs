@@ -138,8 +138,18 @@ async fn read(store: &dyn Store, docs: &dyn Documents) -> Result<Read, StoreErro
             Err(e) => tracing::error!(error = %e, "stored service skipped"),
         }
     }
-    let tenants = TenantDirectory::from_records(&store.tenants().await?);
-    let prices = PlanPrices::from_docs(&docs.docs(Kind::Plans, None).await?);
+    let plans = docs.docs(Kind::Plans, None).await?;
+    let prices = PlanPrices::from_docs(&plans);
+    // A plan's limits are its `rate_limit` and `max_concurrent` fields.
+    let plan_limits = plans
+        .iter()
+        .filter_map(|plan| {
+            let id = plan.get("id")?.as_str()?.to_owned();
+            let limits = serde_json::from_value(serde_json::Value::Object(plan.clone())).ok()?;
+            Some((id, limits))
+        })
+        .collect();
+    let tenants = TenantDirectory::from_records(&store.tenants().await?, &plan_limits);
     // A change older than the longest token life has outlived every token it voids.
     // Users changed (disabled, demoted, moved) at or after `since`: the tokens they hold
     // from before the change are void (`users` documents' `tokens_valid_after_ms`).

@@ -107,10 +107,12 @@ pub enum Outcome {
     NoCredits,
     LedgerUnavailable,
     UpstreamError,
+    /// Refused by a request-rate or concurrency limit (`429`).
+    RateLimited,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::Replayed,
         Outcome::BadRequest,
@@ -120,6 +122,7 @@ impl Outcome {
         Outcome::NoCredits,
         Outcome::LedgerUnavailable,
         Outcome::UpstreamError,
+        Outcome::RateLimited,
     ];
 
     /// The outcome of a response the gateway wrote itself.
@@ -129,6 +132,7 @@ impl Outcome {
             402 => Outcome::NoCredits,
             403 => Outcome::Forbidden,
             404 => Outcome::NotFound,
+            429 => Outcome::RateLimited,
             503 => Outcome::LedgerUnavailable,
             502 | 504 => Outcome::UpstreamError,
             _ => Outcome::BadRequest,
@@ -139,6 +143,7 @@ impl Outcome {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Replayed => "replayed",
+            Outcome::RateLimited => "rate_limited",
             Outcome::BadRequest => "bad_request",
             Outcome::NotFound => "not_found",
             Outcome::Unauthorized => "unauthorized",

@@ -3,7 +3,7 @@
 
 use crate::config::TenantConfig;
 use crate::store::TenantRecord;
-use crate::vocab::{TenantStatus, DEFAULT_LOW_CREDIT_THRESHOLD};
+use crate::vocab::{Limits, TenantStatus, DEFAULT_LOW_CREDIT_THRESHOLD};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -15,6 +15,8 @@ pub struct Tenant {
     pub low_credit_threshold: i64,
     /// The plan whose prices the tenant pays (docs/DESIGN.md §Pricing), if any.
     pub plan: Option<Arc<str>>,
+    /// Its rate and concurrency limits: its own, else its plan's (docs/DESIGN.md §Limits).
+    pub limits: Limits,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,7 @@ impl TenantDirectory {
                     status: t.status.clone(),
                     low_credit_threshold: DEFAULT_LOW_CREDIT_THRESHOLD,
                     plan: None,
+                    limits: Limits::default(),
                 };
                 (t.id.clone(), tenant)
             })
@@ -40,16 +43,23 @@ impl TenantDirectory {
         TenantDirectory { tenants }
     }
 
-    pub fn from_records(records: &[TenantRecord]) -> TenantDirectory {
+    /// The stored tenants, each with its limits resolved against its plan's (`plans`: plan
+    /// id → the limits the plan sets).
+    pub fn from_records(
+        records: &[TenantRecord],
+        plans: &HashMap<String, Limits>,
+    ) -> TenantDirectory {
         let tenants = records
             .iter()
             .map(|t| {
+                let plan = t.plan_id.as_ref().and_then(|p| plans.get(p));
                 let tenant = Tenant {
                     id: t.id.clone(),
                     name: t.name.clone(),
                     status: t.status.clone(),
                     low_credit_threshold: t.low_credit_threshold,
                     plan: t.plan_id.as_deref().map(Arc::from),
+                    limits: t.limits.or(plan.copied().unwrap_or_default()),
                 };
                 (t.id.clone(), tenant)
             })

@@ -42,6 +42,59 @@ pub fn is_valid_service_name(name: &str) -> bool {
         && name != ".."
 }
 
+// ---- limits ----
+
+/// A request-rate limit (docs/DESIGN.md §Limits): `requests_per_second` sustained, up to
+/// `burst` at once (GCRA: a call may come `1 / requests_per_second` after the last, or up
+/// to `burst` at a time after a quiet spell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+/// The highest `requests_per_second`, `burst` and `max_concurrent` accepted.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
+impl RateLimit {
+    /// Both within `1..=MAX_LIMIT`.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !(1..=MAX_LIMIT).contains(&self.requests_per_second) {
+            return Err("requests_per_second: 1 to 1000000");
+        }
+        if !(1..=MAX_LIMIT).contains(&self.burst) {
+            return Err("burst: 1 to 1000000");
+        }
+        Ok(())
+    }
+}
+
+/// The limits a tenant's plan, the tenant itself or an API key sets; each absent one is
+/// no limit (a tenant's own override its plan's, one by one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Calls in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+impl Limits {
+    /// Each limit of `self`, or else `fallback`'s.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            rate_limit: self.rate_limit.or(fallback.rate_limit),
+            max_concurrent: self.max_concurrent.or(fallback.max_concurrent),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rate_limit.is_none() && self.max_concurrent.is_none()
+    }
+}
+
 // ---- usage ----
 
 /// The usage log document of docs/DESIGN.md §Data model.

@@ -9,8 +9,10 @@ use tollgate::config::LedgerConfig;
 use tollgate::idempotency::{KeyClaim, KeyRecord};
 use tollgate::ledger::{
     AdjustOutcome, Adjustment, Budget, Change, Charge, ChargeOutcome, Coordination, EmbeddedLedger,
-    Ledger, RedisLedger, Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    Ledger, Limiter, RedisLedger, Release, Settle, SettleOutcome, Void, VoidOutcome, Warnings,
+    MAX_BALANCE,
 };
+use tollgate::vocab::RateLimit;
 
 const NONE: Warnings = Warnings::NONE;
 const EXHAUSTED: Warnings = Warnings {
@@ -30,6 +32,7 @@ fn charge<'a>(tenant: &'a str, id: &'a str, cost: i64, key: Option<&'a str>) -> 
         threshold: -1,
         fresh: true,
         budget: None,
+        limits: &[],
     }
 }
 
@@ -64,7 +67,8 @@ async fn contract(l: &dyn Ledger) {
         l.charge(&charge("t", "c1", 7, None)).await.unwrap(),
         ChargeOutcome::Charged {
             balance: 3,
-            warnings: NONE
+            warnings: NONE,
+            rate: None,
         }
     );
     assert_eq!(
@@ -104,7 +108,8 @@ async fn contract(l: &dyn Ledger) {
         l.charge(&charge("t", "a", 2, Some("k"))).await.unwrap(),
         ChargeOutcome::Charged {
             balance: 8,
-            warnings: NONE
+            warnings: NONE,
+            rate: None,
         }
     );
     assert_eq!(
@@ -138,7 +143,8 @@ async fn contract(l: &dyn Ledger) {
         l.charge(&charge("u", "a2", 2, Some("k"))).await.unwrap(),
         ChargeOutcome::Charged {
             balance: 3,
-            warnings: NONE
+            warnings: NONE,
+            rate: None,
         }
     );
     l.void(&void("t", "a", Some(2), Some("k"))).await.unwrap();
@@ -146,7 +152,8 @@ async fn contract(l: &dyn Ledger) {
         l.charge(&charge("t", "c", 2, Some("k"))).await.unwrap(),
         ChargeOutcome::Charged {
             balance: 8,
-            warnings: NONE
+            warnings: NONE,
+            rate: None,
         }
     );
 }
@@ -159,6 +166,7 @@ async fn embedded_ledger_keeps_the_contract() {
     warnings(&ledger).await;
     settlements(&ledger).await;
     budgets(&ledger).await;
+    limits(&ledger).await;
 }
 
 /// A charge drawing on an API key's monthly budget `counter` of `limit`.
@@ -177,6 +185,7 @@ async fn budgets(l: &dyn Ledger) {
     let charged = |balance| ChargeOutcome::Charged {
         balance,
         warnings: NONE,
+        rate: None,
     };
     assert_eq!(
         l.charge(&budgeted("b1", 30, "a:2026-12", 50))
@@ -269,6 +278,97 @@ async fn budgets(l: &dyn Ledger) {
     ));
 }
 
+/// Rate and concurrency limits (docs/DESIGN.md §Limits): a limited charge takes nothing
+/// and counts against no limit; only charged calls use the rate; a place in flight comes
+/// back when released; each scope is limited apart.
+async fn limits(l: &dyn Ledger) {
+    l.seed("lim", 100).await.unwrap();
+    let rate = Limiter {
+        scope: "t",
+        rate: Some(RateLimit {
+            requests_per_second: 1,
+            burst: 2,
+        }),
+        max_concurrent: None,
+    };
+    let one_at_a_time = Limiter {
+        scope: "k:one",
+        rate: None,
+        max_concurrent: Some(1),
+    };
+    let limited = |id, cost, limits| Charge {
+        limits,
+        ..charge("lim", id, cost, None)
+    };
+    let by_rate = [rate];
+    let first = l.charge(&limited("r1", 1, &by_rate)).await.unwrap();
+    let ChargeOutcome::Charged {
+        balance: 99,
+        rate: Some(state),
+        ..
+    } = first
+    else {
+        panic!("{first:?}");
+    };
+    assert_eq!((state.limiter, state.remaining), (0, 1));
+    // Refused for credits: not counted against the rate.
+    assert!(matches!(
+        l.charge(&limited("r2", 1000, &by_rate)).await.unwrap(),
+        ChargeOutcome::Insufficient { .. }
+    ));
+    let second = l.charge(&limited("r3", 1, &by_rate)).await.unwrap();
+    assert!(
+        matches!(second, ChargeOutcome::Charged { balance: 98, rate: Some(s), .. } if s.remaining == 0),
+        "{second:?}"
+    );
+    let third = l.charge(&limited("r4", 1, &by_rate)).await.unwrap();
+    let ChargeOutcome::Limited {
+        limiter: 0,
+        concurrency: false,
+        retry_after_ms,
+    } = third
+    else {
+        panic!("{third:?}");
+    };
+    assert!((1..=1000).contains(&retry_after_ms), "{retry_after_ms}");
+    assert_eq!(l.balance("lim").await.unwrap(), Some(98), "nothing taken");
+
+    // One call in flight under the key's limit; the tenant's rate is another scope's.
+    let by_key = [one_at_a_time];
+    assert!(matches!(
+        l.charge(&limited("c1", 1, &by_key)).await.unwrap(),
+        ChargeOutcome::Charged { balance: 97, .. }
+    ));
+    let both = [rate, one_at_a_time];
+    assert!(matches!(
+        l.charge(&limited("c2", 1, &both)).await.unwrap(),
+        ChargeOutcome::Limited {
+            limiter: 0,
+            concurrency: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        l.charge(&limited("c3", 1, &by_key)).await.unwrap(),
+        ChargeOutcome::Limited {
+            limiter: 0,
+            concurrency: true,
+            ..
+        }
+    ));
+    let release = Release {
+        tenant_id: "lim",
+        charge_id: "c1",
+        scopes: &["k:one"],
+    };
+    l.release(&release).await.unwrap();
+    assert!(matches!(
+        l.charge(&limited("c4", 1, &by_key)).await.unwrap(),
+        ChargeOutcome::Charged { balance: 96, .. }
+    ));
+    assert_eq!(l.balance("lim").await.unwrap(), Some(96));
+}
+
 fn settle<'a>(tenant: &'a str, id: &'a str, reserved: i64, cost: i64) -> Settle<'a> {
     Settle {
         tenant_id: tenant,
@@ -294,6 +394,7 @@ async fn settlements(l: &dyn Ledger) {
     let charged = |balance| ChargeOutcome::Charged {
         balance,
         warnings: NONE,
+        rate: None,
     };
     // Under the reserve: the rest goes back, once, however often it is asked.
     assert_eq!(
@@ -425,9 +526,12 @@ async fn warnings(l: &dyn Ledger) {
                 threshold: 100,
                 fresh: true,
                 budget: None,
+                limits: &[],
             };
             match l.charge(&c).await.unwrap() {
-                ChargeOutcome::Charged { balance, warnings }
+                ChargeOutcome::Charged {
+                    balance, warnings, ..
+                }
                 | ChargeOutcome::Insufficient { balance, warnings } => {
                     if warnings.any() {
                         seen.push((balance, warnings));
@@ -469,6 +573,7 @@ async fn warnings(l: &dyn Ledger) {
         threshold: 100,
         fresh: true,
         budget: None,
+        limits: &[],
     };
     assert_eq!(
         l.charge(&c).await.unwrap(),
@@ -488,12 +593,14 @@ async fn redis_ledger_keeps_the_contract() {
     warnings(&ledger).await;
     settlements(&ledger).await;
     budgets(&ledger).await;
+    limits(&ledger).await;
     // A charge that applied but whose answer was lost (timeout) is found by its record.
     assert_eq!(
         ledger.charge(&charge("t", "lost", 3, None)).await.unwrap(),
         ChargeOutcome::Charged {
             balance: 5,
-            warnings: NONE
+            warnings: NONE,
+            rate: None,
         }
     );
     // Retried by the same id (a deferred charge): found applied, not taken again.
@@ -538,9 +645,10 @@ async fn redis_ledger_keeps_the_contract() {
         .await
         .unwrap();
     assert!(
-        keys.iter().all(|k| ["t", "u", "a", "w", "s", "kb", "gone"]
-            .iter()
-            .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
+        keys.iter()
+            .all(|k| ["t", "u", "a", "w", "s", "kb", "lim", "gone"]
+                .iter()
+                .any(|t| k.starts_with(&format!("tg:{{{t}}}:")))),
         "{keys:?}"
     );
     login_attempts(&ledger).await;
@@ -559,6 +667,7 @@ async fn redis_cluster_ledger_keeps_the_contract() {
     warnings(&ledger).await;
     settlements(&ledger).await;
     budgets(&ledger).await;
+    limits(&ledger).await;
     login_attempts(&ledger).await;
 
     // One tenant on each master.
@@ -578,7 +687,8 @@ async fn redis_cluster_ledger_keeps_the_contract() {
             outcome,
             ChargeOutcome::Charged {
                 balance: 90 - i as i64,
-                warnings: NONE
+                warnings: NONE,
+                rate: None,
             }
         );
         assert_eq!(cluster.balance(tenant).await, Some(90 - i as i64));

@@ -526,6 +526,13 @@ async fn documents<S: Store + Documents>(store: &S) {
         status: Some(TenantStatus::Suspended),
         low_credit_threshold: Some(7),
         plan_id: Some(Some("gold".into())),
+        limits: Some(tollgate::vocab::Limits {
+            rate_limit: Some(tollgate::vocab::RateLimit {
+                requests_per_second: 5,
+                burst: 10,
+            }),
+            max_concurrent: Some(3),
+        }),
     };
     let patched = store
         .update_tenant("patchme", &patch)
@@ -544,6 +551,7 @@ async fn documents<S: Store + Documents>(store: &S) {
         (patched.plan_id.as_deref(), patched.balance),
         (Some("gold"), 5)
     );
+    assert_eq!(Some(patched.limits), patch.limits, "limits read back");
     let cleared = TenantPatch {
         plan_id: Some(None),
         ..TenantPatch::default()
@@ -554,6 +562,7 @@ async fn documents<S: Store + Documents>(store: &S) {
         .unwrap()
         .unwrap();
     assert_eq!((patched.plan_id, patched.name.as_str()), (None, "Renamed"));
+    assert_eq!(Some(patched.limits), patch.limits, "limits kept");
     assert!(store
         .update_tenant("nobody", &patch)
         .await

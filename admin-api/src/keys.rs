@@ -6,6 +6,7 @@
 
 use crate::auth::check_name;
 use crate::extract::{double_option, time_param, Admin, Body, Caller};
+use crate::limits::RateLimitBody;
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::{from_doc, to_doc};
 use crate::time::{now_ms, rfc3339};
@@ -58,6 +59,11 @@ pub struct NewKeyBody {
     /// go on.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     budget: Option<i64>,
+    /// The key's own rate limit, beside its tenant's (docs/DESIGN.md §Limits).
+    rate_limit: Option<RateLimitBody>,
+    /// The key's own most calls in flight, beside its tenant's.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -79,6 +85,14 @@ pub struct KeyPatch {
     budget: Option<Option<i64>>,
     /// A disabled key is refused until enabled again.
     disabled: Option<bool>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(nullable)]
+    rate_limit: Option<Option<RateLimitBody>>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable)]
+    max_concurrent: Option<Option<u32>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -102,6 +116,10 @@ pub struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
     disabled: bool,
     created_at: String,
@@ -120,6 +138,8 @@ impl From<KeyRecord> for KeyView {
             prefix: r.prefix,
             services: r.services,
             budget: r.budget,
+            rate_limit: r.limits.rate_limit.map(RateLimitBody::from),
+            max_concurrent: r.limits.max_concurrent,
             expires_at: r.expires_at_ms.map(rfc3339),
             disabled: r.disabled,
             created_at: rfc3339(r.created_at_ms),
@@ -306,8 +326,10 @@ async fn create(
         }
         None => None,
     };
+    let limits = crate::limits::limits(body.rate_limit, body.max_concurrent)?;
     check_room(state, tenant).await?;
     let template = KeyRecord {
+        limits,
         id: String::new(),
         tenant_id: tenant.to_owned(),
         name: body.name,
@@ -401,6 +423,10 @@ async fn update(
     }
     if let Some(disabled) = patch.disabled {
         record.disabled = disabled;
+    }
+    if patch.rate_limit.is_some() || patch.max_concurrent.is_some() {
+        record.limits =
+            crate::limits::patched(record.limits, patch.rate_limit, patch.max_concurrent)?;
     }
     if !state
         .docs

@@ -13,6 +13,7 @@ pub mod billing;
 mod credits;
 mod extract;
 mod keys;
+mod limits;
 mod me;
 mod openapi;
 mod plans;

@@ -2,6 +2,7 @@
 //! (`/admin/plans`). Tenants subscribe to them through [`crate::subscriptions`].
 
 use crate::extract::{Admin, Body};
+use crate::limits::RateLimitBody;
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::records::{from_doc, to_doc, Plan, PriceOverride};
 use crate::AdminState;
@@ -104,6 +105,11 @@ pub struct NewPlan {
     refill_day: Option<u32>,
     #[serde(default)]
     price_overrides: Vec<PriceOverride>,
+    /// The plan's tenants' rate limit (docs/DESIGN.md §Limits).
+    rate_limit: Option<RateLimitBody>,
+    /// The plan's tenants' most calls in flight.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    max_concurrent: Option<u32>,
 }
 
 #[utoipa::path(post, path = "/admin/plans", tag = "plans", request_body = NewPlan,
@@ -120,12 +126,15 @@ pub async fn create(
             "1 to 64 characters of A-Z a-z 0-9 _ . -",
         ));
     }
+    crate::limits::limits(body.rate_limit, body.max_concurrent)?;
     let plan = Plan {
         id: body.id,
         name: body.name,
         monthly_credits: body.monthly_credits,
         refill_day: body.refill_day.unwrap_or(1),
         price_overrides: body.price_overrides,
+        rate_limit: body.rate_limit,
+        max_concurrent: body.max_concurrent,
     };
     check(&plan)?;
     check_endpoints(&state, &plan).await?;
@@ -180,6 +189,14 @@ pub struct PlanPatch {
     #[schema(minimum = 1, maximum = 28)]
     refill_day: Option<u32>,
     price_overrides: Option<Vec<PriceOverride>>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(nullable)]
+    rate_limit: Option<Option<RateLimitBody>>,
+    /// `null` removes it.
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable)]
+    max_concurrent: Option<Option<u32>>,
 }
 
 #[utoipa::path(patch, path = "/admin/plans/{id}", tag = "plans",
@@ -205,6 +222,13 @@ pub async fn update(
     if let Some(overrides) = patch.price_overrides {
         plan.price_overrides = overrides;
     }
+    if let Some(rate) = patch.rate_limit {
+        plan.rate_limit = rate;
+    }
+    if let Some(most) = patch.max_concurrent {
+        plan.max_concurrent = most;
+    }
+    crate::limits::limits(plan.rate_limit, plan.max_concurrent)?;
     check(&plan)?;
     check_endpoints(&state, &plan).await?;
     if !state.docs.replace_doc(Kind::Plans, &to_doc(&plan)).await? {

@@ -76,6 +76,13 @@ pub struct Plan {
     /// Per-endpoint prices for this plan's tenants, charged instead of the service's
     /// (docs/DESIGN.md §Pricing).
     pub(crate) price_overrides: Vec<PriceOverride>,
+    /// The plan's tenants' rate limit, unless a tenant sets its own (docs/DESIGN.md §Limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate_limit: Option<RateLimitBody>,
+    /// The plan's tenants' most calls in flight, unless a tenant sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub(crate) max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -97,4 +104,32 @@ pub struct Subscription {
     /// The last period (`YYYY-MM`) whose credits were granted: refills happen once each.
     #[serde(default)]
     pub(crate) last_refill_period: Option<String>,
+}
+
+/// `requests_per_second` sustained, up to `burst` at once (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBody {
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    requests_per_second: u32,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    burst: u32,
+}
+
+impl From<RateLimitBody> for tollgate::vocab::RateLimit {
+    fn from(r: RateLimitBody) -> Self {
+        tollgate::vocab::RateLimit {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+        }
+    }
+}
+
+impl From<tollgate::vocab::RateLimit> for RateLimitBody {
+    fn from(r: tollgate::vocab::RateLimit) -> Self {
+        RateLimitBody {
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::check_name;
 use crate::extract::{Admin, Body};
+use crate::limits::RateLimitBody;
 use crate::problem::{ApiResult, Problem, ProblemSchema};
 use crate::AdminState;
 use axum::extract::{Path, State};
@@ -57,6 +58,12 @@ pub struct TenantView {
     balance: i64,
     low_credit_threshold: i64,
     plan_id: Option<String>,
+    /// The tenant's own rate limit, over its plan's (docs/DESIGN.md §Limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitBody>,
+    /// The tenant's own most calls in flight, over its plan's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<u32>,
 }
 
 async fn view(state: &AdminState, t: TenantRecord) -> ApiResult<TenantView> {
@@ -68,6 +75,8 @@ async fn view(state: &AdminState, t: TenantRecord) -> ApiResult<TenantView> {
         balance,
         low_credit_threshold: t.low_credit_threshold,
         plan_id: t.plan_id,
+        rate_limit: t.limits.rate_limit.map(RateLimitBody::from),
+        max_concurrent: t.limits.max_concurrent,
     })
 }
 
@@ -214,6 +223,14 @@ pub struct TenantPatchBody {
     #[serde(default, deserialize_with = "crate::extract::double_option")]
     #[schema(value_type = Option<String>)]
     plan_id: Option<Option<String>>,
+    /// The tenant's own rate limit, over its plan's; `null` removes it.
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(nullable)]
+    rate_limit: Option<Option<RateLimitBody>>,
+    /// The tenant's own most calls in flight, over its plan's; `null` removes it.
+    #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable)]
+    max_concurrent: Option<Option<u32>>,
 }
 
 #[utoipa::path(patch, path = "/admin/tenants/{id}", tag = "tenants",
@@ -226,10 +243,14 @@ pub async fn update(
     Path(id): Path<String>,
     Body(body): Body<TenantPatchBody>,
 ) -> ApiResult<Json<TenantView>> {
-    existing(&state, &id).await?;
+    let held = existing(&state, &id).await?;
     if let Some(name) = &body.name {
         check_name("name", name)?;
     }
+    let limits = match (body.rate_limit, body.max_concurrent) {
+        (None, None) => None,
+        (rate, most) => Some(crate::limits::patched(held.limits, rate, most)?),
+    };
     if let Some(threshold) = body.low_credit_threshold {
         check_threshold(threshold)?;
     }
@@ -241,6 +262,7 @@ pub async fn update(
         status: body.status.map(TenantStatus::from),
         low_credit_threshold: body.low_credit_threshold,
         plan_id: body.plan_id,
+        limits,
     };
     let record = state
         .store

@@ -147,6 +147,9 @@ pub struct KeyRecord {
     /// roll does not start the month over); `None`: its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_id: Option<String>,
+    /// The key's own rate and concurrency limits (docs/DESIGN.md §Limits).
+    #[serde(default, flatten)]
+    pub limits: crate::vocab::Limits,
 }
 
 /// A key the gateway accepts: what a call made with it may do.
@@ -158,6 +161,9 @@ pub struct ApiKey {
     pub budget: Option<i64>,
     /// Whose spend the budget counts (see [`KeyRecord::budget_id`]).
     pub budget_id: String,
+    pub limits: crate::vocab::Limits,
+    /// Its limits' scope in the ledger: `k:<id>`.
+    pub scope: String,
     pub expires_at_ms: Option<i64>,
     /// The identity the request path carries for a call made with this key: a `user` of
     /// its tenant whose `sub` is the key's id; it never expires of itself.
@@ -215,6 +221,8 @@ impl ApiKeys {
             });
             let key = ApiKey {
                 budget_id: record.budget_id.unwrap_or_else(|| record.id.clone()),
+                limits: record.limits,
+                scope: format!("k:{}", record.id),
                 id: record.id,
                 tenant_id: record.tenant_id,
                 services: record.services,
@@ -303,6 +311,7 @@ mod tests {
             created_by: "u1".into(),
             rolled_from: None,
             budget_id: None,
+            limits: Default::default(),
         };
         let (a, b) = (generate(), generate());
         let keys = ApiKeys::from_records([

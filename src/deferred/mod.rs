@@ -318,6 +318,7 @@ impl DeferredWorker {
             fresh: false,
             // A call on a budgeted API key is never served on credit either.
             budget: None,
+            limits: &[],
         };
         let until = deadline(charge.charged_at_ms, self.record_life);
         let outcome =
@@ -331,7 +332,9 @@ impl DeferredWorker {
             alerts::announce(&*self.alerts, tenant, warnings, balance, threshold);
         };
         let taken = match outcome {
-            Some(ChargeOutcome::Charged { balance, warnings }) => {
+            Some(ChargeOutcome::Charged {
+                balance, warnings, ..
+            }) => {
                 announce(warnings, balance);
                 self.worklog.put(TAKEN, &charge.charge_id, &balance);
                 Taken::Charged { balance }
@@ -351,7 +354,8 @@ impl DeferredWorker {
                 ChargeOutcome::NoBalance
                 | ChargeOutcome::Void
                 | ChargeOutcome::KeyTaken { .. }
-                | ChargeOutcome::OverBudget { .. },
+                | ChargeOutcome::OverBudget { .. }
+                | ChargeOutcome::Limited { .. },
             ) => Taken::Refused { balance: None },
             None => Taken::Unknown,
         };

@@ -271,6 +271,7 @@ mod tests {
             threshold: 0,
             fresh: true,
             budget: None,
+            limits: &[],
         };
         assert!(matches!(
             ledger.charge(&charge).await.unwrap(),

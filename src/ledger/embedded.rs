@@ -11,7 +11,7 @@ use super::expiring::ExpiringMap;
 use super::journal::{read_state, Journal, KeyEntry, Record, Restored};
 use super::{
     AdjustOutcome, Adjustment, Change, Charge, ChargeOutcome, Coordination, Ledger, LedgerError,
-    Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
+    Limiter, RateState, Settle, SettleOutcome, Void, VoidOutcome, Warnings, MAX_BALANCE,
 };
 use crate::config::LedgerConfig;
 use crate::idempotency::KeyRecord;
@@ -44,6 +44,11 @@ struct Book {
     /// API key budget counter → credits spent (charge.lua's `kb` keys). Each lives
     /// [`super::BUDGET_COUNTER_LIFE`] from its month's first charge, and is changed in place.
     spent: ExpiringMap<i64>,
+    /// Rate limits' theoretical arrival times by scope (charge.lua's `rl` keys), ms; in
+    /// memory only: a restart forgets how fast calls came.
+    arrivals: HashMap<String, f64>,
+    /// Calls in flight by scope: charge id → when its place lapses, ms (the `cc` sets).
+    in_flight: HashMap<String, HashMap<String, u64>>,
     /// Warnings announced and not yet re-armed by a top-up (charge.lua's `warn` hash; in
     /// memory only: a restart may announce a standing warning again).
     announced: Warnings,
@@ -210,6 +215,57 @@ impl EmbeddedLedger {
     }
 }
 
+/// The arrival each rate limit records if the call is charged.
+type Arrivals = Vec<Option<f64>>;
+
+/// charge.lua's limits on a book, all checked before any is counted: the arrivals to record
+/// and the tightest rate limit passed, or (limiter, concurrency, retry after ms).
+fn check_limits(
+    book: &mut Book,
+    limits: &[Limiter<'_>],
+    now: u64,
+) -> Result<(Arrivals, Option<RateState>), (usize, bool, u64)> {
+    let at = now as f64;
+    let mut arrivals = vec![None; limits.len()];
+    let mut tightest: Option<RateState> = None;
+    for (i, limiter) in limits.iter().enumerate() {
+        if let Some(rate) = limiter.rate {
+            let interval = 1000.0 / f64::from(rate.requests_per_second.max(1));
+            let tat = book
+                .arrivals
+                .get(limiter.scope)
+                .copied()
+                .unwrap_or(0.0)
+                .max(at);
+            let allowed = f64::from(rate.burst.saturating_sub(1)) * interval;
+            if tat - at > allowed {
+                return Err((i, false, (tat - at - allowed).ceil() as u64));
+            }
+            let next = tat + interval;
+            arrivals[i] = Some(next);
+            let remaining = ((f64::from(rate.burst) * interval - (next - at)) / interval)
+                .floor()
+                .max(0.0) as u32;
+            if tightest.is_none_or(|t| remaining < t.remaining) {
+                tightest = Some(RateState {
+                    limiter: i,
+                    remaining,
+                    reset_ms: (next - at).ceil() as u64,
+                });
+            }
+        }
+        if let Some(most) = limiter.max_concurrent {
+            let flight = book.in_flight.entry(limiter.scope.to_owned()).or_default();
+            flight.retain(|_, lapses| *lapses > now);
+            if flight.len() >= most as usize {
+                let soonest = flight.values().min().copied().unwrap_or(now + 1);
+                return Err((i, true, soonest.saturating_sub(now).max(1)));
+            }
+        }
+    }
+    Ok((arrivals, tightest))
+}
+
 #[async_trait]
 impl Ledger for EmbeddedLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
@@ -224,6 +280,16 @@ impl Ledger for EmbeddedLedger {
             if claim.is_some_and(|c| book.idempotency.get(c.key, now).is_some()) {
                 return ChargeOutcome::KeyTaken { balance };
             }
+            let (arrivals, rate) = match check_limits(book, charge.limits, now) {
+                Ok(passed) => passed,
+                Err((limiter, concurrency, retry_after_ms)) => {
+                    return ChargeOutcome::Limited {
+                        limiter,
+                        concurrency,
+                        retry_after_ms,
+                    }
+                }
+            };
             if let Some(budget) = charge.budget {
                 let spent = book.spent.get(budget.counter, now).copied().unwrap_or(0);
                 if charge.cost > 0 && spent + charge.cost > budget.limit {
@@ -253,6 +319,16 @@ impl Ledger for EmbeddedLedger {
             if let Some(budget) = charge.budget {
                 self.spend(book, &tenant, budget.counter, charge.cost, now);
             }
+            let lapses = now + super::IN_FLIGHT_LEASE.as_millis() as u64;
+            for (limiter, arrival) in charge.limits.iter().zip(arrivals) {
+                if let Some(arrival) = arrival {
+                    book.arrivals.insert(limiter.scope.to_owned(), arrival);
+                }
+                if limiter.max_concurrent.is_some() {
+                    let flight = book.in_flight.entry(limiter.scope.to_owned()).or_default();
+                    flight.insert(charge.charge_id.to_owned(), lapses);
+                }
+            }
             if let Some(claim) = claim {
                 let entry = KeyEntry {
                     charge_id: charge.charge_id.to_owned(),
@@ -270,7 +346,11 @@ impl Ledger for EmbeddedLedger {
                 });
             }
             self.log(Record::Balance { tenant, balance });
-            ChargeOutcome::Charged { balance, warnings }
+            ChargeOutcome::Charged {
+                balance,
+                warnings,
+                rate,
+            }
         }))
     }
 
@@ -368,6 +448,17 @@ impl Ledger for EmbeddedLedger {
                 warnings,
             }
         }))
+    }
+
+    async fn release(&self, release: &super::Release<'_>) -> Result<(), LedgerError> {
+        self.with_book(release.tenant_id, |book, _| {
+            for scope in release.scopes {
+                if let Some(flight) = book.in_flight.get_mut(*scope) {
+                    flight.remove(release.charge_id);
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn key_record(

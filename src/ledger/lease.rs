@@ -425,8 +425,10 @@ impl Slice {
 #[async_trait]
 impl Ledger for LeasedLedger {
     async fn charge(&self, charge: &Charge<'_>) -> Result<ChargeOutcome, LedgerError> {
-        // A key's claim and an API key's budget live in Redis: such charges go there.
-        if charge.fresh && charge.idempotency.is_none() && charge.budget.is_none() {
+        // A key's claim, an API key's budget and the limits live in Redis: such charges go
+        // there (docs/DESIGN.md §Limits).
+        let shared = charge.idempotency.is_some() || charge.budget.is_some();
+        if charge.fresh && !shared && charge.limits.is_empty() {
             if let Some((before, after, ask_low)) = self.take(charge) {
                 LEASED_CHARGES.inc();
                 let warnings = if ask_low || (after == 0 && before > 0) {
@@ -438,6 +440,7 @@ impl Ledger for LeasedLedger {
                 return Ok(ChargeOutcome::Charged {
                     balance: after,
                     warnings,
+                    rate: None,
                 });
             }
         }
@@ -452,6 +455,7 @@ impl Ledger for LeasedLedger {
             ChargeOutcome::Charged {
                 balance,
                 mut warnings,
+                rate,
             } => {
                 let (view, ask_low) = self.saw(tenant, balance, Some(charge.threshold));
                 if ask_low && !warnings.low {
@@ -460,6 +464,7 @@ impl Ledger for LeasedLedger {
                 ChargeOutcome::Charged {
                     balance: view,
                     warnings,
+                    rate,
                 }
             }
             ChargeOutcome::Insufficient { balance, warnings } => ChargeOutcome::Insufficient {
@@ -512,6 +517,10 @@ impl Ledger for LeasedLedger {
         key: &str,
     ) -> Result<Option<KeyRecord>, LedgerError> {
         self.redis.key_record(tenant_id, key).await
+    }
+
+    async fn release(&self, release: &super::Release<'_>) -> Result<(), LedgerError> {
+        self.redis.release(release).await
     }
 
     async fn keep_response(

@@ -45,6 +45,44 @@ pub struct Charge<'a> {
     /// The API key's monthly budget the charge also draws on, if any (docs/DESIGN.md
     /// §API keys): checked and counted in the same atomic step as the balance.
     pub budget: Option<Budget<'a>>,
+    /// Rate and concurrency limits the call must pass (docs/DESIGN.md §Limits), checked
+    /// in the same atomic step: a limited call is not charged, and only a charged call
+    /// counts against them.
+    pub limits: &'a [Limiter<'a>],
+}
+
+/// One party's limits on a call: the tenant's, or an API key's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limiter<'a> {
+    /// Whose: `t` (the tenant) or `k:<key id>`.
+    pub scope: &'a str,
+    pub rate: Option<crate::vocab::RateLimit>,
+    pub max_concurrent: Option<u32>,
+}
+
+/// How long a call counts as in flight at most: a gateway that died mid-call frees its
+/// calls' places after this.
+pub const IN_FLIGHT_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Where a charged call stands against the tightest rate limit it passed, for the
+/// `RateLimit` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateState {
+    /// The limiter's index in [`Charge::limits`].
+    pub limiter: usize,
+    /// Calls that may still come at once.
+    pub remaining: u32,
+    /// Until the limit is whole again, ms.
+    pub reset_ms: u64,
+}
+
+/// A call's places in flight, given back when it ends ([`Ledger::release`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    pub tenant_id: &'a str,
+    pub charge_id: &'a str,
+    /// The scopes ([`Limiter::scope`]) with a concurrency limit.
+    pub scopes: &'a [&'a str],
 }
 
 /// A spending cap a charge counts against besides the balance: an API key's per month.
@@ -91,8 +129,13 @@ impl Warnings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChargeOutcome {
-    /// The cost was taken; `balance` is what remains.
-    Charged { balance: i64, warnings: Warnings },
+    /// The cost was taken; `balance` is what remains; `rate`, where the call stands
+    /// against the tightest rate limit it passed.
+    Charged {
+        balance: i64,
+        warnings: Warnings,
+        rate: Option<RateState>,
+    },
     /// The idempotency key belongs to an earlier request: nothing was taken. Its record
     /// ([`Ledger::key_record`]) says whether to replay, wait or refuse.
     KeyTaken { balance: i64 },
@@ -101,6 +144,15 @@ pub enum ChargeOutcome {
     /// The charge would take the key's budget past its limit: nothing was taken. `spent`
     /// is what the key spent this month.
     OverBudget { balance: i64, spent: i64 },
+    /// A limit of [`Charge::limits`] refused the call: nothing was taken or counted.
+    Limited {
+        /// The limiter's index.
+        limiter: usize,
+        /// A concurrency limit (else the rate limit).
+        concurrency: bool,
+        /// When a call may come again, ms.
+        retry_after_ms: u64,
+    },
     /// The ledger holds no balance for the tenant: hydrate it, then charge again.
     NoBalance,
     /// This charge id was voided: nothing was taken.
@@ -339,6 +391,11 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Makes everything written so far durable; called once at shutdown.
     async fn close(&self) {}
+
+    /// Gives back a call's places in flight as it ends (docs/DESIGN.md §Limits).
+    async fn release(&self, _release: &Release<'_>) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 impl From<LedgerError> for crate::problem::Problem {

@@ -72,6 +72,7 @@ pub struct RedisLedger {
     charge: Script,
     void: Script,
     settle: Script,
+    release: Script,
     keep: Script,
     adjust: Script,
     lead: Script,
@@ -129,6 +130,7 @@ impl RedisLedger {
             )),
             void: Script::new(include_str!("void.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            release: Script::new(include_str!("release.lua")),
             keep: Script::new(include_str!("keep.lua")),
             adjust: Script::new(concat!(
                 include_str!("sweep.lua"),
@@ -215,6 +217,11 @@ impl RedisLedger {
             if let Some(claim) = charge.idempotency {
                 invocation.key(key_key(tenant, claim.key));
             }
+            for limiter in charge.limits {
+                invocation
+                    .key(format!("tg:{{{tenant}}}:rl:{}", limiter.scope))
+                    .key(in_flight_key(tenant, limiter.scope));
+            }
             if let Some(budget) = charge.budget {
                 invocation.key(budget_key(tenant, budget.counter));
             }
@@ -232,15 +239,38 @@ impl RedisLedger {
                         .map(|b| b.limit.to_string())
                         .unwrap_or_default(),
                 )
-                .arg(super::BUDGET_COUNTER_LIFE.as_millis() as u64);
+                .arg(super::BUDGET_COUNTER_LIFE.as_millis() as u64)
+                .arg(charge.limits.len())
+                .arg(super::IN_FLIGHT_LEASE.as_millis() as u64);
+            for limiter in charge.limits {
+                let rate = limiter.rate;
+                invocation
+                    .arg(
+                        rate.map(|r| r.requests_per_second.to_string())
+                            .unwrap_or_default(),
+                    )
+                    .arg(rate.map(|r| r.burst.to_string()).unwrap_or_default())
+                    .arg(
+                        limiter
+                            .max_concurrent
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    );
+            }
             let values: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-            // The third value: the warnings' bits, or a refused key's spend (code 7).
-            let [code, balance, third] = values[..] else {
-                return Err(LedgerError::Reply(format!("{values:?}")));
+            // The third value: the warnings' bits, a refused key's spend (code 7), or the
+            // limiter that refused (code 8).
+            let (code, balance, third) = match values[..] {
+                [code, balance, third, ..] => (code, balance, third),
+                _ => return Err(LedgerError::Reply(format!("{values:?}"))),
             };
             let warnings = Warnings::from_bits(third);
             Ok(Ok(match code {
-                0 => ChargeOutcome::Charged { balance, warnings },
+                0 => ChargeOutcome::Charged {
+                    balance,
+                    warnings,
+                    rate: rate_state(&values),
+                },
                 1 => ChargeOutcome::KeyTaken { balance },
                 2 => ChargeOutcome::Insufficient { balance, warnings },
                 3 => ChargeOutcome::NoBalance,
@@ -250,6 +280,14 @@ impl RedisLedger {
                 7 => ChargeOutcome::OverBudget {
                     balance,
                     spent: third,
+                },
+                8 => match values[..] {
+                    [_, _, limiter, concurrency, retry_after_ms] => ChargeOutcome::Limited {
+                        limiter: (limiter - 1).max(0) as usize,
+                        concurrency: concurrency == 1,
+                        retry_after_ms: retry_after_ms.max(0) as u64,
+                    },
+                    _ => return Err(LedgerError::Reply(format!("{values:?}"))),
                 },
                 _ => return Err(LedgerError::Reply(format!("charge code {code}"))),
             }))
@@ -419,6 +457,23 @@ fn key_key(tenant_id: &str, key: &str) -> String {
     format!("tg:{{{tenant_id}}}:idk:{key}")
 }
 
+/// The calls in flight under a limit (docs/DESIGN.md §Limits).
+fn in_flight_key(tenant_id: &str, scope: &str) -> String {
+    format!("tg:{{{tenant_id}}}:cc:{scope}")
+}
+
+/// A charged call's standing against its tightest rate limit: charge.lua's 4th to 6th values.
+fn rate_state(values: &[i64]) -> Option<super::RateState> {
+    match values {
+        [_, _, _, limiter, remaining, reset_ms] if *limiter > 0 => Some(super::RateState {
+            limiter: (*limiter - 1) as usize,
+            remaining: (*remaining).clamp(0, i64::from(u32::MAX)) as u32,
+            reset_ms: (*reset_ms).max(0) as u64,
+        }),
+        _ => None,
+    }
+}
+
 /// An API key's budget counter (docs/DESIGN.md §API keys).
 fn budget_key(tenant_id: &str, counter: &str) -> String {
     format!("tg:{{{tenant_id}}}:kb:{counter}")
@@ -516,6 +571,25 @@ impl Ledger for RedisLedger {
 
     async fn settle(&self, settle: &Settle<'_>) -> Result<SettleOutcome, LedgerError> {
         self.settle_holding(settle, 0).await
+    }
+
+    async fn release(&self, release: &super::Release<'_>) -> Result<(), LedgerError> {
+        if release.scopes.is_empty() {
+            return Ok(());
+        }
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let mut invocation = self.release.prepare_invoke();
+            for scope in release.scopes {
+                invocation.key(in_flight_key(release.tenant_id, scope));
+            }
+            let _: i64 = invocation
+                .arg(release.charge_id)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn key_record(

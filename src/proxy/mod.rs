@@ -98,6 +98,11 @@ pub struct RequestCtx {
     api_key: Option<Arc<ApiKey>>,
     /// The key's budget counter this call's charge counted against (docs/DESIGN.md §API keys).
     budget: Option<String>,
+    /// The scopes whose concurrency limits this call holds a place under, given back at
+    /// its end (docs/DESIGN.md §Limits).
+    in_flight: Vec<String>,
+    /// `RateLimit-Policy` and `RateLimit` for the answer.
+    rate_headers: Option<[(&'static str, String); 2]>,
     /// The plan whose price this call pays; `None`: the endpoint's own price.
     price_plan: Option<Arc<str>>,
     /// What the endpoint's shadow price would charge, when it has one.
@@ -176,6 +181,8 @@ impl ProxyHttp for Gateway {
             claims: None,
             api_key: None,
             budget: None,
+            in_flight: Vec::new(),
+            rate_headers: None,
             price_plan: None,
             shadow: None,
             idempotency_key: None,
@@ -224,6 +231,7 @@ impl ProxyHttp for Gateway {
             key: api_key,
             threshold,
             plan,
+            limits: tenant_limits,
         } = caller;
         let price = match self.price(session, &route, &claims.tenant_id, plan.as_deref()) {
             Ok(price) => price,
@@ -266,7 +274,9 @@ impl ProxyHttp for Gateway {
             let limit = key.budget?;
             Some((key.budget_counter(crate::store::now_ms()), limit))
         });
+        let limiters = steps::limiters(&tenant_limits, api_key.as_deref());
         let charge = Charge {
+            limits: &limiters,
             budget: budget.as_ref().map(|(counter, limit)| Budget {
                 counter,
                 limit: *limit,
@@ -282,8 +292,28 @@ impl ProxyHttp for Gateway {
             fresh: true,
         };
         let charged = match self.hydrator.charge(&charge).await {
-            Ok(ChargeOutcome::Charged { balance, warnings }) => {
+            Ok(ChargeOutcome::Charged {
+                balance,
+                warnings,
+                rate,
+            }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
+                ctx.in_flight = limiters
+                    .iter()
+                    .filter(|l| l.max_concurrent.is_some())
+                    .map(|l| l.scope.to_owned())
+                    .collect();
+                ctx.rate_headers = rate.and_then(|state| {
+                    let limiter = limiters.get(state.limiter)?;
+                    let name = steps::scope_name(limiter.scope);
+                    let policy = limiter.rate?;
+                    Some(respond::rate_limit_headers(
+                        name,
+                        policy,
+                        state.remaining,
+                        state.reset_ms,
+                    ))
+                });
                 if let Some(terms) = settled {
                     let mut settling =
                         settle::Settling::new(terms, cost, threshold, self.settle_body_max);
@@ -300,6 +330,22 @@ impl ProxyHttp for Gateway {
             }
             // Not for a fresh request id; counted as pending like a charge, so treated as one.
             Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
+            Ok(ChargeOutcome::Limited {
+                limiter,
+                concurrency,
+                retry_after_ms,
+            }) => {
+                let problem = match limiters.get(limiter) {
+                    Some(which) => Problem::rate_limited(
+                        steps::scope_name(which.scope),
+                        which,
+                        concurrency,
+                        retry_after_ms,
+                    ),
+                    None => Problem::ledger_unavailable(),
+                };
+                return refuse(session, ctx, &problem).await;
+            }
             Ok(ChargeOutcome::OverBudget { spent, .. }) => {
                 let (key, limit) = match (&api_key, &budget) {
                     (Some(key), Some((_, limit))) => (key.id.as_str(), *limit),
@@ -456,6 +502,11 @@ impl ProxyHttp for Gateway {
                 response.insert_header(name, value)?;
             }
         }
+        if let Some(headers) = &ctx.rate_headers {
+            for (name, value) in headers {
+                response.insert_header(*name, value.as_str())?;
+            }
+        }
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -542,6 +593,10 @@ impl ProxyHttp for Gateway {
         if ctx.keyed.is_some() {
             // Boxed, as `answer_retry`: only keyed calls pay for it.
             Box::pin(self.keep_response(ctx)).await;
+        }
+        if !ctx.in_flight.is_empty() {
+            // Boxed too: only calls under a concurrency limit pay for it.
+            Box::pin(self.release_places(ctx)).await;
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();

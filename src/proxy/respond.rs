@@ -4,7 +4,9 @@
 //! They are written header + body by hand rather than with `respond_error`, which would
 //! close the client connection: a 402 or 401 keeps the connection alive.
 
+use crate::ledger::Limiter;
 use crate::problem::Problem;
+use crate::vocab::RateLimit;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -12,6 +14,28 @@ use pingora::Result;
 /// `Retry-After` on a 503 from an unavailable ledger: a retry a second later usually
 /// finds Redis failed over or reconnected.
 const LEDGER_RETRY_AFTER_SECS: u32 = 1;
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) of the
+/// policy `name`: its quota is its burst, over the seconds it takes to fill again; `r` the
+/// calls that may still come at once, `t` the seconds until the quota is whole.
+pub(super) fn rate_limit_headers(
+    name: &str,
+    rate: RateLimit,
+    remaining: u32,
+    reset_ms: u64,
+) -> [(&'static str, String); 2] {
+    let window = rate.burst.div_ceil(rate.requests_per_second.max(1)).max(1);
+    [
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={};w={window}", rate.burst),
+        ),
+        (
+            "ratelimit",
+            format!("\"{name}\";r={remaining};t={}", reset_ms.div_ceil(1000)),
+        ),
+    ]
+}
 
 impl Problem {
     /// Step 3's `402`: what the call costs and what the tenant has.
@@ -42,6 +66,38 @@ impl Problem {
         .with("spent", spent)
         .with("cost", cost)
         .header("x-credits-cost", cost)
+    }
+
+    /// Step 3's `429`: a rate or concurrency limit of `whose` (`tenant` or `key`) refused
+    /// the call; nothing was charged (docs/DESIGN.md §Limits).
+    pub fn rate_limited(
+        whose: &str,
+        limiter: &Limiter<'_>,
+        concurrency: bool,
+        retry_after_ms: u64,
+    ) -> Self {
+        let retry_secs = retry_after_ms.div_ceil(1000).max(1);
+        let detail = match (concurrency, limiter.rate) {
+            (true, _) => format!(
+                "this {whose} allows {} calls in flight at once",
+                limiter.max_concurrent.unwrap_or(0)
+            ),
+            (false, Some(rate)) => format!(
+                "this {whose} allows {} requests per second (bursts of {})",
+                rate.requests_per_second, rate.burst
+            ),
+            (false, None) => format!("this {whose}'s rate limit is reached"),
+        };
+        let mut problem = Problem::new(429, "rate-limited", "Too many requests", detail)
+            .with("limit", whose.to_owned())
+            .with("retry_after_ms", retry_after_ms)
+            .header("retry-after", retry_secs);
+        if let (false, Some(rate)) = (concurrency, limiter.rate) {
+            for (name, value) in rate_limit_headers(whose, rate, 0, retry_after_ms) {
+                problem = problem.header(name, value);
+            }
+        }
+        problem
     }
 
     /// Step 3's `503`: the ledger did not answer in time (fail closed).

@@ -6,10 +6,10 @@ use crate::auth::keys::{self, ApiKey};
 use crate::auth::{AuthError, Claims};
 use crate::config::OnLedgerError;
 use crate::deferred::{DeferredCharge, Reservation};
-use crate::ledger::{Charge, PendingVoid, Void, VoidOutcome};
+use crate::ledger::{Charge, Limiter, PendingVoid, Void, VoidOutcome};
 use crate::pricing::{Call, EndpointPrice, Price, PriceExpression};
 use crate::routing::{RouteError, RouteMatch, Settled};
-use crate::vocab::TenantStatus;
+use crate::vocab::{Limits, TenantStatus};
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -144,6 +144,40 @@ pub(super) struct Authenticated {
     pub threshold: i64,
     /// The plan whose prices the tenant pays, if any (docs/DESIGN.md §Pricing).
     pub plan: Option<Arc<str>>,
+    /// The tenant's rate and concurrency limits (docs/DESIGN.md §Limits).
+    pub limits: Limits,
+}
+
+/// The limits a call must pass: the tenant's (scope `t`), then its API key's.
+pub(super) fn limiters<'a>(tenant: &Limits, key: Option<&'a ApiKey>) -> Vec<Limiter<'a>> {
+    let mut limiters = Vec::new();
+    if !tenant.is_empty() {
+        limiters.push(Limiter {
+            scope: TENANT_SCOPE,
+            rate: tenant.rate_limit,
+            max_concurrent: tenant.max_concurrent,
+        });
+    }
+    if let Some(key) = key.filter(|k| !k.limits.is_empty()) {
+        limiters.push(Limiter {
+            scope: &key.scope,
+            rate: key.limits.rate_limit,
+            max_concurrent: key.limits.max_concurrent,
+        });
+    }
+    limiters
+}
+
+/// The tenant's own limits' scope in the ledger (an API key's is `k:<id>`).
+pub(super) const TENANT_SCOPE: &str = "t";
+
+/// A scope as the `429` problem and the `RateLimit` headers name it.
+pub(super) fn scope_name(scope: &str) -> &'static str {
+    if scope == TENANT_SCOPE {
+        "tenant"
+    } else {
+        "key"
+    }
 }
 
 impl Gateway {
@@ -187,8 +221,10 @@ impl Gateway {
             }
             None => (self.verify_token(authorization).await?, None),
         };
-        let (threshold, plan) = match self.catalog.tenants().get(&claims.tenant_id) {
-            Some(t) if t.status == TenantStatus::Active => (t.low_credit_threshold, t.plan.clone()),
+        let (threshold, plan, limits) = match self.catalog.tenants().get(&claims.tenant_id) {
+            Some(t) if t.status == TenantStatus::Active => {
+                (t.low_credit_threshold, t.plan.clone(), t.limits)
+            }
             Some(_) => {
                 return Err(Box::new(
                     Problem::new(
@@ -217,6 +253,7 @@ impl Gateway {
             key,
             threshold,
             plan,
+            limits,
         })
     }
 
@@ -372,8 +409,9 @@ impl Gateway {
         charge: &Charge<'_>,
     ) -> Option<Reservation> {
         let route = route.filter(|r| r.service.on_ledger_error == OnLedgerError::Allow)?;
-        // Only the ledger can tell whether a key was used, or a budget has room.
-        if charge.idempotency.is_some() || charge.budget.is_some() {
+        // Only the ledger can tell whether a key was used, a budget has room or a limit
+        // lets the call through.
+        if charge.idempotency.is_some() || charge.budget.is_some() || !charge.limits.is_empty() {
             return None;
         }
         let reservation = self.deferred.defer(DeferredCharge {
@@ -404,6 +442,23 @@ impl Gateway {
             since_ms: crate::store::now_ms(),
             budget: charge.budget.map(|b| b.counter.to_owned()),
         });
+    }
+
+    /// The call's places under concurrency limits, given back as it ends; one the ledger
+    /// does not take back lapses on its own (`IN_FLIGHT_LEASE`).
+    pub(super) async fn release_places(&self, ctx: &mut RequestCtx) {
+        let (Some(claims), scopes) = (&ctx.claims, std::mem::take(&mut ctx.in_flight)) else {
+            return;
+        };
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let release = crate::ledger::Release {
+            tenant_id: &claims.tenant_id,
+            charge_id: &ctx.request_id,
+            scopes: &scopes,
+        };
+        if let Err(e) = self.ledger.release(&release).await {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "places in flight not given back: they lapse on their own");
+        }
     }
 
     /// Gives this request's credits back (upstream unreachable, or 5xx when configured).

@@ -41,6 +41,8 @@ pub struct TenantRecord {
     pub balance: i64,
     pub low_credit_threshold: i64,
     pub plan_id: Option<String>,
+    /// Rate and concurrency limits of its own, over its plan's (docs/DESIGN.md §Limits).
+    pub limits: crate::vocab::Limits,
 }
 
 /// A tenant to create if absent (from the config file, or the admin API).
@@ -62,6 +64,8 @@ pub struct TenantPatch {
     pub low_credit_threshold: Option<i64>,
     /// `Some(None)` removes the plan.
     pub plan_id: Option<Option<String>>,
+    /// The tenant's own limits, replaced whole.
+    pub limits: Option<crate::vocab::Limits>,
 }
 
 /// The control plane's collections of JSON documents (docs/DESIGN.md §Data model), each keyed by its `id`

@@ -127,6 +127,11 @@ fn tenant_from(doc: &Document) -> Result<TenantRecord, StoreError> {
         low_credit_threshold: int(doc, "low_credit_threshold")
             .unwrap_or(DEFAULT_LOW_CREDIT_THRESHOLD),
         plan_id: doc.get_str("plan_id").ok().map(str::to_owned),
+        limits: doc
+            .get_document("limits")
+            .ok()
+            .and_then(|limits| bson::from_document(limits.clone()).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -644,6 +649,10 @@ impl Store for MongoStore {
         }
         if let Some(plan) = &patch.plan_id {
             set.insert("plan_id", plan.as_deref().map_or(Bson::Null, |p| p.into()));
+        }
+        if let Some(limits) = &patch.limits {
+            let limits = bson::to_document(limits).map_err(|e| StoreError::Data(e.to_string()))?;
+            set.insert("limits", limits);
         }
         let tenants = self.coll("tenants");
         let updated = if set.is_empty() {

@@ -154,6 +154,11 @@ fn tenant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TenantRecord> {
         balance: row.get(3)?,
         low_credit_threshold: row.get(4)?,
         plan_id: row.get(5)?,
+        // JSON; a value that does not parse (written by hand) is no limit.
+        limits: row
+            .get::<_, Option<String>>(6)?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -164,9 +169,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("usage_logs", "shortfall", "INTEGER NOT NULL DEFAULT 0"),
     ("usage_logs", "shadow_credits", "INTEGER"),
     ("usage_logs", "key_id", "TEXT"),
+    ("tenants", "limits", "TEXT"),
 ];
 
-const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id";
+const TENANT_COLUMNS: &str = "id, name, status, balance, low_credit_threshold, plan_id, limits";
 
 fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
     Ok(UsageEvent {
@@ -577,6 +583,14 @@ impl Store for SqliteStore {
                 tx.execute(
                     "UPDATE tenants SET low_credit_threshold = ?2 WHERE id = ?1",
                     params![id, threshold],
+                )?;
+            }
+            if let Some(limits) = &patch.limits {
+                let json =
+                    (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default());
+                tx.execute(
+                    "UPDATE tenants SET limits = ?2 WHERE id = ?1",
+                    params![id, json],
                 )?;
             }
             if let Some(plan) = &patch.plan_id {
