@@ -174,6 +174,32 @@ fn ledger(c: &mut Criterion) {
             runtime.block_on(ledger.charge(black_box(&charge)))
         })
     });
+    // The same with a rate limit (never reached here) and an API key's budget checked in
+    // the same step: what a limit check adds (docs/DESIGN.md §Limits).
+    let limiter = [tollgate::ledger::Limiter {
+        scope: "t",
+        rate: Some(tollgate::vocab::RateLimit {
+            requests_per_second: 1_000_000,
+            burst: 1_000_000,
+        }),
+        max_concurrent: None,
+    }];
+    c.bench_function("embedded ledger charge with a rate limit", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            let charge = Charge {
+                tenant_id: "acme",
+                cost: 1,
+                charge_id: &ids[i],
+                idempotency: None,
+                threshold: 100,
+                fresh: true,
+                budget: None,
+                limits: &limiter,
+            };
+            runtime.block_on(ledger.charge(black_box(&charge)))
+        })
+    });
 }
 
 fn pricing(c: &mut Criterion) {
