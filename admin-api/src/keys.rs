@@ -464,6 +464,12 @@ async fn roll(
         ));
     }
     let mut old = stored(state, tenant, id).await?;
+    if old.disabled || old.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+        return Err(Problem::conflict(
+            "key_id",
+            "a disabled or expired key is not rolled; make a new one",
+        ));
+    }
     check_room(state, tenant).await?;
     let template = KeyRecord {
         created_by: actor.to_owned(),

@@ -8,7 +8,7 @@
 use tollgate_testkit as common;
 
 use common::jwks::{JwksServer, RsaKey};
-use common::{client, token, wait_until, Gateway, Upstream};
+use common::{client, wait_until, Gateway, Upstream};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ fn yaml(upstream: &str, jwks: &str) -> String {
     format!(
         "auth:
   jwks_url: {jwks}
+  audience: {AUDIENCE}
   jwks: {{ refresh_secs: 1, min_refetch_secs: 1, max_stale_secs: 3 }}
   claims: {{ tenant_id: org_id, role: app_role }}
 services:
@@ -29,6 +30,19 @@ tenants:
   - {{ id: acme, credits: 100000 }}
 "
     )
+}
+
+/// The audience the provider's tokens for this API carry (required with a JWKS).
+const AUDIENCE: &str = "https://api.example.com";
+
+/// A token the gateway itself issued (no `kid`: its own key), for this API's audience.
+fn own_token() -> String {
+    let config = tollgate::config::AuthConfig {
+        secret: common::SECRET.into(),
+        audience: Some(AUDIENCE.into()),
+        ..Default::default()
+    };
+    tollgate::auth::mint(&config, "acme", "alice", tollgate::auth::Role::User, 600).unwrap()
 }
 
 fn now() -> u64 {
@@ -49,7 +63,7 @@ fn signed(key: &RsaKey, kid: &str, claims: &Value) -> String {
 }
 
 fn identity() -> Value {
-    json!({"sub": "idp-user", "org_id": "acme", "exp": now() + 600})
+    json!({"sub": "idp-user", "org_id": "acme", "aud": AUDIENCE, "exp": now() + 600})
 }
 
 /// A call with `token`: the status and the answer (the echo of what the upstream saw).
@@ -101,15 +115,21 @@ async fn identity_provider_tokens_follow_its_rotating_keys() {
         "{me}"
     );
     // The gateway's own tokens (no kid) are still verified with its own key.
-    assert_eq!(call(&gateway, &token("acme", "alice")).await.0, 200);
+    assert_eq!(call(&gateway, &own_token()).await.0, 200);
+    // A token the same provider issued for another API is refused.
+    let elsewhere = json!({"sub": "idp-user", "org_id": "acme", "aud": "https://other.example.com", "exp": now() + 600});
+    assert_eq!(
+        call(&gateway, &signed(&a, "key-a", &elsewhere)).await.0,
+        401
+    );
 
     // Claims it cannot read, a key pinned to RS256 presented as HS256, alg none: refused.
-    let no_tenant = json!({"sub": "idp-user", "exp": now() + 600});
+    let no_tenant = json!({"sub": "idp-user", "aud": AUDIENCE, "exp": now() + 600});
     assert_eq!(
         call(&gateway, &signed(&a, "key-a", &no_tenant)).await.0,
         401
     );
-    let bad_role = json!({"sub": "u", "org_id": "acme", "app_role": "root", "exp": now() + 600});
+    let bad_role = json!({"sub": "u", "org_id": "acme", "app_role": "root", "aud": AUDIENCE, "exp": now() + 600});
     assert_eq!(call(&gateway, &signed(&a, "key-a", &bad_role)).await.0, 401);
     let hs = Header {
         kid: Some("key-a".into()),
@@ -180,7 +200,7 @@ async fn identity_provider_tokens_follow_its_rotating_keys() {
         "{problem}"
     );
     assert_eq!(
-        call(&gateway, &token("acme", "alice")).await.0,
+        call(&gateway, &own_token()).await.0,
         200,
         "own tokens unaffected"
     );

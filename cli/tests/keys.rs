@@ -290,6 +290,16 @@ async fn keys_from_creation_to_revocation(gateways: &[&Gateway]) {
     .await;
     assert_eq!((status, &view["disabled"]), (200, &json!(true)), "{view}");
     every_replica_answers(gateways, &new_key, 401, "the disabled key refused").await;
+    let roll = format!("{path}/roll");
+    let (status, _) = api(
+        first,
+        Method::POST,
+        &roll,
+        &alice,
+        json!({"overlap_secs": 0}),
+    )
+    .await;
+    assert_eq!(status, 409, "a disabled key is not rolled");
     let (status, _) = api(
         first,
         Method::PATCH,

@@ -45,6 +45,9 @@ pub struct Jwks {
     config: JwksConfig,
     client: reqwest::Client,
     keys: ArcSwap<HashMap<String, Arc<PublicKey>>>,
+    /// The usable entries of the last document, as fetched: a key replaced under the same
+    /// `kid` changes it too.
+    fingerprint: std::sync::Mutex<String>,
     /// Unix ms of the last fetch that worked (0: none yet).
     fetched_ms: AtomicI64,
     /// Unix ms of the last fetch tried (for the unknown-kid rate limit).
@@ -68,6 +71,7 @@ impl Jwks {
             config: config.clone(),
             client,
             keys: ArcSwap::from_pointee(HashMap::new()),
+            fingerprint: std::sync::Mutex::new(String::new()),
             fetched_ms: AtomicI64::new(0),
             tried_ms: AtomicI64::new(0),
             generation: AtomicU64::new(0),
@@ -134,10 +138,12 @@ impl Jwks {
         self.tried_ms
             .store(crate::store::now_ms(), Ordering::Release);
         match self.download().await {
-            Ok(keys) => {
+            Ok((keys, fingerprint)) => {
                 let changed = {
-                    let old = self.keys.load();
-                    old.len() != keys.len() || keys.keys().any(|kid| !old.contains_key(kid))
+                    let mut held = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+                    let changed = *held != fingerprint;
+                    *held = fingerprint;
+                    changed
                 };
                 self.keys.store(Arc::new(keys));
                 if changed {
@@ -152,7 +158,7 @@ impl Jwks {
         }
     }
 
-    async fn download(&self) -> Result<HashMap<String, Arc<PublicKey>>, String> {
+    async fn download(&self) -> Result<(KeySet, String), String> {
         let response = self
             .client
             .get(&self.url)
@@ -172,14 +178,16 @@ impl Jwks {
 
 /// The usable keys of a JWKS document: those with a `kid`, an RSA or EC P-256 key, not
 /// marked for encryption only. Entries that do not parse are skipped, not fatal.
-pub fn parse_set(body: &[u8]) -> Result<HashMap<String, Arc<PublicKey>>, String> {
+pub fn parse_set(body: &[u8]) -> Result<(KeySet, String), String> {
     #[derive(serde::Deserialize)]
     struct Document {
         keys: Vec<serde_json::Value>,
     }
     let document: Document = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut keys = HashMap::new();
+    let mut taken = Vec::new();
     for entry in document.keys.into_iter().take(MAX_KEYS) {
+        let text = entry.to_string();
         let Ok(jwk) = serde_json::from_value::<Jwk>(entry) else {
             continue;
         };
@@ -202,10 +210,15 @@ pub fn parse_set(body: &[u8]) -> Result<HashMap<String, Arc<PublicKey>>, String>
         }
         if let Ok(key) = DecodingKey::from_jwk(&jwk) {
             keys.insert(kid, Arc::new(PublicKey { key, algorithm }));
+            taken.push(text);
         }
     }
-    Ok(keys)
+    taken.sort();
+    Ok((keys, taken.join("\n")))
 }
+
+/// Usable keys by `kid`.
+pub type KeySet = HashMap<String, Arc<PublicKey>>;
 
 #[cfg(test)]
 mod tests {
@@ -222,7 +235,7 @@ mod tests {
             {"kty": "nonsense", "kid": "x"},
             "not even an object"
         ]});
-        let keys = parse_set(document.to_string().as_bytes()).unwrap();
+        let (keys, _) = parse_set(document.to_string().as_bytes()).unwrap();
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["r1"]);
         assert_eq!(keys["r1"].algorithm, Algorithm::RS256);
         assert!(parse_set(b"{\"keys\": 5}").is_err());

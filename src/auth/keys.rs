@@ -162,7 +162,8 @@ pub struct ApiKey {
     /// Whose spend the budget counts (see [`KeyRecord::budget_id`]).
     pub budget_id: String,
     pub limits: crate::vocab::Limits,
-    /// Its limits' scope in the ledger: `k:<id>`.
+    /// Its limits' scope in the ledger: `k:<budget id>` (a rolled key and the key it
+    /// replaced share their limits, as their budget, during the overlap).
     pub scope: String,
     pub expires_at_ms: Option<i64>,
     /// The identity the request path carries for a call made with this key: a `user` of
@@ -219,10 +220,11 @@ impl ApiKeys {
                 iss: None,
                 aud: None,
             });
+            let budget_id = record.budget_id.unwrap_or_else(|| record.id.clone());
             let key = ApiKey {
-                budget_id: record.budget_id.unwrap_or_else(|| record.id.clone()),
+                scope: format!("k:{budget_id}"),
+                budget_id,
                 limits: record.limits,
-                scope: format!("k:{}", record.id),
                 id: record.id,
                 tenant_id: record.tenant_id,
                 services: record.services,

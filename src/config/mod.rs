@@ -634,10 +634,24 @@ impl Config {
                 ));
             }
         }
+        if self.auth.jwks_url.is_some() && self.auth.audience.is_none() {
+            // An identity provider signs tokens for every application it serves: without
+            // an audience, one issued for another of them would pass here.
+            return Err(ConfigError::invalid(
+                "auth.audience",
+                "required with auth.jwks_url: the audience the provider's tokens for this API carry",
+            ));
+        }
         let jwks = &self.auth.jwks;
         if jwks.refresh_secs == 0 {
             return Err(ConfigError::invalid(
                 "auth.jwks.refresh_secs",
+                "must be above 0",
+            ));
+        }
+        if jwks.min_refetch_secs == 0 {
+            return Err(ConfigError::invalid(
+                "auth.jwks.min_refetch_secs",
                 "must be above 0",
             ));
         }

@@ -172,9 +172,9 @@ impl EmbeddedLedger {
         })
     }
 
-    /// Moves an API key's budget counter by `credits` (never below 0), journaled before
-    /// the balance it goes with: a crash between the two counts a charge the balance never
-    /// took (the key may spend less), never the other way round.
+    /// Moves an API key's budget counter by `credits` (never below 0), journaled where a
+    /// crash between it and the balance leaves the key less room, never more: before a
+    /// charge's balance, after a refund's, after a settlement's record.
     fn spend(&self, book: &mut Book, tenant: &str, counter: &str, credits: i64, now: u64) {
         let spent = match book.spent.get_mut(counter, now) {
             Some(spent) => {
@@ -258,8 +258,8 @@ fn check_limits(
             let flight = book.in_flight.entry(limiter.scope.to_owned()).or_default();
             flight.retain(|_, lapses| *lapses > now);
             if flight.len() >= most as usize {
-                let soonest = flight.values().min().copied().unwrap_or(now + 1);
-                return Err((i, true, soonest.saturating_sub(now).max(1)));
+                // When a place frees is when a call ends, which nothing here knows.
+                return Err((i, true, 1000));
             }
         }
     }
@@ -379,10 +379,10 @@ impl Ledger for EmbeddedLedger {
             let Some(cost) = settled.or(void.applied_cost) else {
                 return VoidOutcome::NotApplied;
             };
-            if let Some(counter) = void.budget {
-                self.spend(book, void.tenant_id, counter, -cost, now);
-            }
             let Some(balance) = book.balance else {
+                if let Some(counter) = void.budget {
+                    self.spend(book, void.tenant_id, counter, -cost, now);
+                }
                 return VoidOutcome::NoBalance;
             };
             let balance = balance + cost;
@@ -391,6 +391,10 @@ impl Ledger for EmbeddedLedger {
                 tenant: void.tenant_id.to_owned(),
                 balance,
             });
+            // After the balance: a crash between them gives the key less room, not more.
+            if let Some(counter) = void.budget {
+                self.spend(book, void.tenant_id, counter, -cost, now);
+            }
             VoidOutcome::Refunded { balance }
         }))
     }
@@ -416,9 +420,6 @@ impl Ledger for EmbeddedLedger {
                 .max(-settle.reserved);
             let charged = settle.reserved + extra;
             let after = balance - extra;
-            if let (Some(counter), true) = (settle.budget, extra != 0) {
-                self.spend(book, settle.tenant_id, counter, extra, now);
-            }
             book.balance = Some(after);
             let expires = now + self.charge_ttl_ms;
             book.settled
@@ -430,6 +431,10 @@ impl Ledger for EmbeddedLedger {
                 charged,
                 expires,
             });
+            // After the settlement's record: asked again after a crash, it moves nothing.
+            if let (Some(counter), true) = (settle.budget, extra != 0) {
+                self.spend(book, settle.tenant_id, counter, extra, now);
+            }
             let warnings = Warnings {
                 low: balance > settle.threshold && after <= settle.threshold && !book.announced.low,
                 exhausted: after == 0 && balance > 0 && !book.announced.exhausted,

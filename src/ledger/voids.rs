@@ -36,6 +36,10 @@ pub struct PendingVoid {
     /// The API key budget counter the charge counted against, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
+    /// The scopes whose concurrency limits the charge may have taken a place under
+    /// (docs/DESIGN.md §Limits): given back once the void is done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<String>,
 }
 
 impl PendingVoid {
@@ -153,6 +157,16 @@ impl BackgroundService for VoidWorker {
                     if let VoidOutcome::Refunded { balance } = outcome {
                         tracing::info!(tenant_id = %void.tenant_id, charge_id = %void.charge_id, balance, "voided a charge the client was not served for");
                     }
+                    if !void.in_flight.is_empty() {
+                        let scopes: Vec<&str> = void.in_flight.iter().map(String::as_str).collect();
+                        let release = super::Release {
+                            tenant_id: &void.tenant_id,
+                            charge_id: &void.charge_id,
+                            scopes: &scopes,
+                        };
+                        // Not given back: the places lapse on their own.
+                        let _ = self.ledger.release(&release).await;
+                    }
                     self.worklog.done(KIND, &void.charge_id);
                 }
                 Answer::Stopped => unvoided += 1,
@@ -195,6 +209,7 @@ mod tests {
             cost: 5,
             since_ms: crate::ledger::unix_ms(),
             budget: None,
+            in_flight: Vec::new(),
         }
     }
 

@@ -298,11 +298,7 @@ impl ProxyHttp for Gateway {
                 rate,
             }) => {
                 alerts::announce(&*self.alerts, tenant_id, warnings, balance, threshold);
-                ctx.in_flight = limiters
-                    .iter()
-                    .filter(|l| l.max_concurrent.is_some())
-                    .map(|l| l.scope.to_owned())
-                    .collect();
+                ctx.in_flight = steps::in_flight_scopes(&limiters);
                 ctx.rate_headers = rate.and_then(|state| {
                     let limiter = limiters.get(state.limiter)?;
                     let name = steps::scope_name(limiter.scope);
@@ -329,7 +325,10 @@ impl ProxyHttp for Gateway {
                 return Box::pin(self.answer_retry(session, ctx, request, balance)).await;
             }
             // Not for a fresh request id; counted as pending like a charge, so treated as one.
-            Ok(ChargeOutcome::AlreadyCharged { balance }) => Charged::now(cost, balance),
+            Ok(ChargeOutcome::AlreadyCharged { balance }) => {
+                ctx.in_flight = steps::in_flight_scopes(&limiters);
+                Charged::now(cost, balance)
+            }
             Ok(ChargeOutcome::Limited {
                 limiter,
                 concurrency,

@@ -171,6 +171,15 @@ pub(super) fn limiters<'a>(tenant: &Limits, key: Option<&'a ApiKey>) -> Vec<Limi
 /// The tenant's own limits' scope in the ledger (an API key's is `k:<id>`).
 pub(super) const TENANT_SCOPE: &str = "t";
 
+/// The scopes of `limits` with a concurrency limit: where a charged call holds a place.
+pub(super) fn in_flight_scopes(limits: &[Limiter<'_>]) -> Vec<String> {
+    limits
+        .iter()
+        .filter(|l| l.max_concurrent.is_some())
+        .map(|l| l.scope.to_owned())
+        .collect()
+}
+
 /// A scope as the `429` problem and the `RateLimit` headers name it.
 pub(super) fn scope_name(scope: &str) -> &'static str {
     if scope == TENANT_SCOPE {
@@ -441,6 +450,7 @@ impl Gateway {
             cost: charge.cost,
             since_ms: crate::store::now_ms(),
             budget: charge.budget.map(|b| b.counter.to_owned()),
+            in_flight: in_flight_scopes(charge.limits),
         });
     }
 
@@ -501,6 +511,7 @@ impl Gateway {
                     cost: charged.cost,
                     since_ms: crate::store::now_ms(),
                     budget: ctx.budget.clone(),
+                    in_flight: Vec::new(),
                 });
             }
         }
