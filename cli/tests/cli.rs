@@ -108,4 +108,19 @@ fn bad_config_stops_the_start_naming_the_key() {
     let (ok, _, stderr) = tollgate(&["run", "--config", "/nonexistent/tollgate.yaml"], &[]);
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/tollgate.yaml"), "{stderr}");
+
+    // An identity provider's keys: a URL, an audience, sane refresh bounds, claim names.
+    let jwks = "https://idp.example.com/.well-known/jwks.json";
+    for (auth, key) in [
+        (format!("jwks_url: {jwks}"), "auth.audience"),
+        ("jwks_url: ftp://idp.example.com/keys\n  audience: a".to_owned(), "auth.jwks_url"),
+        (format!("jwks_url: {jwks}\n  audience: a\n  jwks: {{ min_refetch_secs: 0 }}"), "auth.jwks.min_refetch_secs"),
+        (format!("jwks_url: {jwks}\n  audience: a\n  jwks: {{ refresh_secs: 600, max_stale_secs: 60 }}"), "auth.jwks.max_stale_secs"),
+        ("claims: { tenant_id: \"\" }".to_owned(), "auth.claims.tenant_id"),
+    ] {
+        let config = write_config(&format!("auth:\n  {auth}\n"));
+        let (ok, _, stderr) = tollgate(&["run", "--config", config.to_str().unwrap()], &[]);
+        assert!(!ok, "{auth}");
+        assert!(stderr.contains(key), "{auth}: {stderr}");
+    }
 }
