@@ -5,6 +5,8 @@
 #   redis-server  the integration tests start private instances (--tests, --loadtest)
 #   mosquitto     the alert tests start private MQTT brokers (--tests)
 #   curl          scripts/api-check.sh polls and logs in to the admin API (--tests)
+#   chromium, chromium-driver  the console's browser tests drive headless Chromium over
+#                 WebDriver (--tests)
 #   wrk, sqlite3  the load tests' generator and the soak's store lock (--loadtest)
 # Usage: scripts/ensure-deps.sh [--tests | --loadtest]
 set -euo pipefail
@@ -18,6 +20,8 @@ fi
 if [[ ${1:-} == --tests ]]; then
   command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
   command -v curl >/dev/null || need+=(curl)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
 fi
 if [[ ${1:-} == --loadtest ]]; then
   command -v wrk >/dev/null || need+=(wrk)

@@ -292,3 +292,58 @@ pub fn register_all() {
         ALERTS_DROPPED.with_label_values(&[topic]);
     }
 }
+
+/// The figures the console's operations page shows (docs/DESIGN.md §Console), read from
+/// this process's own registry: cumulative, so the page takes rates between two reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpsSnapshot {
+    /// `tollgate_requests_total` summed over services, per outcome.
+    pub requests: std::collections::BTreeMap<String, u64>,
+    pub credits_charged: u64,
+    /// `tollgate_ledger_duration_seconds`: (count, sum of seconds).
+    pub ledger: (u64, f64),
+    /// `tollgate_request_duration_seconds`: (count, sum of seconds).
+    pub request: (u64, f64),
+    pub usage_queue_depth: i64,
+    pub usage_journal_bytes: i64,
+    pub usage_dropped: u64,
+    pub usage_flushed: u64,
+    pub deferred_pending: i64,
+}
+
+/// Reads [`OpsSnapshot`] from the default registry.
+pub fn ops_snapshot() -> OpsSnapshot {
+    let mut snap = OpsSnapshot::default();
+    for family in prometheus::gather() {
+        for m in family.get_metric() {
+            let counter = m.get_counter().get_value() as u64;
+            let gauge = m.get_gauge().get_value() as i64;
+            match family.name() {
+                "tollgate_requests_total" => {
+                    let outcome = m
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == "outcome")
+                        .map_or("", |l| l.value());
+                    *snap.requests.entry(outcome.to_owned()).or_default() += counter;
+                }
+                "tollgate_credits_charged_total" => snap.credits_charged += counter,
+                "tollgate_ledger_duration_seconds" => {
+                    let h = m.get_histogram();
+                    snap.ledger = (h.get_sample_count(), h.get_sample_sum());
+                }
+                "tollgate_request_duration_seconds" => {
+                    let h = m.get_histogram();
+                    snap.request = (h.get_sample_count(), h.get_sample_sum());
+                }
+                "tollgate_usage_queue_depth" => snap.usage_queue_depth = gauge,
+                "tollgate_usage_journal_bytes" => snap.usage_journal_bytes = gauge,
+                "tollgate_usage_dropped_total" => snap.usage_dropped = counter,
+                "tollgate_usage_flushed_total" => snap.usage_flushed = counter,
+                "tollgate_deferred_charges_pending" => snap.deferred_pending = gauge,
+                _ => {}
+            }
+        }
+    }
+    snap
+}

@@ -251,6 +251,81 @@ async fn contract<S: Store + Documents>(store: &S) {
     documents(store).await;
     settled_and_shadow_logs(store).await;
     keys_and_their_usage(store).await;
+    console_reads(store).await;
+}
+
+/// What the console reads (docs/DESIGN.md §Console): calls per hour and endpoint, newest
+/// first with a cursor, each tenant's last call.
+async fn console_reads<S: Store>(store: &S) {
+    const H: i64 = 3_600_000;
+    assert!(store.ensure_tenant(&tenant("chart", 100)).await.unwrap());
+    let events = vec![
+        event("c1", "chart", "/a", 2, false, 10 * H + 5),
+        event("c2", "chart", "/a", 3, false, 10 * H + 7),
+        event("c3", "chart", "/b", 1, false, 10 * H + 9),
+        event("c4", "chart", "/a", 9, true, 11 * H),
+        event("c5", "chart", "/a", 4, false, 12 * H + 1),
+    ];
+    store
+        .insert_usage(&UsageBatch {
+            pipeline_id: "console",
+            seq: 1,
+            events: &events,
+        })
+        .await
+        .unwrap();
+    let points: Vec<_> = store
+        .usage_series("chart", 0, 13 * H, H)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.start_ms / H, p.endpoint, p.calls, p.credits))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            (10, "/a".to_owned(), 2, 5),
+            (10, "/b".to_owned(), 1, 1),
+            (12, "/a".to_owned(), 1, 4)
+        ],
+        "bucketed by hour and endpoint, the refunded call left out"
+    );
+    let day = store
+        .usage_series("chart", 0, 13 * H, 24 * H)
+        .await
+        .unwrap();
+    assert_eq!(day.iter().map(|p| p.calls).sum::<u64>(), 4);
+    assert!(day.iter().all(|p| p.start_ms == 0));
+
+    let newest = UsageQuery {
+        tenant_id: Some("chart".into()),
+        limit: 2,
+        descending: true,
+        ..Default::default()
+    };
+    let page = store.usage_logs(&newest).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["c5", "c4"]
+    );
+    let last = page.last().unwrap();
+    let next = UsageQuery {
+        after: Some((last.timestamp_ms, last.id.clone())),
+        limit: 10,
+        ..newest
+    };
+    let page = store.usage_logs(&next).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["c3", "c2", "c1"]
+    );
+
+    let last_calls = store.last_calls().await.unwrap();
+    assert!(last_calls.contains(&("chart".to_owned(), 12 * H + 1)));
+    assert!(
+        last_calls.windows(2).all(|w| w[0].0 < w[1].0),
+        "in id order"
+    );
 }
 
 /// API keys (docs/DESIGN.md §API keys): a key's hash is unique; a collection is read whole

@@ -336,17 +336,17 @@ pub async fn register(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
-    email: String,
-    password: String,
+    pub(crate) email: String,
+    pub(crate) password: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
-    access_token: String,
+    pub(crate) access_token: String,
     #[schema(example = "Bearer")]
     token_type: &'static str,
     /// Seconds until the token expires.
-    expires_in: u64,
+    pub(crate) expires_in: u64,
 }
 
 /// Exchanges email and password for a bearer token (the gateway accepts it too).
@@ -356,6 +356,16 @@ pub async fn login(
     State(state): State<AdminState>,
     Body(body): Body<Login>,
 ) -> ApiResult<Json<TokenResponse>> {
+    let (token, _) = sign_in(&state, body).await?;
+    Ok(Json(token))
+}
+
+/// Checks email and password (the account lock included) and mints the user's token: the
+/// one way in, for `/auth/login` and the console's sign-in alike.
+pub(crate) async fn sign_in(
+    state: &AdminState,
+    body: Login,
+) -> ApiResult<(TokenResponse, UserDoc)> {
     let email = normalize_email(&body.email);
     if let Some(retry_after) = state.throttle.locked(&email).await {
         return Err(Problem::too_many_attempts(retry_after));
@@ -394,11 +404,12 @@ pub async fn login(
     let ttl = state.settings.token_ttl_secs;
     let token = tollgate::auth::mint(&state.auth, &user.tenant_id, &user.id, user.role, ttl)
         .map_err(|e| Problem::unavailable("token signer", e))?;
-    Ok(Json(TokenResponse {
+    let token = TokenResponse {
         access_token: token,
         token_type: "Bearer",
         expires_in: ttl,
-    }))
+    };
+    Ok((token, user))
 }
 
 /// `tollgate create-admin`: the first admin, never through self-registration. Creates the

@@ -3,6 +3,7 @@
 
 use crate::problem::Problem;
 use crate::records::UserDoc;
+use crate::session;
 use crate::AdminState;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -138,7 +139,23 @@ impl FromRequestParts<AdminState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, Problem> {
-        let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        // The console's session cookie stands for the header (docs/DESIGN.md §Console):
+        // the same token, verified the same way, plus the CSRF check when it changes state.
+        let from_cookie = match parts.headers.get(AUTHORIZATION) {
+            Some(_) => None,
+            None => session::cookie(&parts.headers, session::SESSION_COOKIE)
+                .map(|token| format!("Bearer {token}")),
+        };
+        if let Some(bearer) = &from_cookie {
+            if session::changes_state(&parts.method) {
+                let token = bearer.trim_start_matches("Bearer ");
+                session::check_csrf(&parts.headers, &session::csrf_for(token))?;
+            }
+        }
+        let header = match &from_cookie {
+            Some(bearer) => Some(bearer.as_bytes()),
+            None => parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
+        };
         let verified = state.verifier.verify_header_refreshing(header).await;
         let claims = verified.map_err(|e| {
             Problem::unauthorized(match e {

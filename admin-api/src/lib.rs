@@ -10,12 +10,14 @@
 
 mod auth;
 pub mod billing;
+mod console;
 mod credits;
 mod extract;
 mod keys;
 mod limits;
 mod me;
 mod openapi;
+mod ops;
 mod plans;
 mod preview;
 mod problem;
@@ -23,9 +25,11 @@ mod records;
 mod reports;
 pub mod scheduler;
 mod services;
+mod session;
 mod subscriptions;
 mod tenants;
 mod time;
+mod usage;
 mod users;
 
 pub use auth::{create_admin, hash_password};
@@ -142,11 +146,14 @@ pub fn router(state: AdminState) -> (axum::Router, OpenApi) {
         .merge(services::router())
         .merge(preview::router())
         .merge(reports::router())
-        .with_state(state)
+        .merge(usage::router())
+        .merge(ops::router())
+        .with_state(state.clone())
         .split_for_parts();
     openapi::finish(&mut api);
     let document = api.clone();
     let router = router
+        .merge(console::router().with_state(state))
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(document) }),

@@ -103,6 +103,31 @@ pub struct LogFilter {
     /// `next_cursor` of the previous page.
     #[param(pattern = r"^[+-]?[0-9]{1,18}_[\s\S]{1,64}$")]
     cursor: Option<String>,
+    /// `asc` (oldest first, the default) or `desc` (newest first).
+    #[param(inline)]
+    order: Option<Order>,
+}
+
+/// The order of a page of usage logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// What a page of usage logs is of: the filters common to `/admin/usage-logs` and
+/// `/me/usage-logs` (which names its own tenant).
+pub(crate) struct LogPage<'a> {
+    pub tenant_id: Option<String>,
+    pub service: Option<String>,
+    pub key_id: Option<String>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub limit: Option<usize>,
+    pub cursor: Option<&'a str>,
+    pub order: Option<Order>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,7 +266,7 @@ fn parse_cursor(cursor: &str) -> ApiResult<(i64, String)> {
     Ok((ts, id.to_owned()))
 }
 
-/// Usage logs, oldest first, filtered and paginated by cursor.
+/// Usage logs, oldest first (or newest, `order=desc`), filtered and paginated by cursor.
 #[utoipa::path(get, path = "/admin/usage-logs", tag = "reports", params(LogFilter),
     security(("bearer" = [])), responses((status = 200, body = UsageLogPage), (status = 422, body = ProblemSchema)))]
 pub async fn usage_logs(
@@ -249,26 +274,40 @@ pub async fn usage_logs(
     _admin: Admin,
     Query(filter): Query<LogFilter>,
 ) -> ApiResult<Json<UsageLogPage>> {
-    let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+    let page = LogPage {
+        tenant_id: filter.tenant_id,
+        service: filter.service,
+        key_id: filter.key_id,
+        from: filter.from.as_deref(),
+        to: filter.to.as_deref(),
+        limit: filter.limit,
+        cursor: filter.cursor.as_deref(),
+        order: filter.order,
+    };
+    log_page(&state, page).await.map(Json)
+}
+
+/// One page of usage logs with the cursor of the next.
+pub(crate) async fn log_page(state: &AdminState, page: LogPage<'_>) -> ApiResult<UsageLogPage> {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=tollgate::store::MAX_LIST).contains(&limit) {
         return Err(Problem::invalid("limit", "1 to 1000"));
     }
     let query = UsageQuery {
-        tenant_id: filter.tenant_id,
-        service: filter.service,
-        key_id: filter.key_id,
-        from_ms: filter
+        tenant_id: page.tenant_id,
+        service: page.service,
+        key_id: page.key_id,
+        from_ms: page
             .from
-            .as_deref()
             .map(|f| crate::extract::time_param("from", f))
             .transpose()?,
-        to_ms: filter
+        to_ms: page
             .to
-            .as_deref()
             .map(|t| crate::extract::time_param("to", t))
             .transpose()?,
-        after: filter.cursor.as_deref().map(parse_cursor).transpose()?,
+        after: page.cursor.map(parse_cursor).transpose()?,
         limit: limit + 1,
+        descending: page.order == Some(Order::Desc),
     };
     let mut events = state.store.usage_logs(&query).await?;
     let more = events.len() > limit;
@@ -303,5 +342,5 @@ pub async fn usage_logs(
             refunded: e.refunded,
         })
         .collect();
-    Ok(Json(UsageLogPage { items, next_cursor }))
+    Ok(UsageLogPage { items, next_cursor })
 }

@@ -66,7 +66,7 @@ pub struct TenantView {
     max_concurrent: Option<u32>,
 }
 
-async fn view(state: &AdminState, t: TenantRecord) -> ApiResult<TenantView> {
+pub(crate) async fn view(state: &AdminState, t: TenantRecord) -> ApiResult<TenantView> {
     let balance = state.hydrator.balance(&t.id).await?;
     Ok(TenantView {
         status: Status::from(&t.status),

@@ -39,6 +39,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/me/usage"),
     ("GET", "/me/invoices"),
     ("GET", "/me/notifications"),
+    ("GET", "/me/tenant"),
+    ("GET", "/me/usage/series"),
+    ("GET", "/me/usage-logs"),
     ("POST", "/me/keys"),
     ("GET", "/me/keys"),
     ("PATCH", "/me/keys/{key_id}"),
@@ -51,6 +54,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/tenants/{id}/credits"),
     ("PUT", "/admin/tenants/{id}/credits"),
     ("GET", "/admin/tenants/{id}/credits/transactions"),
+    ("GET", "/admin/tenants/{id}/usage/series"),
     ("POST", "/admin/tenants/{id}/keys"),
     ("GET", "/admin/tenants/{id}/keys"),
     ("PATCH", "/admin/tenants/{id}/keys/{key_id}"),
@@ -81,15 +85,20 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/summaries"),
     ("GET", "/admin/invoices"),
     ("GET", "/admin/notifications"),
+    ("GET", "/admin/reports/activity"),
+    ("GET", "/admin/ops/metrics"),
 ];
 
-const ME_ROUTES: [&str; 6] = [
+const ME_ROUTES: [&str; 9] = [
     "/me",
     "/me/balance",
     "/me/usage",
     "/me/invoices",
     "/me/notifications",
     "/me/keys",
+    "/me/tenant",
+    "/me/usage/series",
+    "/me/usage-logs",
 ];
 
 /// `ops` only hosts the admin token; `acme` and `zeta` are ordinary paying tenants.
@@ -529,6 +538,9 @@ fn admin_rows(user_id: &str, subscription_id: &str, key_id: &str, upstream: &str
         row(M::GET, "/admin/summaries", acme, None),
         row(M::GET, "/admin/invoices", acme, None),
         row(M::GET, "/admin/notifications", acme, None),
+        row(M::GET, "/admin/tenants/{id}/usage/series", "acme", None),
+        row(M::GET, "/admin/reports/activity", "", None),
+        row(M::GET, "/admin/ops/metrics", "", None),
     ]
 }
 

@@ -164,8 +164,22 @@ pub struct UsageQuery {
     /// Exclusive upper bound, unix ms.
     pub to_ms: Option<i64>,
     /// Resume after this (timestamp_ms, id): cursor pagination stable under inserts.
+    /// Newest first ([`UsageQuery::descending`]): resume before it.
     pub after: Option<(i64, String)>,
     pub limit: usize,
+    /// Newest first (the console's recent calls), else oldest first.
+    pub descending: bool,
+}
+
+/// One tenant's calls to one endpoint within one time bucket ([`Store::usage_series`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePoint {
+    /// The bucket's start, unix ms, a multiple of the bucket's length (UTC-aligned).
+    pub start_ms: i64,
+    pub service: String,
+    pub endpoint: String,
+    pub calls: u64,
+    pub credits: i64,
 }
 
 /// One tenant's calls to a service that had a shadow price (docs/DESIGN.md §Pricing), over
@@ -284,6 +298,20 @@ pub trait Store: Send + Sync + 'static {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<KeyUsage>, StoreError>;
+
+    /// One tenant's calls over `[from_ms, to_ms)` per bucket of `bucket_ms` (aligned to
+    /// the epoch, so to UTC hours and days) and endpoint, refunded calls excluded, in
+    /// (start, service, endpoint) order: the console's usage chart.
+    async fn usage_series(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<UsagePoint>, StoreError>;
+
+    /// Each tenant's latest call (unix ms), for tenants with any, in id order.
+    async fn last_calls(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Per tenant, in id order: `service`'s calls over `[from_ms, to_ms)` whose log carries
     /// a shadow price, charged and shadow credits summed.

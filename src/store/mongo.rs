@@ -10,7 +10,7 @@
 use super::{
     credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, KeyUsage, Kind,
     NewTenant, NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord,
-    UsageBatch, UsageLine, UsageQuery, UsageTotals, MAX_LIST,
+    UsageBatch, UsageLine, UsagePoint, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -493,20 +493,25 @@ impl Store for MongoStore {
         if !range.is_empty() {
             filter.insert("timestamp", range);
         }
+        let (past, order) = if query.descending {
+            ("$lt", -1)
+        } else {
+            ("$gt", 1)
+        };
         if let Some((ts, id)) = &query.after {
             let ts = bson::DateTime::from_millis(*ts);
             filter.insert(
                 "$or",
                 vec![
-                    Bson::Document(doc! { "timestamp": { "$gt": ts } }),
-                    Bson::Document(doc! { "timestamp": ts, "_id": { "$gt": id } }),
+                    Bson::Document(doc! { "timestamp": { past: ts } }),
+                    Bson::Document(doc! { "timestamp": ts, "_id": { past: id } }),
                 ],
             );
         }
         let cursor = self
             .coll("usage_logs")
             .find(filter)
-            .sort(doc! { "timestamp": 1, "_id": 1 })
+            .sort(doc! { "timestamp": order, "_id": order })
             .limit(query.limit as i64)
             .await?;
         self.collect(cursor).await?.iter().map(event_from).collect()
@@ -545,6 +550,73 @@ impl Store for MongoStore {
             });
         }
         Ok(UsageTotals::from_lines(lines))
+    }
+
+    async fn usage_series(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<UsagePoint>, StoreError> {
+        let bucket = bucket_ms.max(1);
+        let ms = doc! { "$toLong": "$timestamp" };
+        let pipeline = vec![
+            doc! { "$match": {
+                "tenant_id": tenant_id, "refunded": false,
+                "timestamp": { "$gte": bson::DateTime::from_millis(from_ms), "$lt": bson::DateTime::from_millis(to_ms) },
+            } },
+            doc! { "$group": {
+                "_id": {
+                    "start": { "$subtract": [ms.clone(), { "$mod": [
+                        { "$add": [{ "$mod": [ms, bucket] }, bucket] }, bucket,
+                    ] }] },
+                    "service": "$service", "endpoint": "$endpoint",
+                },
+                "calls": { "$sum": 1 }, "credits": { "$sum": "$credits_used" },
+            } },
+        ];
+        let docs = self
+            .collect(self.coll("usage_logs").aggregate(pipeline).await?)
+            .await?;
+        let mut points = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let key = d
+                .get_document("_id")
+                .map_err(|e| StoreError::Data(e.to_string()))?;
+            points.push(UsagePoint {
+                start_ms: int(key, "start")?,
+                service: string(key, "service")?,
+                endpoint: string(key, "endpoint")?,
+                calls: int(d, "calls")? as u64,
+                credits: int(d, "credits")?,
+            });
+        }
+        points.sort_by(|a, b| {
+            (a.start_ms, &a.service, &a.endpoint).cmp(&(b.start_ms, &b.service, &b.endpoint))
+        });
+        Ok(points)
+    }
+
+    async fn last_calls(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let pipeline = vec![doc! { "$group": {
+            "_id": "$tenant_id", "last": { "$max": "$timestamp" },
+        } }];
+        let docs = self
+            .collect(self.coll("usage_logs").aggregate(pipeline).await?)
+            .await?;
+        let mut last = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let tenant = d
+                .get_str("_id")
+                .map_err(|e| StoreError::Data(e.to_string()))?;
+            let at = d
+                .get_datetime("last")
+                .map_err(|e| StoreError::Data(e.to_string()))?;
+            last.push((tenant.to_owned(), at.timestamp_millis()));
+        }
+        last.sort();
+        Ok(last)
     }
 
     async fn usage_by_key(

@@ -8,7 +8,7 @@
 use super::{
     credits_by_tenant, doc_id, now_ms, Audit, CreditTransaction, Doc, Documents, KeyUsage, Kind,
     NewTenant, NewTransaction, ShadowTotals, Store, StoreError, TenantPatch, TenantRecord,
-    UsageBatch, UsageLine, UsageQuery, UsageTotals, MAX_LIST,
+    UsageBatch, UsageLine, UsagePoint, UsageQuery, UsageTotals, MAX_LIST,
 };
 use crate::vocab::{TenantStatus, UsageEvent, DEFAULT_LOW_CREDIT_THRESHOLD};
 use async_trait::async_trait;
@@ -442,12 +442,17 @@ impl Store for SqliteStore {
             if let Some(to) = q.to_ms {
                 bind(&mut sql, " AND timestamp_ms < ?", to.into());
             }
+            let (past, order) = if q.descending {
+                ("<", " ORDER BY timestamp_ms DESC, id DESC LIMIT ?")
+            } else {
+                (">", " ORDER BY timestamp_ms, id LIMIT ?")
+            };
             if let Some((ts, id)) = &q.after {
-                bind(&mut sql, " AND (timestamp_ms > ?", (*ts).into());
+                bind(&mut sql, &format!(" AND (timestamp_ms {past} ?"), (*ts).into());
                 bind(&mut sql, " OR (timestamp_ms = ?", (*ts).into());
-                bind(&mut sql, " AND id > ?))", id.clone().into());
+                bind(&mut sql, &format!(" AND id {past} ?))"), id.clone().into());
             }
-            bind(&mut sql, " ORDER BY timestamp_ms, id LIMIT ?", (q.limit as i64).into());
+            bind(&mut sql, order, (q.limit as i64).into());
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -480,6 +485,58 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(UsageTotals::from_lines(lines))
+        })
+        .await
+    }
+
+    async fn usage_series(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<UsagePoint>, StoreError> {
+        let tenant = tenant_id.to_owned();
+        let bucket = bucket_ms.max(1);
+        self.run(move |conn| {
+            // Integer division rounds towards zero: shift negative times down a bucket.
+            let mut stmt = conn.prepare(
+                "SELECT (timestamp_ms - ((timestamp_ms % ?4) + ?4) % ?4) AS start,
+                        service, endpoint, COUNT(*), SUM(credits_used) FROM usage_logs
+                 WHERE tenant_id = ?1 AND timestamp_ms >= ?2 AND timestamp_ms < ?3 AND refunded = 0
+                 GROUP BY start, service, endpoint ORDER BY start, service, endpoint",
+            )?;
+            let rows = stmt.query_map(params![tenant, from_ms, to_ms, bucket], |row| {
+                Ok(UsagePoint {
+                    start_ms: row.get(0)?,
+                    service: row.get(1)?,
+                    endpoint: row.get(2)?,
+                    calls: row.get::<_, i64>(3)? as u64,
+                    credits: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn last_calls(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.run(move |conn| {
+            // One index probe per tenant (usage_logs_tenant_time), not a scan of the logs.
+            let mut stmt = conn.prepare(
+                "SELECT id, (SELECT MAX(timestamp_ms) FROM usage_logs u WHERE u.tenant_id = t.id)
+                 FROM tenants t ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
+            })?;
+            let mut last = Vec::new();
+            for row in rows {
+                if let (id, Some(at)) = row? {
+                    last.push((id, at));
+                }
+            }
+            Ok(last)
         })
         .await
     }

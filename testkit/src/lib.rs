@@ -7,9 +7,11 @@
 //! - [`Upstream`]: the echo upstream (`tollgate::demo_upstream`) in this test process,
 //!   counting what reaches it.
 //! - [`Gateway`]: the `tollgate` binary itself, started with a generated config.
+//! - [`browser::Browser`]: headless Chromium driven over WebDriver (`chromedriver`).
 //!
 //! Readiness is polled with a deadline, never slept for.
 
+pub mod browser;
 pub mod cluster;
 pub mod gate;
 pub mod jwks;
@@ -94,6 +96,16 @@ pub fn listening(what: &str, port: u16, child: &mut Child) -> Result<(), std::pr
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Sends `signal` to the process group `pid` leads.
+pub fn signal_pid_group(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is shared.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
 }
 
 pub fn signal_pid(pid: u32, signal: libc::c_int) {
